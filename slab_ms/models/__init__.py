@@ -1,0 +1,5 @@
+"""SLAB model families; importing this registers every model in MindCV."""
+from . import deit
+from ._registry import list_models
+
+__all__ = ["deit", "list_models"]

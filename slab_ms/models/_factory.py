@@ -1,0 +1,74 @@
+"""``create_model`` and strict checkpoint loading for SLAB models."""
+import os
+
+import mindspore as ms
+import mindcv
+
+__all__ = ["create_model", "load_checkpoint", "is_slab_model"]
+
+# Scalars a MindSpore training checkpoint carries next to the weights.
+_TRAIN_STATE_KEYS = ("global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
+                     "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num")
+
+
+def is_slab_model(net):
+    return type(net).__module__.startswith("slab_ms.models.")
+
+
+def load_checkpoint(net, path, ema=False):
+    """Load a MindSpore ``.ckpt`` (or an official ``.pth`` / ``.npz``) into ``net``, strictly.
+
+    Missing parameters, shape mismatches and unknown model parameters are one error that lists them.
+    Optimizer slots and training scalars saved by ``train.py`` are ignored. ``ema=True`` loads the
+    ``ema.*`` copy of the weights.
+    """
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file not found: '{path}'. Pass the path of a .ckpt written by "
+                                f"train.py / slab_ms.convert, or of an official .pth.")
+    if path.endswith((".pth", ".pt", ".npz")):
+        from ..convert import load_official_checkpoint
+        return load_official_checkpoint(net, path, use_ema=ema)
+    try:
+        ckpt = ms.load_checkpoint(path)
+    except Exception as err:  # the loader raises several types for foreign files
+        raise ValueError(f"'{path}' is not a readable MindSpore checkpoint ({err}). An official PyTorch "
+                         f"checkpoint must end in .pth.") from err
+    if ema:
+        ckpt = {k[len("ema."):]: v for k, v in ckpt.items() if k.startswith("ema.")}
+        if not ckpt:
+            raise ValueError(f"'{path}' holds no EMA weights (no 'ema.*' entries); load it with ema=False.")
+    own = dict(net.parameters_and_names())
+    missing = sorted(n for n in own if n not in ckpt)
+    mismatched = sorted(f"{n}: checkpoint {tuple(ckpt[n].shape)} vs model {tuple(p.shape)}"
+                        for n, p in own.items() if n in ckpt and tuple(ckpt[n].shape) != tuple(p.shape))
+    unexpected = sorted(k for k in ckpt if k not in own and not _is_train_state(k, own))
+    if missing or mismatched or unexpected:
+        raise ValueError(_mismatch_message(type(net).__name__, path, missing, unexpected, mismatched))
+    ms.load_param_into_net(net, {k: ckpt[k] for k in own}, strict_load=True)
+    return net
+
+
+def _is_train_state(key, own):
+    if key in _TRAIN_STATE_KEYS or key.startswith("ema."):
+        return True
+    slot = key.split(".", 1)
+    return len(slot) == 2 and slot[1] in own  # optimizer slot such as adam_m.<param>
+
+
+def _mismatch_message(model, path, missing, unexpected, mismatched, limit=12):
+    def show(title, items):
+        more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+        return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more if items else ""
+    return (f"Checkpoint '{path}' does not fit {model}: is it for another model or another size?"
+            + show("missing in checkpoint", missing) + show("not in model", unexpected)
+            + show("shape mismatch", mismatched))
+
+
+def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, checkpoint_path="", ema=False,
+                 **kwargs):
+    """``mindcv.create_model`` with strict checkpoint loading (the MindCV one ignores a missing file)."""
+    net = mindcv.create_model(model_name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels,
+                              **kwargs)
+    if checkpoint_path:
+        load_checkpoint(net, checkpoint_path, ema=ema)
+    return net

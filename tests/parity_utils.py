@@ -1,0 +1,111 @@
+"""Layer-by-layer parity with the official PyTorch outputs stored in tests/fixtures/*.npz."""
+import json
+import os
+
+import numpy as np
+import mindspore as ms
+
+from slab_ms.convert import load_official_checkpoint
+from slab_ms.layers import get_prepbn_schedule, set_prepbn_schedule
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def load_fixture(name):
+    path = os.path.join(FIXTURES, name)
+    assert os.path.isfile(path), f"fixture {path} is missing: copy it from shared/fixtures"
+    data = dict(np.load(path, allow_pickle=False))
+    return data, json.loads(str(data["__meta__"]))
+
+
+def norm_kwargs(norm_layer):
+    """The fixture's symbolic ``norm_layer`` -> our ``norm=`` / ``prepbn_decay_steps`` / ``ln_eps``."""
+    if norm_layer == "@models.prepbn:RepBN":
+        return {"norm": "repbn"}
+    if norm_layer == "@models.deit:linearnorm":  # deit.py's module-level partial: LN eps 1e-6, T = 3e5
+        return {"norm": "prepbn", "prepbn_decay_steps": 300000, "ln_eps": 1e-6}
+    assert norm_layer["@partial"] == "models.prepbn:LinearNorm", norm_layer
+    return {"norm": "prepbn", "prepbn_decay_steps": norm_layer["step"], "ln_eps": norm_layer["norm1"]["eps"]}
+
+
+def rel_err(actual, expected):
+    return float(np.abs(actual - expected).max() / max(1.0, float(np.abs(expected).max())))
+
+
+def act_rel_err(actual, expected):
+    return float(np.abs(actual - expected).max() / max(float(np.abs(expected).max()), 1e-12))
+
+
+def capture_activations(net, names, x):
+    """Eval outputs of the named cells (batch element 0, first 1/B of dim 0) in PyNative mode."""
+    cells = dict(net.cells_and_names())
+    missing = [n for n in names if n not in cells]
+    assert not missing, f"cells not found in the MindSpore model: {missing}"
+    outputs, handles = {}, []
+    batch = x.shape[0]
+    for name in names:
+        def hook(cell, inputs, output, name=name):
+            out = output[0] if isinstance(output, tuple) else output
+            out = out.asnumpy()
+            outputs[name] = out[: out.shape[0] // batch]
+        handles.append(cells[name].register_forward_hook(hook))
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        logits = net(ms.Tensor(x)).asnumpy()
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+        for h in handles:
+            h.remove()
+    return logits, outputs
+
+
+def check_parity(net, fixture, act_name_map=None):
+    """Load the fixture into ``net`` and assert eval logits, activations, features and train-mode parity.
+
+    Returns a dict of the measured errors. ``act_name_map`` maps official module names to ours
+    where they differ.
+    """
+    data, meta = load_fixture(fixture)
+    load_official_checkpoint(net, os.path.join(FIXTURES, fixture))
+    x = data["__input__"]
+    errors = {}
+
+    net.set_train(False)
+    act_keys = [k for k in data if k.startswith("__act__.")]
+    official = [k[len("__act__."):] for k in act_keys]
+    ours = [(act_name_map or {}).get(n, n) for n in official]
+    logits, acts = capture_activations(net, ours, x)
+    errors["logits_eval"] = rel_err(logits, data["__logits_eval__"])
+    assert errors["logits_eval"] <= 1e-4, f"{fixture}: eval logits differ by {errors['logits_eval']:.3g}"
+    for off, mine in zip(official, ours):
+        expected = data["__act__." + off]
+        assert acts[mine].shape == expected.shape, f"{off}: shape {acts[mine].shape} vs {expected.shape}"
+        err = act_rel_err(acts[mine], expected)
+        errors["act." + off] = err
+        assert err <= 1e-3, f"{fixture}: activation {off} differs by {err:.3g} (relative)"
+
+    feats = net.forward_head(net.forward_features(ms.Tensor(x)), pre_logits=True).asnumpy()
+    errors["features_eval"] = rel_err(feats, data["__features_eval__"])
+    assert errors["features_eval"] <= 1e-4
+
+    gamma = meta["train"]["gamma"]
+    schedule = get_prepbn_schedule(net)
+    if gamma is not None:
+        decay = schedule["decay_steps"]
+        set_prepbn_schedule(net, step=round((1 - gamma) * decay), warmup_steps=0)
+    net.set_train(True)
+    train_logits = net(ms.Tensor(x)).asnumpy()
+    net.set_train(False)
+    errors["logits_train"] = rel_err(train_logits, data["__logits_train__"])
+    assert errors["logits_train"] <= 1e-4, f"{fixture}: train logits differ by {errors['logits_train']:.3g}"
+
+    params = dict(net.parameters_and_names())
+    for key in data:
+        if not key.startswith("__train_after__.") or not key.endswith(("running_mean", "running_var")):
+            continue
+        name = key[len("__train_after__."):]
+        ms_name = name.replace("running_mean", "moving_mean").replace("running_var", "moving_variance")
+        err = act_rel_err(params[ms_name].asnumpy(), data[key])
+        errors["bn." + name] = err
+        assert err <= 1e-4, f"{fixture}: BN statistic {name} after one train step differs by {err:.3g}"
+    return errors
