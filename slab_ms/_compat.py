@@ -1,4 +1,5 @@
-"""Shims for MindSpore 2.x / MindCV 0.3 (each with the reason)."""
+"""Shims for MindSpore 2.x / MindCV 0.3, in one place, each with the reason."""
+from mindspore import nn
 from mindcv.models import model_factory as _mindcv_factory
 
 _mindcv_load_model_checkpoint = _mindcv_factory.load_model_checkpoint
@@ -15,3 +16,15 @@ def _load_model_checkpoint(model, checkpoint_path="", ema=False, auto_mapping=Fa
 
 
 _mindcv_factory.load_model_checkpoint = _load_model_checkpoint
+
+
+def _quiet_cell_del(self, _cell_del=nn.Cell.__del__):
+    # MindSpore 2.10's Cell.__del__ reads module globals that are already None while the interpreter
+    # shuts down, printing one "Exception ignored" traceback per cell at every script's exit.
+    try:
+        _cell_del(self)
+    except (AttributeError, TypeError):
+        pass
+
+
+nn.Cell.__del__ = _quiet_cell_del

@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="slab-ms",
+    version="0.1.0",
+    description="SLAB (ICML 2024): Simplified Linear Attention and Progressive Re-parameterized BatchNorm "
+                "backbones for MindSpore / MindCV",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["slab_ms", "slab_ms.*"]),
+    python_requires=">=3.9",
+    install_requires=["mindspore>=2.3,<2.11", "mindcv==0.3.0", "numpy>=1.26.4,<2", "pyyaml", "pillow"],
+    extras_require={
+        "test": ["pytest", "scikit-learn", "onnxruntime"],
+        "demo": ["scikit-learn"],
+        "onnx": ["onnxruntime"],
+    },
+    license="Apache-2.0",
+)
