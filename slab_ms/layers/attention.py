@@ -107,11 +107,13 @@ class SimplifiedLinearAttention(nn.Cell):
         k = split_heads(ops.relu(k), self.num_heads)
         v = split_heads(v, self.num_heads)
         n, d = q.shape[1], q.shape[2]
-        z = 1.0 / ((q * k.sum(axis=1, keepdims=True)).sum(axis=-1, keepdims=True) + SLA_EPS)
+        # Divide by the normaliser instead of multiplying by z = 1/(...): the same numbers to rounding,
+        # and MindSpore's ONNX exporter has no Reciprocal.
+        normaliser = (q * k.sum(axis=1, keepdims=True)).sum(axis=-1, keepdims=True) + SLA_EPS
         if n > d:
-            out = ops.bmm(q, ops.bmm(k.transpose(0, 2, 1), v)) * z
+            out = ops.bmm(q, ops.bmm(k.transpose(0, 2, 1), v)) / normaliser
         else:
-            out = ops.bmm(ops.bmm(q, k.transpose(0, 2, 1)), v) * z
+            out = ops.bmm(ops.bmm(q, k.transpose(0, 2, 1)), v) / normaliser
         out = out + self._dwc_tokens(v, hw)
         return merge_heads(out, self.num_heads).astype(out_dtype)
 
