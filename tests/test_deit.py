@@ -1,0 +1,206 @@
+"""DeiT family: registration, sizes, checkpoints, official conversion, gradients, bad input."""
+import os
+
+import numpy as np
+import mindspore as ms
+import mindcv
+import pytest
+from mindspore import Tensor
+
+import slab_ms
+from slab_ms.convert import convert_state_dict, load_official_checkpoint, main as convert_main, read_state_dict
+from slab_ms.layers import get_prepbn_schedule, set_prepbn_schedule
+from parity_utils import FIXTURES, rel_err
+
+DEIT = ["deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
+TINY = dict(num_classes=5, image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+
+
+def test_registered_in_mindcv():
+    assert set(DEIT) <= set(slab_ms.list_models())
+    assert set(DEIT) <= set(mindcv.list_models("*deit*"))
+
+
+# SPEC §4.7: all nn.Parameter elements of the reference. Ours has no dead cls_token in SLAB-DeiT.
+@pytest.mark.parametrize("name,reference,dead", [
+    ("deit_tiny_prepbn", 5_717_441, 0), ("deit_small_prepbn", 22_069_889, 0),
+    ("slab_deit_tiny", 6_198_401, 192), ("slab_deit_small", 22_992_641, 384)])
+def test_full_size_parameter_count(name, reference, dead):
+    net = mindcv.create_model(name)
+    assert sum(p.size for p in net.trainable_params()) == reference - dead
+
+
+def _official_deit_keys(depth, dim, slab, linearnorm, num_classes=1000, patches=196):
+    """Official state-dict names and shapes of SPEC §4.1, written from the SPEC table."""
+    keys = {"cls_token": (1, 1, dim), "pos_embed": (1, patches + (0 if slab else 1), dim),
+            "patch_embed.proj.weight": (dim, 3, 16, 16), "patch_embed.proj.bias": (dim,)}
+
+    def norm(prefix):
+        inner = prefix + ".norm2" if linearnorm else prefix
+        if linearnorm:
+            keys.update({f"{prefix}.warm": (), f"{prefix}.iter": (), f"{prefix}.total_step": (),
+                         f"{prefix}.norm1.weight": (dim,), f"{prefix}.norm1.bias": (dim,)})
+        keys.update({f"{inner}.alpha": (1,), f"{inner}.bn.weight": (dim,), f"{inner}.bn.bias": (dim,),
+                     f"{inner}.bn.running_mean": (dim,), f"{inner}.bn.running_var": (dim,),
+                     f"{inner}.bn.num_batches_tracked": ()})
+    for i in range(depth):
+        b = f"blocks.{i}"
+        norm(b + ".norm1")
+        if slab:
+            keys.update({f"{b}.attn.positional_encoding": (1, patches, dim), f"{b}.attn.dwc.weight": (64, 1, 5, 5),
+                         f"{b}.attn.dwc.bias": (64,)})
+        keys.update({f"{b}.attn.qkv.weight": (3 * dim, dim), f"{b}.attn.qkv.bias": (3 * dim,),
+                     f"{b}.attn.proj.weight": (dim, dim), f"{b}.attn.proj.bias": (dim,),
+                     f"{b}.mlp.fc1.weight": (4 * dim, dim), f"{b}.mlp.fc1.bias": (4 * dim,),
+                     f"{b}.mlp.fc2.weight": (dim, 4 * dim), f"{b}.mlp.fc2.bias": (dim,)})
+        norm(b + ".norm2")
+    norm("norm")
+    keys.update({"head.weight": (num_classes, dim), "head.bias": (num_classes,)})
+    return keys
+
+
+def _random_state(keys, rng, total_step=60000, it=0):
+    state = {}
+    for k, shape in keys.items():
+        if k.endswith((".warm", "num_batches_tracked")):
+            state[k] = np.array(0, np.int64)
+        elif k.endswith(".iter"):
+            state[k] = np.array(it, np.int64)
+        elif k.endswith(".total_step"):
+            state[k] = np.array(total_step, np.int64)
+        else:
+            state[k] = rng.normal(size=shape).astype(np.float32)
+    return state
+
+
+@pytest.mark.parametrize("name,slab,linearnorm,n_keys", [
+    ("deit_tiny_prepbn", False, False, 252), ("deit_small_prepbn", False, True, 377),
+    ("slab_deit_tiny", True, True, 413)])
+def test_full_size_official_state_dict_converts_strictly(name, slab, linearnorm, n_keys):
+    dim = 384 if "small" in name else 192
+    keys = _official_deit_keys(12, dim, slab, linearnorm)
+    assert len(keys) == n_keys  # SPEC §4.7 "keys"
+    state = _random_state(keys, np.random.default_rng(0), it=1234)
+    net = mindcv.create_model(name)
+    params, schedule, notes = convert_state_dict(net, state)
+    assert len(params) == len(list(net.get_parameters())) - (3 if linearnorm else 0)
+    assert schedule == ((60000 - 1234, 60000, 0) if linearnorm else None)
+    assert any("cls_token" in n for n in notes) == slab
+    np.testing.assert_array_equal(params["blocks.3.mlp.fc1.weight"].asnumpy(), state["blocks.3.mlp.fc1.weight"])
+    bn = "blocks.0.norm1.norm2.bn" if linearnorm else "blocks.0.norm1.bn"
+    np.testing.assert_array_equal(params[f"{bn}.moving_variance"].asnumpy(), state[f"{bn}.running_var"])
+
+    renamed = dict(state)
+    renamed["blocks.0.attn.qkv.weights"] = renamed.pop("blocks.0.attn.qkv.weight")
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight[^s].*blocks\.0\.attn\.qkv\.weights"):
+        convert_state_dict(net, renamed)
+    missing = dict(state)
+    del missing["norm.norm2.bn.running_mean" if linearnorm else "norm.bn.running_mean"]
+    with pytest.raises(ValueError, match="missing in checkpoint \\(1\\): norm"):
+        convert_state_dict(net, missing)
+
+
+def test_official_pth_is_read_without_torch_and_matches_npz():
+    pth = os.path.join(FIXTURES, "official_small_deit_prepbn.pth")
+    npz = read_state_dict(os.path.join(FIXTURES, "small_deit_prepbn_linearnorm.npz"))
+    state = read_state_dict(pth)
+    assert state.keys() == npz.keys()
+    for k in state:
+        np.testing.assert_array_equal(state[k], npz[k], err_msg=k)
+        assert state[k].dtype == npz[k].dtype, k
+
+
+@pytest.fixture(scope="module")
+def small_deit_s():
+    data = np.load(os.path.join(FIXTURES, "small_deit_prepbn_linearnorm.npz"))
+    net = slab_ms.create_model("deit_small_prepbn", num_classes=10, image_size=64, embed_dim=48, depth=2,
+                               num_heads=3)
+    return net, data
+
+
+def test_convert_cli_round_trip_through_mindcv_create_model(small_deit_s, tmp_path):
+    _, data = small_deit_s
+    dst = tmp_path / "deit.ckpt"
+    rc = convert_main(["--model", "deit_small_prepbn", "--src", os.path.join(FIXTURES, "official_small_deit_prepbn.pth"),
+                       "--dst", str(dst), "--num-classes", "10",
+                       "--model-kwargs", '{"image_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3}'])
+    assert rc == 0 and dst.is_file()
+    net = mindcv.create_model("deit_small_prepbn", num_classes=10, image_size=64, embed_dim=48, depth=2,
+                              num_heads=3, checkpoint_path=str(dst))
+    net.set_train(False)
+    assert rel_err(net(Tensor(data["__input__"])).asnumpy(), data["__logits_eval__"]) <= 1e-4
+    # The reference counters (iter = 0 at the end of training) became the model's schedule: γ = 0.
+    assert get_prepbn_schedule(net) == {"step": 300000, "decay_steps": 300000, "warmup_steps": 0}
+
+
+def test_checkpoint_of_another_model_or_size_is_refused(small_deit_s, tmp_path):
+    net, _ = small_deit_s
+    other = slab_ms.create_model("slab_deit_tiny", **TINY)
+    path = str(tmp_path / "other.ckpt")
+    ms.save_checkpoint(other, path)
+    with pytest.raises(ValueError, match="(?s)does not fit VisionTransformer.*missing in checkpoint"):
+        slab_ms.create_model("deit_small_prepbn", num_classes=10, image_size=64, embed_dim=48, depth=2,
+                             num_heads=3, checkpoint_path=path)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        mindcv.create_model("slab_deit_tiny", **dict(TINY, num_classes=7), checkpoint_path=path)
+    with pytest.raises(ValueError, match="does not fit VisionTransformer"):
+        load_official_checkpoint(other, os.path.join(FIXTURES, "small_slab_deit.npz"))
+
+
+def test_missing_checkpoint_file_is_an_error():
+    with pytest.raises(FileNotFoundError, match="Checkpoint file not found: 'nope.ckpt'"):
+        mindcv.create_model("slab_deit_tiny", **TINY, checkpoint_path="nope.ckpt")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_official_checkpoint(slab_ms.create_model("slab_deit_tiny", **TINY), "nope.pth")
+
+
+def test_pretrained_says_how_to_get_weights():
+    with pytest.raises(ValueError, match="python -m slab_ms.convert --model slab_deit_tiny"):
+        mindcv.create_model("slab_deit_tiny", pretrained=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_slab():
+    net = slab_ms.create_model("slab_deit_tiny", **TINY)
+    net.set_train(False)
+    return net
+
+
+def test_bad_input_gives_one_clear_error(tiny_slab):
+    with pytest.raises(ValueError, match="built for 3 input channels but the input has 1"):
+        tiny_slab(Tensor(np.zeros((1, 1, 32, 32), np.float32)))
+    with pytest.raises(ValueError, match="divisible by 8, got 30x32"):
+        tiny_slab(Tensor(np.zeros((1, 3, 30, 32), np.float32)))
+
+
+def test_other_input_sizes_resize_the_positional_encodings(tiny_slab):
+    out = tiny_slab(Tensor(np.random.default_rng(0).normal(size=(2, 3, 48, 40)).astype(np.float32)))
+    assert out.shape == (2, 5) and np.isfinite(out.asnumpy()).all()
+
+
+def test_factory_kwargs_are_the_same_for_every_model():
+    import inspect
+    from slab_ms.models import deit
+    sigs = {str(inspect.signature(getattr(deit, n)).parameters.keys()) for n in DEIT}
+    assert len(sigs) == 1
+
+
+@pytest.mark.parametrize("name", DEIT)
+def test_every_parameter_gets_a_gradient_in_graph_mode(name):
+    net = slab_ms.create_model(name, **TINY)
+    if get_prepbn_schedule(net):  # γ = 0.5 so that both the LayerNorm and the RepBN branch learn
+        set_prepbn_schedule(net, step=get_prepbn_schedule(net)["decay_steps"] // 2)
+    net.set_train(True)
+    rng = np.random.default_rng(1)
+    x = Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
+    y = Tensor(np.array([1, 3], np.int32))
+    loss_fn = ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    params = net.trainable_params()
+
+    def forward(images, labels):
+        return loss_fn(net(images), labels)
+
+    loss, grads = ms.jit(ms.value_and_grad(forward, None, params))(x, y)
+    assert np.isfinite(loss.asnumpy())
+    dead = [p.name for p, g in zip(params, grads) if not np.abs(g.asnumpy()).max() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
