@@ -1,5 +1,6 @@
 """SLAB model families; importing this registers every model in MindCV."""
 from . import deit
+from . import pvt
 from ._registry import list_models
 
 __all__ = ["deit", "list_models"]

@@ -1,0 +1,245 @@
+"""PVT v1 with PRepBN (``pvt_*_prepbn``) and SLAB-PVT (``slab_pvt_tiny``: PRepBN + SLA).
+
+Four stages, each: patch embedding (stride 4, then 2) -> its norm -> + the stage's positional
+embedding ``pos_embed{s}`` -> blocks. Every norm is PRepBN (LayerNorm eps 1e-6, T = 300,000 in the
+released code), including each patch embedding's norm and the spatial-reduction norm ``attn.norm``.
+As in the SLAB code there is no class token and no final norm: the classifier sees the mean of the
+stage-4 tokens.
+
+Attention per stage: the PRepBN models use PVT's spatial-reduction softmax attention (keys and
+values from the map shrunk by a ``sr x sr`` stride-``sr`` conv, sr 8/4/2/1); SLAB-PVT uses
+Simplified Linear Attention at full resolution in every stage. ``norm=`` ("ln", "bn", "repbn",
+"prepbn") and ``attn=`` ("softmax", "sla") switch any of them to the LayerNorm / softmax PVT
+baseline or an ablation; ``attn_type`` takes the official per-stage string ('S' = spatial-reduction
+softmax, 'L' = SLA, e.g. "LLSS").
+
+Other input sizes: any height and width divisible by 32 work; ``pos_embed{s}`` and the SLA
+positional encodings are resized bilinearly to the actual token grid of each stage.
+"""
+import numpy as np
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, check_input, dense, get_norm_layer,
+                      merge_heads, resize_token_grid, share_prepbn_schedule, split_heads, to_2tuple)
+from ._registry import check_pretrained, default_cfg, register_model
+
+__all__ = ["PyramidVisionTransformer", "pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn",
+           "slab_pvt_tiny"]
+
+default_cfgs = {
+    "pvt_tiny_prepbn": default_cfg("patch_embed1.proj", "pvt_t_prepbn"),
+    "pvt_small_prepbn": default_cfg("patch_embed1.proj", "pvt_s_prepbn"),
+    "pvt_medium_prepbn": default_cfg("patch_embed1.proj", "pvt_m_prepbn"),
+    "slab_pvt_tiny": default_cfg("patch_embed1.proj", "slab_pvt_t"),
+}
+
+NUM_STAGES = 4
+
+
+class SpatialReductionAttention(nn.Cell):
+    """PVT attention: softmax(q kᵀ / √d) v with k, v from the map reduced by a stride-``sr_ratio`` conv + norm."""
+
+    def __init__(self, dim, num_heads, sr_ratio=1, qkv_bias=True, proj_drop=0.0, norm_layer=None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}.")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.sr_ratio = sr_ratio
+        self.q = dense(dim, dim, has_bias=qkv_bias)
+        self.kv = dense(dim, dim * 2, has_bias=qkv_bias)
+        self.proj = dense(dim, dim)
+        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, pad_mode="valid", has_bias=True)
+            self.norm = norm_layer(dim)
+
+    def construct(self, x, hw):
+        b, _, c = x.shape
+        q = split_heads(self.q(x), self.num_heads)
+        if self.sr_ratio > 1:
+            reduced = self.sr(x.transpose(0, 2, 1).reshape(b, c, hw[0], hw[1]))
+            x = self.norm(reduced.reshape(b, c, -1).transpose(0, 2, 1))
+        k, v = ops.split(self.kv(x), c, axis=-1)
+        k, v = split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+        attn = ops.softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), axis=-1)
+        return self.proj_drop(self.proj(merge_heads(ops.bmm(attn, v), self.num_heads)))
+
+
+class PVTLinearAttention(SimplifiedLinearAttention):
+    """SLA with PVT's projections: q from ``q``, k and v from ``kv`` (no spatial reduction), then ``proj``."""
+
+    def __init__(self, dim, num_heads, grid_size, qkv_bias=True, kernel_size=5, proj_drop=0.0):
+        super().__init__(dim, num_heads, grid_size, kernel_size=kernel_size, with_proj=False)
+        self.q = dense(dim, dim, has_bias=qkv_bias)
+        self.kv = dense(dim, dim * 2, has_bias=qkv_bias)
+        self.proj = dense(dim, dim)
+        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def construct(self, x, hw):
+        k, v = ops.split(self.kv(x), self.dim, axis=-1)
+        return self.proj_drop(self.proj(self.attend(self.q(x), k, v, hw)))
+
+
+class Block(nn.Cell):
+    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim, num_heads, grid_size, mlp_ratio, sr_ratio, qkv_bias=True, drop=0.0, drop_path=0.0,
+                 norm_layer=None, attn="sla", kernel_size=5):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        if attn == "sla":
+            self.attn = PVTLinearAttention(dim, num_heads, grid_size, qkv_bias=qkv_bias, kernel_size=kernel_size,
+                                           proj_drop=drop)
+        else:
+            self.attn = SpatialReductionAttention(dim, num_heads, sr_ratio, qkv_bias=qkv_bias, proj_drop=drop,
+                                                  norm_layer=norm_layer)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def construct(self, x, hw):
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def _stage_attention(attn, attn_type):
+    """Per-stage "softmax" / "sla" from ``attn`` or from the official string ``attn_type`` ('S' / 'L')."""
+    if attn_type is None:
+        if attn not in ("softmax", "sla"):
+            raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla' (or pass attn_type='LLSS'-style).")
+        return [attn] * NUM_STAGES
+    if len(attn_type) != NUM_STAGES or set(attn_type) - set("SL"):
+        raise ValueError(f"attn_type must be {NUM_STAGES} letters 'S' (spatial-reduction softmax) or 'L' (SLA), "
+                         f"got '{attn_type}'.")
+    return ["sla" if t == "L" else "softmax" for t in attn_type]
+
+
+class PyramidVisionTransformer(nn.Cell):
+    """PVT v1 in PRepBN / SLAB form (four stages, no class token, no final norm, mean pooling).
+
+    Args (official names): img_size, patch_size (stage 1; later stages use 2), embed_dims, num_heads,
+        mlp_ratios, qkv_bias, drop_rate, drop_path_rate, depths, sr_ratios (softmax stages only; SLA
+        stages run at full resolution, as the released ``la_sr_ratios='1111'``), kernel_size (SLA
+        depth-wise conv), attn_type ('S'/'L' per stage, replaces ``attn`` when given);
+        (MindCV names) in_channels, num_classes; norm: "ln" | "bn" | "repbn" | "prepbn";
+        attn: "softmax" | "sla" in every stage; prepbn_decay_steps: T; ln_eps: LayerNorm epsilon.
+    """
+
+    def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dims=(64, 128, 320, 512),
+                 num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0,
+                 depths=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1), norm="prepbn", attn="sla", attn_type=None,
+                 prepbn_decay_steps=300000, ln_eps=1e-6, kernel_size=5):
+        super().__init__()
+        for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
+                            ("depths", depths), ("sr_ratios", sr_ratios)):
+            if len(value) != NUM_STAGES:
+                raise ValueError(f"{name} needs one value per stage ({NUM_STAGES}), got {list(value)}.")
+        stage_attn = _stage_attention(attn, attn_type)
+        img_size = to_2tuple(img_size)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dims[-1]
+        self.total_stride = patch_size * 2 ** (NUM_STAGES - 1)
+        norm_layer = get_norm_layer(norm, ln_eps=ln_eps, decay_steps=prepbn_decay_steps)
+
+        dpr = np.linspace(0, drop_path_rate, sum(depths)).tolist()
+        grid_sizes = []
+        stride, in_dim, first = patch_size, in_channels, 0
+        for i in range(NUM_STAGES):
+            grid = (img_size[0] // stride, img_size[1] // stride)
+            grid_sizes.append(grid)
+            setattr(self, f"patch_embed{i + 1}", PatchEmbed(patch_size if i == 0 else 2, in_dim, embed_dims[i],
+                                                            norm_layer=norm_layer))
+            setattr(self, f"pos_embed{i + 1}", Parameter(
+                initializer(TruncatedNormal(0.02), (1, grid[0] * grid[1], embed_dims[i])), name=f"pos_embed{i + 1}"))
+            setattr(self, f"block{i + 1}", nn.CellList([
+                Block(embed_dims[i], num_heads[i], grid, mlp_ratios[i], sr_ratios[i], qkv_bias, drop_rate,
+                      dpr[first + j], norm_layer, stage_attn[i], kernel_size) for j in range(depths[i])]))
+            stride, in_dim, first = stride * 2, embed_dims[i], first + depths[i]
+        self.grid_sizes = tuple(grid_sizes)
+        self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head = dense(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        share_prepbn_schedule(self)
+
+    def no_weight_decay(self):
+        """Empty: the reference recipe weight-decays ``pos_embed{s}`` (its exclusion list names a missing cls_token)."""
+        return set()
+
+    def _stage(self, x, patch_embed, pos_embed, blocks, grid, last=False):
+        """One stage on a (B, C, H, W) map: tokens out of the last stage, a map for the next one otherwise."""
+        x, hw = patch_embed(x)
+        x = self.pos_drop(x + resize_token_grid(pos_embed, grid, hw))
+        for blk in blocks:
+            x = blk(x, hw)
+        if last:
+            return x
+        b, _, c = x.shape
+        return x.reshape(b, hw[0], hw[1], c).transpose(0, 3, 1, 2)
+
+    def forward_features(self, x):
+        """Image -> stage-4 tokens (B, N, C) (there is no final norm)."""
+        check_input(x, self.in_channels, self.total_stride, type(self).__name__)
+        x = self._stage(x, self.patch_embed1, self.pos_embed1, self.block1, self.grid_sizes[0])
+        x = self._stage(x, self.patch_embed2, self.pos_embed2, self.block2, self.grid_sizes[1])
+        x = self._stage(x, self.patch_embed3, self.pos_embed3, self.block3, self.grid_sizes[2])
+        return self._stage(x, self.patch_embed4, self.pos_embed4, self.block4, self.grid_sizes[3], last=True)
+
+    def forward_head(self, x, pre_logits=False):
+        x = x.mean(axis=1)
+        return x if pre_logits else self.head(x)
+
+    def construct(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _create(name, pretrained, variant, **kwargs):
+    check_pretrained(pretrained, name)
+    image_size = kwargs.pop("image_size", 224)
+    args = dict(variant)
+    args.update({k: v for k, v in kwargs.items() if v is not None})
+    return PyramidVisionTransformer(img_size=image_size, **args)
+
+
+_PVT = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+            qkv_bias=True, sr_ratios=(8, 4, 2, 1), prepbn_decay_steps=300000, ln_eps=1e-6)
+_TINY = dict(_PVT, depths=(2, 2, 2, 2))
+_SMALL = dict(_PVT, depths=(3, 4, 6, 3))
+_MEDIUM = dict(_PVT, depths=(3, 4, 18, 3))
+
+
+@register_model
+def pvt_tiny_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
+                    drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
+    """PVT-Tiny with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.0)."""
+    return _create("pvt_tiny_prepbn", pretrained, _TINY, num_classes=num_classes, in_channels=in_channels,
+                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
+                   **kwargs)
+
+
+@register_model
+def pvt_small_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
+                     drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
+    """PVT-Small with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.1)."""
+    return _create("pvt_small_prepbn", pretrained, _SMALL, num_classes=num_classes, in_channels=in_channels,
+                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
+                   **kwargs)
+
+
+@register_model
+def pvt_medium_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
+                      drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
+    """PVT-Medium with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.3)."""
+    return _create("pvt_medium_prepbn", pretrained, _MEDIUM, num_classes=num_classes, in_channels=in_channels,
+                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
+                   **kwargs)
+
+
+@register_model
+def slab_pvt_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
+                  drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
+    """SLAB-PVT-Tiny: PRepBN (T = 300,000) + Simplified Linear Attention in every stage (recipe drop_path 0.0)."""
+    return _create("slab_pvt_tiny", pretrained, _TINY, num_classes=num_classes, in_channels=in_channels,
+                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
+                   **kwargs)

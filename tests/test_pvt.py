@@ -1,0 +1,192 @@
+"""PVT v1 family: parity with the official PyTorch outputs, full-size sizes, converter coverage, gradients."""
+import re
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.nn.utils import no_init_parameters
+import mindcv
+
+import slab_ms  # noqa: F401  (registers the models)
+from slab_ms.convert import convert_state_dict
+from slab_ms.layers import prepbn_layers, resize_token_grid, set_prepbn_schedule
+from slab_ms.models.pvt import PyramidVisionTransformer
+from parity_utils import check_parity, load_fixture, norm_kwargs
+
+PVT_NAMES = ["pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn", "slab_pvt_tiny"]
+
+# SPEC §4.7 (full size, 224, 1000 classes): all nn.Parameter elements and len(state_dict()).
+SPEC_PARAMS = {"pvt_tiny_prepbn": 13_239_554, "pvt_small_prepbn": 24_507_801, "pvt_medium_prepbn": 44_253_117,
+               "slab_pvt_tiny": 12_157_692}
+SPEC_KEYS = {"pvt_tiny_prepbn": 392, "slab_pvt_tiny": 338}
+SPEC_LINEARNORMS = {"pvt_tiny_prepbn": 26, "pvt_small_prepbn": 49, "pvt_medium_prepbn": 85, "slab_pvt_tiny": 20}
+
+
+def _pvt_kwargs(meta):
+    """The fixture's official constructor kwargs -> ours (dead / fixed-value official kwargs dropped)."""
+    kw = dict(meta["kwargs"])
+    norm_layer = kw.pop("norm_layer")
+    kw.pop("focusing_factor")  # printed, never used by the reference
+    assert kw.pop("la_sr_ratios") == "1111"  # SLA at full resolution, as in every released config
+    if norm_layer == "@models.slab_pvt:linearnorm":  # slab_pvt.py's module-level partial: LN eps 1e-6, T = 3e5
+        return dict(kw, norm="prepbn", prepbn_decay_steps=300000, ln_eps=1e-6)
+    return dict(kw, **norm_kwargs(norm_layer))
+
+
+@pytest.mark.parametrize("fixture, attn_type", [("small_pvt_prepbn.npz", "SSSS"), ("small_slab_pvt.npz", "LLLL")])
+def test_pvt_parity(fixture, attn_type):
+    _, meta = load_fixture(fixture)
+    kw = _pvt_kwargs(meta)
+    assert kw["attn_type"] == attn_type
+    net = PyramidVisionTransformer(**kw)
+    errors = check_parity(net, fixture)
+    assert len([k for k in errors if k.startswith("act.")]) == 16
+    assert len([k for k in errors if k.startswith("bn.")]) == 2 * meta["train"]["linearnorm_count"]
+
+
+# ------------------------------------------------------------------------------------ full size
+@pytest.fixture(scope="module")
+def full_size():
+    """The four registered models at full size (shapes only: parameters are not initialised)."""
+    with no_init_parameters():
+        return {name: mindcv.create_model(name) for name in PVT_NAMES}
+
+
+@pytest.mark.parametrize("name", PVT_NAMES)
+def test_full_size_param_count(full_size, name):
+    net = full_size[name]
+    # PyTorch counts nn.Parameters only; here the BN moving statistics and the γ schedule are the
+    # non-trainable Parameters, so the trainable ones must match the reference exactly.
+    assert sum(p.size for p in net.trainable_params()) == SPEC_PARAMS[name]
+    assert len(prepbn_layers(net)) == SPEC_LINEARNORMS[name]
+    assert net.no_weight_decay() == set()
+
+
+# SPEC §4.2, written out independently of the model code.
+DIMS, TOKENS, HIDDEN, SR = (64, 128, 320, 512), (3136, 784, 196, 49), (512, 1024, 1280, 2048), (8, 4, 2)
+
+
+def _linear_norm(prefix, c):
+    shapes = {f"{prefix}.{b}": () for b in ("warm", "iter", "total_step")}
+    shapes.update({f"{prefix}.norm1.weight": (c,), f"{prefix}.norm1.bias": (c,), f"{prefix}.norm2.alpha": (1,)})
+    shapes.update({f"{prefix}.norm2.bn.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")})
+    shapes[f"{prefix}.norm2.bn.num_batches_tracked"] = ()
+    return shapes
+
+
+def official_pvt_shapes(attn_type, depths=(2, 2, 2, 2)):
+    """Official state-dict name -> shape of a full-size PVT v1 (SPEC §4.2); 'SSSS' or 'LLLL'."""
+    shapes = {}
+    for s in range(1, 5):
+        c, n, p, cin = DIMS[s - 1], TOKENS[s - 1], 4 if s == 1 else 2, 3 if s == 1 else DIMS[s - 2]
+        shapes[f"pos_embed{s}"] = (1, n, c)
+        shapes[f"patch_embed{s}.proj.weight"], shapes[f"patch_embed{s}.proj.bias"] = (c, cin, p, p), (c,)
+        shapes.update(_linear_norm(f"patch_embed{s}.norm", c))
+        for l in range(depths[s - 1]):
+            blk = f"block{s}.{l}"
+            shapes.update(_linear_norm(f"{blk}.norm1", c))
+            if attn_type == "LLLL":
+                shapes[f"{blk}.attn.positional_encoding"] = (1, n, c)
+                shapes[f"{blk}.attn.dwc.weight"], shapes[f"{blk}.attn.dwc.bias"] = (64, 1, 5, 5), (64,)
+            shapes[f"{blk}.attn.q.weight"], shapes[f"{blk}.attn.q.bias"] = (c, c), (c,)
+            shapes[f"{blk}.attn.kv.weight"], shapes[f"{blk}.attn.kv.bias"] = (2 * c, c), (2 * c,)
+            shapes[f"{blk}.attn.proj.weight"], shapes[f"{blk}.attn.proj.bias"] = (c, c), (c,)
+            if attn_type == "SSSS" and s <= 3:
+                r = SR[s - 1]
+                shapes[f"{blk}.attn.sr.weight"], shapes[f"{blk}.attn.sr.bias"] = (c, c, r, r), (c,)
+                shapes.update(_linear_norm(f"{blk}.attn.norm", c))
+            shapes.update(_linear_norm(f"{blk}.norm2", c))
+            h = HIDDEN[s - 1]
+            shapes[f"{blk}.mlp.fc1.weight"], shapes[f"{blk}.mlp.fc1.bias"] = (h, c), (h,)
+            shapes[f"{blk}.mlp.fc2.weight"], shapes[f"{blk}.mlp.fc2.bias"] = (c, h), (c,)
+    shapes["head.weight"], shapes["head.bias"] = (1000, 512), (1000,)
+    return shapes
+
+
+def random_state_dict(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("total_step"):
+            state[key] = np.array(300000, np.int64)
+        elif key.endswith(("warm", "num_batches_tracked")):
+            state[key] = np.array(0, np.int64)
+        elif key.endswith("iter"):
+            state[key] = np.array(1000, np.int64)
+        else:
+            state[key] = rng.standard_normal(shape).astype(np.float32)
+    return state
+
+
+_TO_OFFICIAL = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
+@pytest.mark.parametrize("name, attn_type", [("pvt_tiny_prepbn", "SSSS"), ("slab_pvt_tiny", "LLLL")])
+def test_converter_covers_full_size(full_size, name, attn_type):
+    net = full_size[name]
+    state = random_state_dict(official_pvt_shapes(attn_type))
+    assert len(state) == SPEC_KEYS[name]
+    params, schedule, _ = convert_state_dict(net, state)
+    assert schedule == (300000 - 1000, 300000, 0)
+    own = [n for n, _ in net.parameters_and_names() if not n.startswith("prepbn_")]
+    assert sorted(params) == sorted(own)
+    for ms_name, param in params.items():
+        prefix, _, leaf = ms_name.rpartition(".")
+        official = f"{prefix}.{_TO_OFFICIAL.get(leaf, leaf)}" if prefix else leaf
+        np.testing.assert_array_equal(param.asnumpy(), state[official], err_msg=ms_name)
+
+    renamed = dict(state)
+    renamed["block2.1.attn.k.weight"] = renamed.pop("block2.1.attn.kv.weight")
+    with pytest.raises(ValueError, match=re.escape("block2.1.attn.k.weight")) as err:
+        convert_state_dict(net, renamed)
+    assert "block2.1.attn.kv.weight" in str(err.value)
+    missing = dict(state)
+    del missing["block4.1.norm2.norm2.bn.running_var"]
+    with pytest.raises(ValueError, match=re.escape("block4.1.norm2.norm2.bn.running_var")):
+        convert_state_dict(net, missing)
+
+
+# --------------------------------------------------------------------------------- training
+TINY = dict(img_size=64, num_classes=10, embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), depths=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("attn", ["softmax", "sla"])
+def test_every_parameter_gets_a_gradient_in_graph_mode(attn):
+    ms.set_seed(0)
+    net = PyramidVisionTransformer(**TINY, attn=attn)
+    set_prepbn_schedule(net, step=150000)  # γ = 0.5: both the LayerNorm and the RepBN branch are live
+    net.set_train(True)
+    weights = net.trainable_params()
+    loss_net = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    grad_fn = ms.value_and_grad(loss_net, None, weights)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    loss, grads = ms.jit(grad_fn)(x, ms.Tensor(np.array([1, 7], np.int32)))
+    assert ms.get_context("mode") == ms.GRAPH_MODE and np.isfinite(loss.asnumpy())
+    dead = [w.name for w, g in zip(weights, grads) if not np.abs(g.asnumpy()).max() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_other_input_sizes_resize_the_position_tables():
+    """A 64-px SLA model at 96 px equals a 96-px model holding its bilinearly resized position tables."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_seed(0)
+    small, large = PyramidVisionTransformer(**TINY, attn="sla"), PyramidVisionTransformer(**dict(TINY, img_size=96),
+                                                                                          attn="sla")
+    small.set_train(False)
+    large.set_train(False)
+    grids = {64: (16, 8, 4, 2), 96: (24, 12, 6, 3)}
+    resized = 0
+    for (name, p), q in zip(small.parameters_and_names(), large.get_parameters()):
+        if p.shape == q.shape:
+            q.set_data(p.data)
+            continue
+        stage = int(re.search(r"(?:pos_embed|block)(\d)", name).group(1)) - 1
+        src, dst = grids[64][stage], grids[96][stage]
+        q.set_data(resize_token_grid(p.data, (src, src), (dst, dst)))
+        resized += 1
+    assert resized == 8  # pos_embed{1..4} and four SLA positional encodings
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((1, 3, 96, 96)).astype(np.float32))
+    np.testing.assert_allclose(small(x).asnumpy(), large(x).asnumpy(), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        small(ops.zeros((1, 3, 100, 100), ms.float32))
