@@ -1,4 +1,5 @@
 """SLAB model families; importing this registers every model in MindCV."""
+from . import cswin
 from . import deit
 from . import pvt
 from ._registry import list_models

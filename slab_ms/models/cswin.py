@@ -1,0 +1,371 @@
+"""SLAB-CSwin (``slab_cswin_tiny``): the CSWin Transformer with PRepBN and, in its 'L' stages, SLA.
+
+CSWin attends inside cross-shaped windows: a block splits its channels and heads in two halves,
+one attending within vertical stripes (full height, ``split`` columns wide), the other within
+horizontal stripes; each branch adds LePE, a 3×3 depth-wise convolution of v (``get_v``). A stage
+whose map equals its stripe width, and the last stage, use one branch over the whole map.
+SLAB replaces every LayerNorm by PRepBN (LN eps 1e-5, T = 120,000 steps) and, in the stages marked
+'L' of ``attn_type`` ("LLSS" for the released model), the softmax by Simplified Linear Attention on
+the same windows (window sizes ``la_split_size`` = 56-28-14-7 at 224: global in stages 1-2), keeping
+LePE next to SLA's own depth-wise convolution.
+
+``attn="softmax"`` gives the CSWin baseline (LePE softmax stripes everywhere); ``norm=`` switches
+the norm ("ln", "bn", "repbn", "prepbn"). The reference's unused ``attns.*.scale`` parameter is not
+created (the converter drops it).
+
+Other input sizes: the block layout (one or two branches per stage) is fixed by ``img_size``; at
+run time the windows follow the feature map (whole map, or stripes of full height / width) and
+SLA's positional encoding is resized bilinearly. The input must give every two-branch stage a map
+that its stripe width divides; otherwise one ValueError names the input sizes that work.
+"""
+import numpy as np
+from mindspore import nn, ops
+
+from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, check_input, dense, get_norm_layer, merge_heads,
+                      share_prepbn_schedule, split_heads, to_2tuple)
+from ._registry import check_pretrained, default_cfg, register_model
+
+__all__ = ["CSWinTransformer", "slab_cswin_tiny"]
+
+default_cfgs = {
+    "slab_cswin_tiny": default_cfg("stage1_conv_embed.0", "slab_cswin_t"),
+}
+
+_STEM_CONV = dict(kernel=7, stride=4, padding=2)
+_MERGE_CONV = dict(kernel=3, stride=2, padding=1)
+WHOLE, VERTICAL, HORIZONTAL = "whole", "vertical", "horizontal"
+
+
+def _conv_out(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def stage_grids(image_hw):
+    """Feature-map (H, W) of each of the four stages for an input image of ``image_hw``."""
+    grid = tuple(_conv_out(s, **_STEM_CONV) for s in image_hw)
+    grids = [grid]
+    for _ in range(3):
+        grid = tuple(_conv_out(s, **_MERGE_CONV) for s in grid)
+        grids.append(grid)
+    return grids
+
+
+def stripe_window(stripe, split, hw):
+    """(H_sp, W_sp) of a branch on an ``hw`` map: the whole map, or stripes ``split`` wide / high."""
+    if stripe == VERTICAL:
+        return (hw[0], split)
+    if stripe == HORIZONTAL:
+        return (split, hw[1])
+    return (hw[0], hw[1])
+
+
+def to_windows(x, hw, window):
+    """(B, H·W, C) row-major tokens -> (B·nW, H_sp·W_sp, C), windows in row-major order."""
+    if window[0] == hw[0] and window[1] == hw[1]:
+        return x
+    b, _, c = x.shape
+    x = x.reshape(b, hw[0] // window[0], window[0], hw[1] // window[1], window[1], c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window[0] * window[1], c)
+
+
+def from_windows(x, hw, window):
+    """Inverse of ``to_windows``: (B·nW, H_sp·W_sp, C) -> (B, H·W, C)."""
+    if window[0] == hw[0] and window[1] == hw[1]:
+        return x
+    c = x.shape[-1]
+    x = x.reshape(-1, hw[0] // window[0], hw[1] // window[1], window[0], window[1], c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, hw[0] * hw[1], c)
+
+
+def tokens_to_grid(x, hw):
+    """(B, H·W, C) -> (B, C, H, W)."""
+    b, _, c = x.shape
+    return x.transpose(0, 2, 1).reshape(b, c, hw[0], hw[1])
+
+
+def grid_to_tokens(x):
+    """(B, C, H, W) -> (B, H·W, C)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h * w).transpose(0, 2, 1)
+
+
+def lepe_conv(dim):
+    """LePE's 3×3 depth-wise convolution (with bias) over all ``dim`` channels of a branch."""
+    return nn.Conv2d(dim, dim, 3, group=dim, pad_mode="pad", padding=1, has_bias=True)
+
+
+def locally_enhanced_pe(get_v, v, window):
+    """LePE of windowed values (B', N, C) laid out on ``window``: get_v over each window, as tokens."""
+    return grid_to_tokens(get_v(tokens_to_grid(v, window)))
+
+
+class LePEAttention(nn.Cell):
+    """CSWin branch: softmax attention (q·hd^-0.5) within stripes, plus LePE of v.
+
+    Args:
+        dim: channels of this branch (C, or C/2 in two-branch blocks).
+        num_heads: heads of this branch.
+        stripe: "whole", "vertical" (H_sp = H, W_sp = split) or "horizontal" (H_sp = split, W_sp = W).
+        split: stripe width.
+    """
+
+    def __init__(self, dim, num_heads, stripe, split):
+        super().__init__()
+        self.num_heads = num_heads
+        self.stripe = stripe
+        self.split = split
+        self.scale = (dim // num_heads) ** -0.5
+        self.get_v = lepe_conv(dim)
+
+    def construct(self, q, k, v, hw):
+        window = stripe_window(self.stripe, self.split, hw)
+        q, k, v = to_windows(q, hw, window), to_windows(k, hw, window), to_windows(v, hw, window)
+        lepe = locally_enhanced_pe(self.get_v, v, window)
+        q = split_heads(q * self.scale, self.num_heads)
+        k = split_heads(k, self.num_heads)
+        attn = ops.softmax(ops.bmm(q, k.transpose(0, 2, 1)), axis=-1)
+        out = merge_heads(ops.bmm(attn, split_heads(v, self.num_heads)), self.num_heads) + lepe
+        return from_windows(out, hw, window)
+
+
+class SLALePEAttention(SimplifiedLinearAttention):
+    """SLAB-CSwin 'L' branch: SLA within the windows (q, k, v from the block's qkv), plus LePE of v.
+
+    The positional encoding P has the window shape at ``grid_size`` (the stage map at construction);
+    SLA's own depth-wise convolution runs on each window. The block's ``proj`` follows.
+    """
+
+    def __init__(self, dim, num_heads, stripe, split, grid_size, kernel_size=5):
+        super().__init__(dim, num_heads, stripe_window(stripe, split, grid_size), kernel_size=kernel_size,
+                         with_proj=False)
+        self.stripe = stripe
+        self.split = split
+        self.get_v = lepe_conv(dim)
+
+    def construct(self, q, k, v, hw):
+        window = stripe_window(self.stripe, self.split, hw)
+        q, k, v = to_windows(q, hw, window), to_windows(k, hw, window), to_windows(v, hw, window)
+        out = self.attend(q, k, v, window) + locally_enhanced_pe(self.get_v, v, window)
+        return from_windows(out, hw, window)
+
+
+class CSWinBlock(nn.Cell):
+    """x + proj(branches(qkv(norm1(x)))), then x + mlp(norm2(x)).
+
+    One branch over the whole map (all channels and heads), or two on half the channels and heads
+    each: vertical stripes on channels [0, C/2), horizontal stripes on [C/2, C).
+    """
+
+    def __init__(self, dim, num_heads, grid_size, split, single_branch, linear, mlp_ratio=4.0, qkv_bias=True,
+                 drop=0.0, drop_path=0.0, norm_layer=None, kernel_size=5):
+        super().__init__()
+        self.dim = dim
+        self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
+        self.norm1 = norm_layer(dim)
+        stripes = (WHOLE,) if single_branch else (VERTICAL, HORIZONTAL)
+        self.num_branches = len(stripes)
+        branch_dim, branch_heads = dim // self.num_branches, num_heads // self.num_branches
+        if linear:
+            branches = [SLALePEAttention(branch_dim, branch_heads, s, split, grid_size, kernel_size) for s in stripes]
+        else:
+            branches = [LePEAttention(branch_dim, branch_heads, s, split) for s in stripes]
+        self.attns = nn.CellList(branches)
+        self.proj = dense(dim, dim)
+        self.proj_drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.norm2 = norm_layer(dim)
+
+    def construct(self, x, hw):
+        q, k, v = ops.split(self.qkv(self.norm1(x)), self.dim, axis=-1)
+        if self.num_branches == 1:
+            out = self.attns[0](q, k, v, hw)
+        else:
+            half = self.dim // 2
+            out = ops.concat((self.attns[0](q[:, :, :half], k[:, :, :half], v[:, :, :half], hw),
+                              self.attns[1](q[:, :, half:], k[:, :, half:], v[:, :, half:], hw)), axis=-1)
+        x = x + self.drop_path(self.proj_drop(self.proj(out)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class GridToTokens(nn.Cell):
+    """Parameter-free (B, C, H, W) -> (B, H·W, C) (index 1 of the stem, like the reference)."""
+
+    def construct(self, x):
+        return grid_to_tokens(x)
+
+
+class ConvEmbed(nn.SequentialCell):
+    """Stem: Conv2d(k7, s4, p2) -> tokens -> norm; returns the tokens and their (H, W) grid."""
+
+    def __init__(self, in_channels, dim, norm_layer):
+        conv = nn.Conv2d(in_channels, dim, _STEM_CONV["kernel"], stride=_STEM_CONV["stride"], pad_mode="pad",
+                         padding=_STEM_CONV["padding"], has_bias=True)
+        super().__init__([conv, GridToTokens(), norm_layer(dim)])
+
+    def construct(self, x):
+        x = self.cell_list[0](x)
+        hw = x.shape[2:]
+        return self.cell_list[2](self.cell_list[1](x)), hw
+
+
+class MergeBlock(nn.Cell):
+    """Between stages: Conv2d(C, 2C, k3, s2, p1) on the token map -> tokens -> norm."""
+
+    def __init__(self, dim, dim_out, norm_layer):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim_out, _MERGE_CONV["kernel"], stride=_MERGE_CONV["stride"], pad_mode="pad",
+                              padding=_MERGE_CONV["padding"], has_bias=True)
+        self.norm = norm_layer(dim_out)
+
+    def construct(self, x, hw):
+        x = self.conv(tokens_to_grid(x, hw))
+        hw = x.shape[2:]
+        return self.norm(grid_to_tokens(x)), hw
+
+
+def _parse_splits(value):
+    if isinstance(value, str):
+        return [int(s) for s in value.split("-")]
+    return [int(s) for s in value]
+
+
+class CSWinTransformer(nn.Cell):
+    """CSWin backbone in SLAB form.
+
+    Args (official names): img_size, patch_size (must be 4: the stem is a 7×7 stride-4 conv),
+        in_chans (= in_channels), num_classes, embed_dim, depth, split_size (stripe widths of 'S'
+        stages), num_heads, mlp_ratio, qkv_bias, drop_rate, drop_path_rate, la_split_size (window
+        sizes of 'L' stages, "56-28-14-7" or a list), attn_type (one 'L'/'S' per stage; default
+        "LLSS" for attn="sla", "SSSS" for attn="softmax"), kernel_size (SLA depth-wise conv),
+        focusing_factor (accepted for compatibility; the reference never uses it either);
+        (MindCV names) in_channels; norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "sla" | "softmax";
+        prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon.
+    """
+
+    def __init__(self, img_size=224, patch_size=4, in_channels=None, num_classes=1000, embed_dim=64,
+                 depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
+                 qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, la_split_size="56-28-14-7", attn_type=None,
+                 kernel_size=5, focusing_factor=3, in_chans=None, norm="prepbn", attn="sla",
+                 prepbn_decay_steps=120000, ln_eps=1e-5):
+        super().__init__()
+        if attn not in ("softmax", "sla"):
+            raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla'.")
+        attn_type = attn_type or ("LLSS" if attn == "sla" else "SSSS")
+        if len(attn_type) != 4 or set(attn_type) - {"L", "S"}:
+            raise ValueError(f"attn_type must be four letters 'L' (SLA) or 'S' (softmax), got '{attn_type}'.")
+        if attn == "softmax" and "L" in attn_type:
+            raise ValueError(f"attn='softmax' contradicts attn_type '{attn_type}'; use attn='sla'.")
+        if patch_size != _STEM_CONV["stride"]:
+            raise ValueError(f"patch_size must be {_STEM_CONV['stride']}: the CSWin stem is a fixed 7x7 "
+                             f"stride-4 convolution, got {patch_size}.")
+        if in_channels is not None and in_chans is not None and in_channels != in_chans:
+            raise ValueError(f"in_channels={in_channels} and in_chans={in_chans} disagree; give one of them.")
+        split_size, la_split_size = _parse_splits(split_size), _parse_splits(la_split_size)
+        if not len(depth) == len(num_heads) == len(split_size) == len(la_split_size) == 4:
+            raise ValueError("depth, num_heads, split_size and la_split_size need one entry per stage (4).")
+        self.in_channels = in_channels or in_chans or 3
+        self.num_classes = num_classes
+        self.img_size = to_2tuple(img_size)
+        dims = [embed_dim * 2 ** i for i in range(4)]
+        self.num_features = dims[-1]
+        norm_layer = get_norm_layer(norm, ln_eps=ln_eps, decay_steps=prepbn_decay_steps)
+
+        grids = stage_grids(self.img_size)
+        splits = [la if kind == "L" else s for kind, la, s in zip(attn_type, la_split_size, split_size)]
+        single = [i == 3 or grids[i][0] == grids[i][1] == splits[i] for i in range(4)]
+        # Stripe width each stage's map must be divisible by (0: one branch over the whole map).
+        self.stripe_splits = tuple(0 if single[i] else splits[i] for i in range(4))
+        for i, split in enumerate(self.stripe_splits):
+            if split and (grids[i][0] % split or grids[i][1] % split):
+                raise ValueError(f"img_size {self.img_size} gives stage {i + 1} a {grids[i][0]}x{grids[i][1]} map; a "
+                                 f"stage whose map is not its split size attends in stripes of that width "
+                                 f"({split}), which must divide the map. Pass split_size / la_split_size that fit "
+                                 f"(released model: img_size 224, split_size 1-2-7-7, la_split_size 56-28-14-7).")
+            if split and (num_heads[i] % 2 or dims[i] % 2):
+                raise ValueError(f"stage {i + 1} attends in two stripe branches of half the heads each and needs "
+                                 f"an even number of heads, got {num_heads[i]}.")
+        self.supported_sizes = self._supported_sizes()
+
+        dpr = np.linspace(0, drop_path_rate, sum(depth)).tolist()
+        stages = []
+        for i in range(4):
+            first = sum(depth[:i])
+            stages.append(nn.CellList([
+                CSWinBlock(dims[i], num_heads[i], grids[i], splits[i], single[i], attn_type[i] == "L", mlp_ratio,
+                           qkv_bias, drop_rate, dpr[first + j], norm_layer, kernel_size) for j in range(depth[i])]))
+        self.stage1_conv_embed = ConvEmbed(self.in_channels, embed_dim, norm_layer)
+        self.stage1 = stages[0]
+        self.merge1 = MergeBlock(dims[0], dims[1], norm_layer)
+        self.stage2 = stages[1]
+        self.merge2 = MergeBlock(dims[1], dims[2], norm_layer)
+        self.stage3 = stages[2]
+        self.merge3 = MergeBlock(dims[2], dims[3], norm_layer)
+        self.stage4 = stages[3]
+        self.norm = norm_layer(dims[-1])
+        self.head = dense(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        share_prepbn_schedule(self)
+
+    def _tiles(self, grids):
+        return all(not s or (g[0] % s == 0 and g[1] % s == 0) for g, s in zip(grids, self.stripe_splits))
+
+    def _supported_sizes(self, count=5):
+        top = 4 * max(self.img_size)
+        sizes = [s for s in range(16, top + 1, 16) if self._tiles(stage_grids((s, s)))][:count]
+        return ", ".join(str(s) for s in sizes) + " (height and width each)"
+
+    def no_weight_decay(self):
+        """None: like the reference, the SLA positional encodings are weight-decayed."""
+        return set()
+
+    def _stage(self, blocks, index, x, hw, image_hw):
+        split = self.stripe_splits[index]
+        if split and (hw[0] % split or hw[1] % split):
+            raise ValueError(f"CSWinTransformer: a {image_hw[0]}x{image_hw[1]} input gives stage {index + 1} a "
+                             f"{hw[0]}x{hw[1]} map, which stripes of width {split} do not tile; input sizes that "
+                             f"work: {self.supported_sizes}.")
+        for blk in blocks:
+            x = blk(x, hw)
+        return x
+
+    def forward_features(self, x):
+        """Image -> normalised stage-4 tokens (B, N, C)."""
+        check_input(x, self.in_channels, 1, type(self).__name__)
+        image_hw = x.shape[2:]
+        x, hw = self.stage1_conv_embed(x)
+        x = self._stage(self.stage1, 0, x, hw, image_hw)
+        x, hw = self.merge1(x, hw)
+        x = self._stage(self.stage2, 1, x, hw, image_hw)
+        x, hw = self.merge2(x, hw)
+        x = self._stage(self.stage3, 2, x, hw, image_hw)
+        x, hw = self.merge3(x, hw)
+        x = self._stage(self.stage4, 3, x, hw, image_hw)
+        return self.norm(x)
+
+    def forward_head(self, x, pre_logits=False):
+        x = x.mean(axis=1)
+        return x if pre_logits else self.head(x)
+
+    def construct(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _create(name, pretrained, variant, family_defaults, **kwargs):
+    check_pretrained(pretrained, name)
+    image_size = kwargs.pop("image_size", 224)
+    args = dict(variant, **family_defaults)
+    args.update({k: v for k, v in kwargs.items() if v is not None})
+    return CSWinTransformer(img_size=image_size, **args)
+
+
+_TINY = dict(embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7),
+             la_split_size="56-28-14-7", mlp_ratio=4.0, qkv_bias=True, kernel_size=5)
+
+
+@register_model
+def slab_cswin_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
+                    drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
+    """SLAB-CSwin-T: PRepBN (T = 120,000) + SLA in stages 1-2 ('LLSS'); the recipe trains with drop_path 0.1."""
+    return _create("slab_cswin_tiny", pretrained, _TINY, {"prepbn_decay_steps": 120000}, num_classes=num_classes,
+                   in_channels=in_channels, image_size=image_size, drop_rate=drop_rate,
+                   drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
