@@ -2,6 +2,7 @@
 from . import cswin
 from . import deit
 from . import pvt
+from . import swin
 from ._registry import list_models
 
 __all__ = ["deit", "list_models"]

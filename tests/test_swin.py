@@ -1,0 +1,202 @@
+"""Swin family: parity with the official PyTorch outputs, SPEC §4.7 sizes, converter coverage, gradients."""
+import re
+
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import ParameterTuple, Tensor, nn
+
+from slab_ms import create_model
+from slab_ms.convert import convert_state_dict
+from slab_ms.layers import set_prepbn_schedule
+from slab_ms.models.swin import (SwinTransformer, cyclic_shift, relative_position_index, shifted_window_mask,
+                                 window_partition, window_reverse)
+from parity_utils import check_parity, load_fixture
+
+SLAB_NORM = dict(norm="prepbn", prepbn_decay_steps=60000, ln_eps=1e-5)  # slab_swin.py's module-level LinearNorm
+
+
+# ------------------------------------------------------------------------------------------ parity
+@pytest.mark.parametrize("fixture, switches", [
+    ("small_swin_prepbn.npz", dict(norm="repbn", attn="softmax")),  # SwinTransformer: RepBN by default
+    ("small_slab_swin.npz", dict(attn="sla", **SLAB_NORM)),
+])
+def test_swin_parity(fixture, switches):
+    _, meta = load_fixture(fixture)
+    net = SwinTransformer(**meta["kwargs"], **switches)
+    errors = check_parity(net, fixture)
+    acts = [k for k in errors if k.startswith("act.")]
+    assert len(acts) == len(meta["activation_keys"])
+    assert max(errors[k] for k in acts) < 1e-5, errors  # measured ≤ 5e-7
+    bn_stats = [k for k in errors if k.startswith("bn.")]
+    assert len(bn_stats) == 2 * (17 if "prepbn" in fixture else 15)
+
+
+# ------------------------------------------------------------------------- full-size models, SPEC §4.7
+@pytest.fixture(scope="module")
+def full_models():
+    return {name: create_model(name) for name in ("swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small")}
+
+
+SPEC_PARAMS = {"swin_tiny_prepbn": 28_288_383, "slab_swin_tiny": 29_216_605, "slab_swin_small": 50_552_965}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_PARAMS))
+def test_full_size_parameter_count(full_models, name):
+    # SPEC counts every nn.Parameter; the PyTorch buffers (BN statistics, counters, index, masks) are
+    # not parameters here either, and the γ schedule Parameters are not trainable.
+    net = full_models[name]
+    assert sum(p.size for p in net.trainable_params()) == SPEC_PARAMS[name]
+
+
+def _repbn_group(prefix, c):
+    return {f"{prefix}.alpha": (1,), f"{prefix}.bn.weight": (c,), f"{prefix}.bn.bias": (c,),
+            f"{prefix}.bn.running_mean": (c,), f"{prefix}.bn.running_var": (c,), f"{prefix}.bn.num_batches_tracked": ()}
+
+
+def _linearnorm_group(prefix, c):
+    keys = {f"{prefix}.warm": (), f"{prefix}.iter": (), f"{prefix}.total_step": (),
+            f"{prefix}.norm1.weight": (c,), f"{prefix}.norm1.bias": (c,)}
+    keys.update(_repbn_group(prefix + ".norm2", c))
+    return keys
+
+
+def official_swin_t_keys(slab):
+    """Key -> shape of the official full-size Swin-T PRepBN (SPEC §4.4) or SLAB-Swin-T (§4.5) state dict."""
+    group = _linearnorm_group if slab else _repbn_group
+    keys = {"patch_embed.proj.weight": (96, 3, 4, 4), "patch_embed.proj.bias": (96,)}
+    keys.update(group("patch_embed.norm", 96))
+    for s, (depth, heads) in enumerate(zip((2, 2, 6, 2), (3, 6, 12, 24))):
+        c, res = 96 * 2 ** s, 56 // 2 ** s
+        for l in range(depth):
+            p = f"layers.{s}.blocks.{l}"
+            keys.update(group(p + ".norm1", c))
+            keys.update(group(p + ".norm2", c))
+            keys.update({p + ".attn.qkv.weight": (3 * c, c), p + ".attn.qkv.bias": (3 * c,),
+                         p + ".attn.proj.weight": (c, c), p + ".attn.proj.bias": (c,),
+                         p + ".mlp.fc1.weight": (4 * c, c), p + ".mlp.fc1.bias": (4 * c,),
+                         p + ".mlp.fc2.weight": (c, 4 * c), p + ".mlp.fc2.bias": (c,)})
+            if slab and s < 2:  # 'L' stage: global SLA
+                keys.update({p + ".attn.positional_encoding": (1, res * res, c),
+                             p + ".attn.dwc.weight": (32, 1, 5, 5), p + ".attn.dwc.bias": (32,)})
+            else:
+                keys.update({p + ".attn.relative_position_bias_table": (169, heads),
+                             p + ".attn.relative_position_index": (49, 49)})
+                if l % 2 and s < 3:
+                    keys[p + ".attn_mask"] = ((res // 7) ** 2, 49, 49)
+        if s < 3:
+            keys.update(group(f"layers.{s}.downsample.norm", 4 * c))
+            keys[f"layers.{s}.downsample.reduction.weight"] = (2 * c, 4 * c)
+    keys.update(group("norm", 768))
+    keys.update({"head.weight": (1000, 768), "head.bias": (1000,)})
+    return keys
+
+
+def _random_state(keys, rng):
+    state = {}
+    for key, shape in keys.items():
+        if key.endswith("total_step"):
+            state[key] = np.array(60000, np.int64)
+        elif key.endswith((".warm", ".iter")):
+            state[key] = np.array(0, np.int64)
+        elif key.endswith(("num_batches_tracked", "relative_position_index")):
+            state[key] = rng.integers(0, 169, shape).astype(np.int64)
+        else:
+            state[key] = rng.standard_normal(shape, dtype=np.float32)
+    return state
+
+
+@pytest.mark.parametrize("name, slab, num_keys", [("swin_tiny_prepbn", False, 306), ("slab_swin_tiny", True, 453)])
+def test_converter_covers_official_state_dict(full_models, name, slab, num_keys):
+    net = full_models[name]
+    keys = official_swin_t_keys(slab)
+    assert len(keys) == num_keys  # SPEC §4.7 "keys", buffers included
+    state = _random_state(keys, np.random.default_rng(0))
+
+    params, schedule, notes = convert_state_dict(net, state)
+    own = {n for n, p in net.parameters_and_names() if not n.startswith("prepbn_")}
+    assert set(params) == own
+    assert schedule == ((60000, 60000, 0) if slab else None)
+    assert any("relative_position_index" in n for n in notes) and any("attn_mask" in n for n in notes)
+    bn = "layers.2.blocks.5.norm1" + (".norm2" if slab else "")
+    np.testing.assert_array_equal(params[bn + ".bn.moving_variance"].asnumpy(), state[bn + ".bn.running_var"])
+    np.testing.assert_array_equal(params["layers.1.downsample.reduction.weight"].asnumpy(),
+                                  state["layers.1.downsample.reduction.weight"])
+
+    renamed = dict(state)
+    renamed["layers.3.blocks.1.attn.qkv.w"] = renamed.pop("layers.3.blocks.1.attn.qkv.weight")
+    names = r"(?s)missing in checkpoint \(1\): layers\.3\.blocks\.1\.attn\.qkv\.weight\n.*" \
+            r"unexpected in checkpoint \(1\): layers\.3\.blocks\.1\.attn\.qkv\.w$"
+    with pytest.raises(ValueError, match=names):
+        convert_state_dict(net, renamed)
+    removed = "layers.0.blocks.1.norm2" + (".norm2" if slab else "") + ".bn.running_mean"
+    with pytest.raises(ValueError, match=r"missing in checkpoint \(1\): " + re.escape(removed)):
+        convert_state_dict(net, {k: v for k, v in state.items() if k != removed})
+
+
+# ----------------------------------------------------------------------------- geometry and errors
+def test_window_helpers_match_numpy():
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(cyclic_shift(Tensor(x), -2).asnumpy(), np.roll(x, (-2, -2), axis=(1, 2)))
+    windows = window_partition(Tensor(x), 4).asnumpy()
+    np.testing.assert_array_equal(windows[1], x[0, :4, 4:].reshape(16, 3))  # image 0, window (0, 1)
+    np.testing.assert_array_equal(windows[6], x[1, 4:, :4].reshape(16, 3))  # image 1, window (1, 0)
+    np.testing.assert_array_equal(window_reverse(Tensor(windows), 4, 8, 8).asnumpy(), x)
+    index = relative_position_index(7)
+    assert index.shape == (49, 49) and index.min() == 0 and index.max() == 168 and index[0, 0] == 84
+    mask = shifted_window_mask((14, 14), 7, 3)
+    assert mask.shape == (4, 49, 49)
+    assert (mask[0] == 0).all() and (mask[3] != 0).mean() > 0.5  # only windows on the wrap-around are masked
+
+
+def test_window_layouts_and_input_errors():
+    def layout(**kw):
+        net = SwinTransformer(img_size=112, patch_size=2, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 1, 1),
+                              num_classes=0, **kw)
+        return [(b.kind, b.window_size, b.shift_size) for layer in net.layers for b in layer.blocks]
+
+    assert layout(attn="sla") == ([("L", 56, 0)] * 2 + [("L", 28, 0)] * 2 + [("S", 7, 0), ("S", 7, 3)]
+                                  + [("S", 7, 0)] * 2)
+    assert layout(attn="softmax") == [("S", 7, 0), ("S", 7, 3)] * 3 + [("S", 7, 0)] * 2
+    assert layout(attn="sla", attn_type="LSSS", window_size=28)[:4] == [("L", 28, 0), ("L", 28, 14), ("S", 7, 0),
+                                                                          ("S", 7, 3)]
+    with pytest.raises(ValueError, match="attn='sla'"):
+        layout(attn="softmax", attn_type="LLSS")
+    with pytest.raises(ValueError, match="64x64 feature map cannot be split into 56x56 windows"):
+        create_model("slab_swin_tiny", image_size=256)
+    net = SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 1), window_size=4,
+                          attn="softmax", norm="repbn", num_classes=0)
+    with pytest.raises(ValueError, match="built for 32x32 inputs"):
+        net.forward_features(Tensor(np.zeros((1, 3, 64, 64), np.float32)))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net.forward_features(Tensor(np.zeros((1, 3, 30, 30), np.float32)))
+
+
+# ------------------------------------------------------------------------------------------ training
+TINY = {
+    # 8x8 tokens in 4x4 windows (shifted and masked in block 1), then 4x4 tokens in one window
+    "swin_prepbn": dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 1), num_heads=(1, 2), window_size=4,
+                        norm="repbn", attn="softmax"),
+    # 28x28 tokens in 14x14 SLA windows (shifted in block 1), then 14x14 tokens in shifted 7x7 softmax windows
+    "slab_swin": dict(img_size=56, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=14,
+                      attn="sla", attn_type="LS", **SLAB_NORM),
+}
+
+
+@pytest.mark.parametrize("config", sorted(TINY))
+def test_every_parameter_gets_a_gradient_in_graph_mode(config):
+    ms.set_seed(0)
+    net = SwinTransformer(num_classes=5, drop_path_rate=0.0, **TINY[config])
+    if config == "slab_swin":
+        set_prepbn_schedule(net, step=30000)  # γ = 0.5: both the LayerNorm and the RepBN branch train
+    net.set_train(True)
+    weights = ParameterTuple(net.trainable_params())
+    step = nn.ForwardValueAndGrad(nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
+                                  weights=weights, get_by_list=True)
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((2, 3) + (TINY[config]["img_size"],) * 2).astype(np.float32))
+    loss, grads = step(x, Tensor(np.array([1, 3], np.int32)))
+    assert np.isfinite(loss.asnumpy())
+    zero = [w.name for w, g in zip(weights, grads) if not np.abs(g.asnumpy()).max() > 0]
+    assert not zero, f"parameters without gradient: {zero}"
+    assert len(weights) > 40
