@@ -197,6 +197,9 @@ def test_switches_and_official_kwargs():
     assert len(net.stage1[0].attns) == 2 and not [c for _, c in net.cells_and_names() if isinstance(c, PRepBN)]
     with pytest.raises(ValueError, match="contradicts attn_type 'LLSS'"):
         CSWinTransformer(**TINY, attn="softmax")
+    default_windows = CSWinTransformer(**dict(TINY, img_size=96, la_split_size=None))  # 'L' = whole map
+    assert default_windows.stripe_splits == (0, 0, 2, 0)
+    assert default_windows.stage1[0].attns[0].positional_encoding.shape == (1, 24 * 24, 8)
     with pytest.raises(ValueError, match="needs an even number of heads, got 1"):
         CSWinTransformer(**dict(TINY, attn_type=None), attn="softmax")
     with pytest.raises(ValueError, match="patch_size must be 4"):

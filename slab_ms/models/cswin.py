@@ -13,10 +13,12 @@ LePE next to SLA's own depth-wise convolution.
 the norm ("ln", "bn", "repbn", "prepbn"). The reference's unused ``attns.*.scale`` parameter is not
 created (the converter drops it).
 
-Other input sizes: the block layout (one or two branches per stage) is fixed by ``img_size``; at
-run time the windows follow the feature map (whole map, or stripes of full height / width) and
-SLA's positional encoding is resized bilinearly. The input must give every two-branch stage a map
-that its stripe width divides; otherwise one ValueError names the input sizes that work.
+Other input sizes: ``img_size`` fixes the block layout (one or two branches per stage; by default
+the 'L' stages attend over their whole map, as the released 56-28-14-7 does at 224). At run time
+the windows follow the feature map (whole map, or stripes of full height / width) and SLA's
+positional encoding is resized bilinearly, so a 224 model also runs at e.g. 112, 336 or 448. The
+input must give every two-branch stage a map that its stripe width divides; otherwise one
+ValueError names the input sizes that work.
 """
 import numpy as np
 from mindspore import nn, ops
@@ -236,7 +238,8 @@ class CSWinTransformer(nn.Cell):
     Args (official names): img_size, patch_size (must be 4: the stem is a 7×7 stride-4 conv),
         in_chans (= in_channels), num_classes, embed_dim, depth, split_size (stripe widths of 'S'
         stages), num_heads, mlp_ratio, qkv_bias, drop_rate, drop_path_rate, la_split_size (window
-        sizes of 'L' stages, "56-28-14-7" or a list), attn_type (one 'L'/'S' per stage; default
+        sizes of 'L' stages, "56-28-14-7" or a list; default: each stage's whole map at img_size,
+        which is "56-28-14-7" at 224), attn_type (one 'L'/'S' per stage; default
         "LLSS" for attn="sla", "SSSS" for attn="softmax"), kernel_size (SLA depth-wise conv),
         focusing_factor (accepted for compatibility; the reference never uses it either);
         (MindCV names) in_channels; norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "sla" | "softmax";
@@ -245,7 +248,7 @@ class CSWinTransformer(nn.Cell):
 
     def __init__(self, img_size=224, patch_size=4, in_channels=None, num_classes=1000, embed_dim=64,
                  depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
-                 qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, la_split_size="56-28-14-7", attn_type=None,
+                 qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, la_split_size=None, attn_type=None,
                  kernel_size=5, focusing_factor=3, in_chans=None, norm="prepbn", attn="sla",
                  prepbn_decay_steps=120000, ln_eps=1e-5):
         super().__init__()
@@ -261,17 +264,19 @@ class CSWinTransformer(nn.Cell):
                              f"stride-4 convolution, got {patch_size}.")
         if in_channels is not None and in_chans is not None and in_channels != in_chans:
             raise ValueError(f"in_channels={in_channels} and in_chans={in_chans} disagree; give one of them.")
+        self.img_size = to_2tuple(img_size)
+        grids = stage_grids(self.img_size)
+        if la_split_size is None:
+            la_split_size = [g[0] for g in grids]
         split_size, la_split_size = _parse_splits(split_size), _parse_splits(la_split_size)
         if not len(depth) == len(num_heads) == len(split_size) == len(la_split_size) == 4:
             raise ValueError("depth, num_heads, split_size and la_split_size need one entry per stage (4).")
         self.in_channels = in_channels or in_chans or 3
         self.num_classes = num_classes
-        self.img_size = to_2tuple(img_size)
         dims = [embed_dim * 2 ** i for i in range(4)]
         self.num_features = dims[-1]
         norm_layer = get_norm_layer(norm, ln_eps=ln_eps, decay_steps=prepbn_decay_steps)
 
-        grids = stage_grids(self.img_size)
         splits = [la if kind == "L" else s for kind, la, s in zip(attn_type, la_split_size, split_size)]
         single = [i == 3 or grids[i][0] == grids[i][1] == splits[i] for i in range(4)]
         # Stripe width each stage's map must be divisible by (0: one branch over the whole map).
@@ -358,8 +363,9 @@ def _create(name, pretrained, variant, family_defaults, **kwargs):
     return CSWinTransformer(img_size=image_size, **args)
 
 
-_TINY = dict(embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7),
-             la_split_size="56-28-14-7", mlp_ratio=4.0, qkv_bias=True, kernel_size=5)
+# la_split_size left to its default: SLA over the whole map of stages 1-2 (56-28-14-7 at 224).
+_TINY = dict(embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), mlp_ratio=4.0,
+             qkv_bias=True, kernel_size=5)
 
 
 @register_model
