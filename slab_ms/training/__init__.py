@@ -1,0 +1,8 @@
+"""Training for SLAB models: ``train.py``'s recipe parser, compiled train step, γ schedule, checkpoints."""
+from .callbacks import GammaDecay, ProgressLogger
+from .config import ConfigError, build_parser, parse_args
+from .loop import NonFiniteLossError, Trainer, train
+from .train_step import NetWithLoss, TrainStep, build_optimizer, param_groups
+
+__all__ = ["ConfigError", "GammaDecay", "NetWithLoss", "NonFiniteLossError", "ProgressLogger", "TrainStep",
+           "Trainer", "build_optimizer", "build_parser", "param_groups", "parse_args", "train"]

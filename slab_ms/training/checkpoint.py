@@ -1,0 +1,99 @@
+"""Training checkpoints: atomic, self-describing, resumable mid-epoch.
+
+A resumable checkpoint ``<ckpt_dir>/<model>-<EEEE>_<SSSSSS>.ckpt`` holds the model parameters (with the
+γ schedule: ``prepbn_step``, ``prepbn_decay_steps``, ``prepbn_warmup_steps``), the optimizer state
+(moments, beta powers, ``global_step`` = lr index), the ``ema.*`` weights, and the position:
+``epoch_num`` = epochs finished (training epochs, then BN re-calibration epochs) and ``step_num`` =
+optimizer steps already taken in the next epoch. They are only written between optimizer steps, so
+no accumulation state is needed. The final ``<model>.ckpt`` holds the weights and ``ema.*``.
+Every file is written to a temporary name and renamed, so a killed run never leaves a torn file.
+"""
+import glob
+import os
+import re
+
+import mindspore as ms
+
+from ..models._factory import load_checkpoint
+from ..utils import save_checkpoint_atomic
+from .config import ConfigError
+
+__all__ = ["resumable_name", "list_resumable", "find_latest", "save_train_checkpoint", "save_final_checkpoint",
+           "load_train_checkpoint", "prune_checkpoints"]
+
+_POSITION_RE = re.compile(r"-(\d{4})_(\d{6})\.ckpt$")
+
+
+def resumable_name(model_name, epoch_num, step_num):
+    return f"{model_name}-{epoch_num:04d}_{step_num:06d}.ckpt"
+
+
+def list_resumable(ckpt_dir, model_name):
+    """``[(epoch_num, step_num, path)]`` of this model's resumable checkpoints, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(ckpt_dir), f"{glob.escape(model_name)}-*_*.ckpt")):
+        match = _POSITION_RE.search(os.path.basename(path))
+        if match and os.path.basename(path) == resumable_name(model_name, *map(int, match.groups())):
+            found.append((int(match.group(1)), int(match.group(2)), path))
+    return sorted(found)
+
+
+def find_latest(ckpt_dir, model_name):
+    found = list_resumable(ckpt_dir, model_name)
+    return found[-1][2] if found else None
+
+
+def _optimizer_state(optimizer, model):
+    model_ids = {id(p) for p in model.get_parameters()}
+    return [p for p in optimizer.get_parameters() if id(p) not in model_ids and p.name != "learning_rate"]
+
+
+def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, epoch_num, step_num):
+    """Write a resumable checkpoint atomically; returns its path."""
+    if train_step.accumulate_steps > 1 and int(train_step.micro_step.asnumpy()) != 0:
+        raise RuntimeError("internal: checkpoint requested in the middle of a gradient-accumulation cycle")
+    params = list(model.get_parameters()) + _optimizer_state(optimizer, model) + train_step.ema_parameters()
+    entries = [{"name": p.name, "data": p} for p in params]
+    path = os.path.join(ckpt_dir, resumable_name(model_name, epoch_num, step_num))
+    return save_checkpoint_atomic(entries, path, append_dict={"epoch_num": epoch_num, "step_num": step_num})
+
+
+def save_final_checkpoint(path, model, train_step, epoch_num):
+    params = list(model.get_parameters()) + train_step.ema_parameters()
+    entries = [{"name": p.name, "data": p} for p in params]
+    return save_checkpoint_atomic(entries, path, append_dict={"epoch_num": epoch_num, "step_num": 0})
+
+
+def prune_checkpoints(ckpt_dir, model_name, keep):
+    """Delete all but the newest ``keep`` resumable checkpoints of this model."""
+    for _, _, path in list_resumable(ckpt_dir, model_name)[:-keep]:
+        os.remove(path)
+
+
+def load_train_checkpoint(path, model, optimizer, train_step):
+    """Restore everything :func:`save_train_checkpoint` wrote; returns ``(epoch_num, step_num)``.
+
+    The model part is strict (a checkpoint of another model or size is a clear error, see
+    ``slab_ms.models._factory.load_checkpoint``); missing optimizer or EMA state is an error too.
+    """
+    load_checkpoint(model, path)
+    ckpt = ms.load_checkpoint(path)
+    for key in ("epoch_num", "step_num"):
+        if key not in ckpt:
+            raise ConfigError(f"'{path}' is not a resumable train.py checkpoint (no '{key}'); to start a new run "
+                              "from its weights use --checkpoint_path instead of --resume")
+    state = _optimizer_state(optimizer, model)
+    missing = [p.name for p in state if p.name not in ckpt]
+    if missing:
+        raise ConfigError(f"'{path}' has no state for this optimizer ({len(missing)} entries missing, e.g. "
+                          f"{missing[0]}); was it written with another --opt? Use --checkpoint_path to start a "
+                          "new run from its weights.")
+    ema = train_step.ema_parameters()
+    if ema and any(p.name not in ckpt for p in ema):
+        raise ConfigError(f"'{path}' holds no EMA weights but this run has ema=True; resume with the recipe it "
+                          "was written with")
+    for p in state + ema:
+        if tuple(ckpt[p.name].shape) != tuple(p.shape):
+            raise ConfigError(f"'{path}': '{p.name}' has shape {tuple(ckpt[p.name].shape)}, this run {tuple(p.shape)}")
+        p.set_data(ckpt[p.name])  # resume happens before the train graph is compiled
+    return int(ckpt["epoch_num"].asnumpy()), int(ckpt["step_num"].asnumpy())

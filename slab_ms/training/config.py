@@ -1,0 +1,237 @@
+"""Command line and flat yaml recipes for ``train.py`` (MindCV style).
+
+Every yaml key is an argparse option: ``train.py -c recipe.yaml --lr 1e-3`` takes the recipe's values
+as defaults and the command line overrides them. A yaml key that is no option is one clear error
+naming the key and the closest valid ones (a typo would otherwise silently train the wrong recipe).
+"""
+import argparse
+import difflib
+import json
+import os
+
+import yaml
+
+__all__ = ["build_parser", "parse_args", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A recipe or command line that cannot be trained as given."""
+
+
+def str2bool(value):
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes", "y", "on"):
+        return True
+    if str(value).lower() in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got '{value}'")
+
+
+def optional(cast):
+    """``cast`` that also accepts 'none'/'null' for "not set"."""
+    def parse(value):
+        if value is None or str(value).lower() in ("none", "null", ""):
+            return None
+        return cast(value)
+    parse.__name__ = getattr(cast, "__name__", "value")
+    return parse
+
+
+def json_dict(value):
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depth\": 1}}', got '{value}'") from err
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got '{value}'")
+    return parsed
+
+
+def number_or_str(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Train a SLAB model (MindSpore). Recipe: -c configs/<family>/<model>.yaml; any key can be "
+                    "overridden as --key value.", allow_abbrev=False)
+    parser.add_argument("-c", "--config", default="", help="flat yaml recipe whose keys are the options below")
+
+    group = parser.add_argument_group("system")
+    group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
+    group.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    group.add_argument("--distribute", type=str2bool, default=False,
+                       help="data-parallel over the processes started by msrun")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--runtime_num_threads", type=optional(int), default=None,
+                       help="CPU threads of MindSpore's runtime (None: MindSpore's default)")
+
+    group = parser.add_argument_group("data (read by slab_ms.data.create_loaders)")
+    group.add_argument("--dataset", default="imagefolder",
+                       help="imagefolder, or digits (the embedded demo, written to data_dir on first use)")
+    group.add_argument("--data_dir", type=optional(str), default=None, help="folder with train/ and val/")
+    group.add_argument("--train_split", default="train")
+    group.add_argument("--val_split", default="val")
+    group.add_argument("--image_size", type=int, default=224)
+    group.add_argument("--batch_size", type=int, default=128, help="per device")
+    group.add_argument("--val_batch_size", type=optional(int), default=None)
+    group.add_argument("--check_images", type=str2bool, default=True,
+                       help="scan every image once at start (False for huge datasets already known good)")
+    group.add_argument("--num_parallel_workers", type=int, default=4)
+    group.add_argument("--shuffle", type=str2bool, default=True)
+    group.add_argument("--drop_remainder", type=str2bool, default=True)
+    group.add_argument("--interpolation", default="bicubic")
+    group.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], help="RandomResizedCrop area range")
+    group.add_argument("--ratio", type=float, nargs=2, default=[0.75, 1.333], help="RandomResizedCrop aspect")
+    group.add_argument("--hflip", type=float, default=0.5)
+    group.add_argument("--color_jitter", type=optional(float), default=None)
+    group.add_argument("--auto_augment", type=optional(str), default=None,
+                       help="e.g. randaug-m9-mstd0.5-inc1 (the paper's RandAugment)")
+    group.add_argument("--re_prob", type=float, default=0.0, help="random erasing probability")
+    group.add_argument("--re_value", type=number_or_str, default=0, help="erasing value or 'random'")
+    group.add_argument("--crop_pct", type=float, default=0.875)
+    group.add_argument("--mean", type=float, nargs=3, default=[123.675, 116.28, 103.53])
+    group.add_argument("--std", type=float, nargs=3, default=[58.395, 57.12, 57.375])
+    group.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    group.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
+    group.add_argument("--mixup_prob", type=float, default=1.0, help="probability of mixing a batch")
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=optional(str), default=None, help="registered model name")
+    group.add_argument("--num_classes", type=optional(int), default=None, help="None: from the dataset")
+    group.add_argument("--model_kwargs", type=json_dict, default={},
+                       help="extra factory kwargs (yaml mapping or JSON), e.g. a tiny test size")
+    group.add_argument("--drop_rate", type=float, default=0.0)
+    group.add_argument("--drop_path_rate", type=float, default=0.0)
+    group.add_argument("--checkpoint_path", default="", help="initial weights (strict; .ckpt or official .pth)")
+    group.add_argument("--prepbn_decay_steps", type=optional(int), default=None,
+                       help="T of the γ schedule in optimizer steps (None: the model's default)")
+    group.add_argument("--prepbn_decay_ratio", type=optional(float), default=None,
+                       help="T as a fraction of the run's optimizer steps (instead of prepbn_decay_steps)")
+    group.add_argument("--prepbn_warmup_steps", type=int, default=0,
+                       help="optimizer steps of LayerNorm only before γ starts to decay")
+
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--epochs", type=int, default=300)
+    group.add_argument("--cooldown_epochs", type=int, default=0, help="extra epochs at min_lr")
+    group.add_argument("--opt", default="adamw")
+    group.add_argument("--lr", type=float, default=5e-4, help="base lr (before scale_lr_batch scaling)")
+    group.add_argument("--min_lr", type=float, default=5e-6)
+    group.add_argument("--warmup_lr", type=float, default=5e-7)
+    group.add_argument("--warmup_epochs", type=float, default=20)
+    group.add_argument("--scheduler", default="timm_cosine",
+                       help="timm_cosine (the reference's per-step cosine) or a MindCV scheduler name "
+                            "(cosine_decay, constant, ...)")
+    group.add_argument("--scale_lr_batch", type=int, default=0,
+                       help="multiply lr, warmup_lr, min_lr by total batch / this (512 in the paper; 0: off)")
+    group.add_argument("--weight_decay", type=float, default=0.05)
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--beta1", type=float, default=0.9)
+    group.add_argument("--beta2", type=float, default=0.999)
+    group.add_argument("--clip_grad", type=optional(float), default=None, help="max global grad norm (None: off)")
+    group.add_argument("--accumulate_steps", type=int, default=1, help="micro-batches per optimizer step")
+    group.add_argument("--loss", default="CE")
+    group.add_argument("--label_smoothing", type=float, default=0.0)
+    group.add_argument("--amp_level", default="O0", choices=["O0", "O1", "O2", "O3"])
+    group.add_argument("--loss_scale", type=float, default=1.0, help="fixed loss scale")
+    group.add_argument("--ema", type=str2bool, default=False)
+    group.add_argument("--ema_decay", type=float, default=0.9999)
+    group.add_argument("--bn_recalib_epochs", type=int, default=0,
+                       help="final passes with frozen weights that only re-estimate BN statistics (paper: 10)")
+
+    group = parser.add_argument_group("checkpoints and logging")
+    group.add_argument("--ckpt_dir", default="./ckpt")
+    group.add_argument("--ckpt_interval", type=int, default=0,
+                       help="also save every N optimizer steps (0: only at epoch ends)")
+    group.add_argument("--keep_checkpoint_max", type=int, default=3)
+    group.add_argument("--resume", default="", help="'auto' (newest in ckpt_dir) or a checkpoint path")
+    group.add_argument("--log_interval", type=int, default=10, help="optimizer steps between progress lines")
+    group.add_argument("--val_while_train", type=str2bool, default=False)
+    group.add_argument("--val_interval", type=int, default=1, help="epochs between validations")
+    return parser
+
+
+def _coerce(action, value, key, path):
+    """Give a yaml value the option's type (PyYAML reads e.g. 5e-4 as a string)."""
+    if value is None or action.type is None:
+        return value
+    try:
+        if action.nargs not in (None, "?"):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{path}: key '{key}' needs a list of {action.nargs} values, got {value!r}")
+            return [action.type(v) for v in value]
+        return action.type(value)
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path}: key '{key}' has an invalid value {value!r} ({err})") from err
+
+
+def load_yaml_defaults(parser, path):
+    """The recipe's values as parser defaults; unknown keys are an error naming the closest options."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: '{path}'")
+    with open(path, encoding="utf-8") as f:
+        recipe = yaml.safe_load(f) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: a recipe is a flat mapping of option: value")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    unknown = [k for k in recipe if k not in actions]
+    if unknown:
+        lines = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(actions), n=3, cutoff=0.6)
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            lines.append(f"'{key}'{hint}")
+        raise ConfigError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} " + "; ".join(lines)
+                          + ". Every key must be a train.py option (python train.py --help).")
+    return {k: _coerce(actions[k], v, k, path) for k, v in recipe.items()}
+
+
+def parse_args(argv=None):
+    """``-c recipe.yaml`` then ``--key value`` overrides; returns the argparse Namespace.
+
+    Raises ConfigError for a missing/invalid recipe or an unknown key (exit status 2 in train.py).
+    """
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**load_yaml_defaults(parser, pre.config))
+    args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args):
+    """Cross-key checks that need no data or model."""
+    if not args.model:
+        raise ConfigError("no model: set 'model' in the recipe or pass --model NAME")
+    if not args.data_dir:
+        raise ConfigError("no data: set 'data_dir' in the recipe or pass --data_dir PATH")
+    if args.accumulate_steps < 1:
+        raise ConfigError(f"accumulate_steps must be >= 1, got {args.accumulate_steps}")
+    if args.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {args.epochs}")
+    if args.prepbn_decay_steps is not None and args.prepbn_decay_ratio is not None:
+        raise ConfigError("set either prepbn_decay_steps or prepbn_decay_ratio, not both")
+    if args.prepbn_decay_steps is not None and args.prepbn_decay_steps <= 0:
+        raise ConfigError(f"prepbn_decay_steps must be > 0, got {args.prepbn_decay_steps} "
+                          "(a '0 decay steps' model is a pure-RepBN model: norm='repbn')")
+    if args.prepbn_decay_ratio is not None and not 0.0 < args.prepbn_decay_ratio <= 1.0:
+        raise ConfigError(f"prepbn_decay_ratio must be in (0, 1], got {args.prepbn_decay_ratio}")
+    if args.prepbn_warmup_steps < 0:
+        raise ConfigError(f"prepbn_warmup_steps must be >= 0, got {args.prepbn_warmup_steps}")
+    if args.loss_scale <= 0:
+        raise ConfigError(f"loss_scale must be > 0, got {args.loss_scale}")
+    if args.clip_grad is not None and args.clip_grad <= 0:
+        raise ConfigError(f"clip_grad must be > 0 or None, got {args.clip_grad}")
+    if args.ckpt_interval < 0 or args.log_interval < 1 or args.keep_checkpoint_max < 1:
+        raise ConfigError("ckpt_interval >= 0, log_interval >= 1 and keep_checkpoint_max >= 1 are required")
+    if args.bn_recalib_epochs < 0:
+        raise ConfigError(f"bn_recalib_epochs must be >= 0, got {args.bn_recalib_epochs}")

@@ -1,0 +1,308 @@
+"""``train.py``'s loop: a Python loop around one compiled :class:`TrainStep`.
+
+Why a custom loop and not ``Model.train``: an exact mid-epoch resume needs the data of epoch ``e`` to
+be the same batches in the same order whichever process reads them, and the loop to skip the batches
+already trained on. The loaders are therefore built once per epoch (``create_loaders`` with
+``args.epoch = e``, seeded by seed and epoch), and the loop skips ``step_num × accumulate_steps``
+batches of a resumed epoch. Everything else that must be exact (lr index, γ step, optimizer moments,
+EMA, BN statistics) is state in Parameters, saved and restored with the checkpoint.
+
+What is not restored: the internal random streams of in-graph random ops (dropout, drop-path) restart
+from the seed after a resume, so with ``drop_path_rate > 0`` a resumed run is statistically, not
+bitwise, the same as an uninterrupted one.
+"""
+import copy
+import difflib
+import functools
+import math
+import os
+import time
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+from mindcv.loss import create_loss
+from mindcv.models.registry import is_model
+
+from ..layers import get_prepbn_schedule, set_prepbn_schedule
+from ..models import list_models
+from ..models._factory import create_model
+from .callbacks import GammaDecay, ProgressLogger, format_seconds
+from .checkpoint import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
+                         save_final_checkpoint, save_train_checkpoint)
+from .config import ConfigError
+from .recalib import BNRecalibration, average_bn_statistics
+from .schedule import build_lr_schedule, resolve_prepbn_schedule
+from .train_step import NetWithLoss, TrainStep, build_optimizer
+
+__all__ = ["train", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm became NaN/inf; nothing was saved after it."""
+
+
+class Evaluator(nn.Cell):
+    """``(images, labels) -> (correct, count)``, top-1, model in evaluation mode."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, images, labels):
+        pred = ops.argmax(self.net(images), dim=-1).astype(ms.int32)
+        correct = (pred == labels.astype(ms.int32)).astype(ms.float32).sum()
+        return correct, ops.ones_like(correct) * labels.shape[0]
+
+
+def _setup_context(args):
+    ms.set_context(mode=ms.GRAPH_MODE if args.mode == 0 else ms.PYNATIVE_MODE)
+    ms.set_device(args.device_target)
+    if args.runtime_num_threads:
+        ms.set_context(runtime_num_threads=args.runtime_num_threads)
+    if not args.distribute:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    rank_id, rank_size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=rank_size)
+    return rank_id, rank_size
+
+
+def _epoch_args(args, epoch, no_mix=False):
+    epoch_args = copy.copy(args)
+    epoch_args.epoch = epoch
+    if no_mix:
+        epoch_args.mixup = epoch_args.cutmix = 0.0
+    return epoch_args
+
+
+def _check_model_name(name):
+    if not is_model(name):
+        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown model '{name}'{hint}; SLAB models: {', '.join(list_models())}")
+
+
+class Trainer:
+    """Builds everything from ``args``, then :meth:`run`. See the module docstring."""
+
+    def __init__(self, args):
+        from ..data import create_loaders  # the data pipeline (MindCV dataset/transforms/loader)
+        self.args = args
+        self.create_loaders = create_loaders
+        self.rank_id, self.rank_size = _setup_context(args)
+        self.log = functools.partial(print, flush=True) if self.rank_id == 0 else (lambda *a, **k: None)
+        ms.set_seed(args.seed)  # identical initial weights on every rank
+
+        self.loaders_epoch = 0
+        self.train_loader, self.val_loader, num_classes, self.batches_per_epoch = create_loaders(
+            _epoch_args(args, 0), self.rank_id, self.rank_size)
+        if args.num_classes is not None and args.num_classes != num_classes:
+            raise ConfigError(f"num_classes {args.num_classes} but the dataset at '{args.data_dir}' has "
+                              f"{num_classes} classes")
+        self.accum = args.accumulate_steps
+        self.steps_per_epoch = self.batches_per_epoch // self.accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"one epoch has {self.batches_per_epoch} batches of {args.batch_size} per device, fewer "
+                              f"than accumulate_steps={self.accum}: lower batch_size or accumulate_steps")
+        self.train_epochs = args.epochs + args.cooldown_epochs
+        self.total_steps = self.train_epochs * self.steps_per_epoch
+        self.images_per_step = args.batch_size * self.rank_size * self.accum
+
+        _check_model_name(args.model)
+        self.net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
+                                drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
+                                checkpoint_path=args.checkpoint_path, **args.model_kwargs)
+        self.schedule = resolve_prepbn_schedule(self.net, args, self.total_steps)
+        if self.schedule:
+            set_prepbn_schedule(self.net, step=0, decay_steps=self.schedule[0], warmup_steps=self.schedule[1])
+        if args.amp_level != "O0":
+            ms.amp.auto_mixed_precision(self.net, args.amp_level)
+        self.lrs = build_lr_schedule(args, self.steps_per_epoch, self.images_per_step)
+        self.optimizer = build_optimizer(self.net, args, self.lrs)
+        loss_fn = create_loss(args.loss, label_smoothing=args.label_smoothing)
+        self.train_step = TrainStep(NetWithLoss(self.net, loss_fn), self.optimizer, self.net,
+                                    loss_scale=args.loss_scale, clip_grad=args.clip_grad,
+                                    accumulate_steps=self.accum, ema_decay=args.ema_decay if args.ema else None)
+        self.gamma_decay = GammaDecay(self.net, self.optimizer, self.total_steps, print_fn=self.log) \
+            if self.schedule else None
+        self.progress = ProgressLogger(self.total_steps, self.steps_per_epoch, self.images_per_step,
+                                       args.log_interval, self.lrs, print_fn=self.log)
+        self.evaluator = Evaluator(self.net) if self.val_loader is not None else None
+        self.last_checkpoint = None
+        self.epoch_num, self.step_num = self._resume()
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self):
+        args = self.args
+        path = args.resume
+        if args.resume == "auto":
+            path = find_latest(args.ckpt_dir, args.model)
+            if path is None:
+                self.log(f"resume auto: no checkpoint of {args.model} in '{args.ckpt_dir}', starting a new run")
+        elif not args.resume and (list_resumable(args.ckpt_dir, args.model) or os.path.exists(self.final_path)):
+            raise ConfigError(f"'{args.ckpt_dir}' already holds checkpoints of {args.model}; pass --resume auto to "
+                              "continue that run, or choose another --ckpt_dir (nothing is overwritten)")
+        if not path:
+            return 0, 0
+        epoch_num, step_num = load_train_checkpoint(path, self.net, self.optimizer, self.train_step)
+        global_step = int(self.optimizer.global_step.asnumpy().reshape(()))
+        expected = min(epoch_num * self.steps_per_epoch + step_num, self.total_steps)
+        if global_step != expected or epoch_num > self.train_epochs + args.bn_recalib_epochs:
+            raise ConfigError(f"'{path}' is at epoch {epoch_num} step {step_num} with {global_step} optimizer steps "
+                              f"taken, which does not fit this run ({self.steps_per_epoch} optimizer steps per epoch, "
+                              f"{self.train_epochs} epochs + {args.bn_recalib_epochs} BN re-calibration epochs): "
+                              "resume with the recipe, batch size, device count, accumulate_steps and data it was "
+                              "written with")
+        if self.schedule:
+            s = get_prepbn_schedule(self.net)
+            if (s["decay_steps"], s["warmup_steps"]) != tuple(self.schedule) or s["step"] != global_step:
+                raise ConfigError(f"'{path}' holds the γ schedule T={s['decay_steps']}, warm-up {s['warmup_steps']}, "
+                                  f"step {s['step']}; this run computes T={self.schedule[0]}, warm-up "
+                                  f"{self.schedule[1]} at step {global_step}: resume with the same recipe")
+        self.last_checkpoint = path
+        self.log(f"resumed from '{path}': epoch {epoch_num}, step {step_num} of the epoch, optimizer step "
+                 f"{global_step}, lr {self.lrs[min(global_step, self.total_steps - 1)]:.3e}")
+        return epoch_num, step_num
+
+    @property
+    def final_path(self):
+        return os.path.join(self.args.ckpt_dir, f"{self.args.model}.ckpt")
+
+    # ------------------------------------------------------------------ data
+    def _loaders(self, epoch, no_mix=False):
+        if epoch == self.loaders_epoch and not no_mix:
+            return self.train_loader, self.val_loader
+        train_loader, val_loader, _, batches = self.create_loaders(_epoch_args(self.args, epoch, no_mix),
+                                                                   self.rank_id, self.rank_size)
+        if batches != self.batches_per_epoch:
+            raise RuntimeError(f"epoch {epoch} has {batches} batches, epoch 0 had {self.batches_per_epoch}")
+        if not no_mix:
+            self.train_loader, self.val_loader, self.loaders_epoch = train_loader, val_loader, epoch
+        return train_loader, val_loader
+
+    def _batches(self, loader, skip, count):
+        iterator = loader.create_tuple_iterator(num_epochs=1)
+        try:
+            for index, batch in enumerate(iterator):
+                if index >= count:
+                    break
+                if index >= skip:
+                    yield batch
+        finally:
+            iterator.stop()
+
+    # ------------------------------------------------------------------ phases
+    def _save(self, epoch_num, step_num):
+        if self.rank_id != 0:
+            return
+        path = save_train_checkpoint(self.args.ckpt_dir, self.args.model, self.net, self.optimizer,
+                                     self.train_step, epoch_num, step_num)
+        prune_checkpoints(self.args.ckpt_dir, self.args.model, self.args.keep_checkpoint_max)
+        self.last_checkpoint = path
+        self.log(f"saved checkpoint {path}")
+
+    def _non_finite(self, what, value, epoch, global_step):
+        last = self.last_checkpoint or "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"non-finite {what} ({value}) in epoch {epoch + 1} at optimizer step {global_step + 1}: training "
+            f"stopped, nothing saved after it; the last good checkpoint is {last}. Lower lr, set clip_grad, or "
+            f"(with amp_level O2/O3) lower loss_scale.")
+
+    def train_loop(self):
+        args = self.args
+        self.train_step.set_train(True)
+        global_step = min(self.epoch_num * self.steps_per_epoch + self.step_num, self.total_steps)
+        if self.gamma_decay and self.epoch_num < self.train_epochs:
+            self.gamma_decay.on_train_begin()
+        for epoch in range(self.epoch_num, self.train_epochs):
+            skip = self.step_num * self.accum if epoch == self.epoch_num else 0
+            step_in_epoch = skip // self.accum
+            train_loader, _ = self._loaders(epoch)
+            losses = []
+            epoch_start = time.time()
+            for images, labels in self._batches(train_loader, skip, self.steps_per_epoch * self.accum):
+                loss, grad_norm = self.train_step(images, labels)
+                loss = float(loss.asnumpy())
+                if not math.isfinite(loss):
+                    self._non_finite("loss", loss, epoch, global_step)
+                losses.append(loss)
+                if len(losses) < self.accum:
+                    continue
+                grad_norm = float(grad_norm.asnumpy())
+                if not math.isfinite(grad_norm):
+                    self._non_finite("gradient norm", grad_norm, epoch, global_step)
+                global_step += 1
+                step_in_epoch += 1
+                gamma = self.gamma_decay.on_train_step_end() if self.gamma_decay else None
+                self.progress.step_end(global_step, float(np.mean(losses)), grad_norm, gamma)
+                losses = []
+                if args.ckpt_interval and global_step % args.ckpt_interval == 0 \
+                        and step_in_epoch < self.steps_per_epoch:
+                    self._save(epoch, step_in_epoch)
+            if step_in_epoch != self.steps_per_epoch:
+                raise RuntimeError(f"epoch {epoch + 1} ended after {step_in_epoch} of {self.steps_per_epoch} "
+                                   "optimizer steps: the loader yielded fewer batches than it announced")
+            self.log(f"epoch {epoch + 1}/{self.train_epochs} done in {format_seconds(time.time() - epoch_start)}")
+            self._save(epoch + 1, 0)
+            if args.val_while_train and self.evaluator and (epoch + 1) % args.val_interval == 0:
+                self.log(f"epoch {epoch + 1}: validation top-1 {self.validate():.2%}")
+                self.train_step.set_train(True)
+        if self.gamma_decay and self.epoch_num <= self.train_epochs:
+            self.gamma_decay.on_train_end()
+
+    def recalibrate_bn(self):
+        """``bn_recalib_epochs`` passes re-estimating BN statistics with frozen weights (SPEC §6.5)."""
+        first = max(self.epoch_num - self.train_epochs, 0)
+        if first >= self.args.bn_recalib_epochs:
+            return
+        recalib = BNRecalibration(self.net)
+        for index in range(first, self.args.bn_recalib_epochs):
+            start = time.time()
+            epoch = self.train_epochs + index
+            train_loader, _ = self._loaders(epoch, no_mix=True)
+            recalib.prepare()
+            for images, _ in self._batches(train_loader, 0, self.batches_per_epoch):
+                recalib(images)
+            if self.rank_size > 1:
+                average_bn_statistics(self.net)
+            self.log(f"BN re-calibration epoch {index + 1}/{self.args.bn_recalib_epochs} done in "
+                     f"{format_seconds(time.time() - start)} (weights frozen, BN statistics re-estimated)")
+            self._save(epoch + 1, 0)
+
+    def validate(self):
+        self.evaluator.set_train(False)
+        correct = count = 0.0
+        for images, labels in self.val_loader.create_tuple_iterator(num_epochs=1):
+            c, n = self.evaluator(images, labels)
+            correct += float(c.asnumpy())
+            count += float(n.asnumpy())
+        if self.rank_size > 1:
+            total = ops.AllReduce()(ms.Tensor(np.array([correct, count], np.float32))).asnumpy()
+            correct, count = float(total[0]), float(total[1])
+        return correct / max(count, 1.0)
+
+    def run(self):
+        start = time.time()
+        self.log(f"training {self.args.model}: {self.train_epochs} epochs × {self.steps_per_epoch} optimizer steps "
+                 f"({self.accum} × {self.args.batch_size} images per device × {self.rank_size} devices per step), "
+                 f"then {self.args.bn_recalib_epochs} BN re-calibration epochs")
+        self.train_loop()
+        self.recalibrate_bn()
+        result = {"checkpoint": self.last_checkpoint, "top1": None}
+        if self.evaluator:
+            result["top1"] = self.validate()
+            self.log(f"final validation top-1: {result['top1']:.2%}")
+        if self.rank_id == 0:
+            result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
+                                                               self.train_epochs + self.args.bn_recalib_epochs)
+            self.log(f"saved final weights {result['final_checkpoint']}")
+        self.log(f"done in {format_seconds(time.time() - start)}")
+        return result
+
+
+def train(args):
+    """Train as ``args`` (from :func:`slab_ms.training.config.parse_args`) says; returns a summary dict."""
+    return Trainer(args).run()

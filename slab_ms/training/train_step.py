@@ -1,0 +1,192 @@
+"""The compiled training step: loss scale, gradient accumulation, clipping, optimizer, EMA and the γ step.
+
+Everything that must advance exactly once per optimizer step lives in the graph: the optimizer's
+``global_step`` (lr index), the model's ``prepbn_step`` (γ) and the EMA update all happen in the same
+branch as the optimizer call. Micro-batches of a gradient-accumulation cycle only add their gradients,
+so γ and the lr are exact under accumulation, under dataset sinking (no host callback involved) and
+after a resume (the counters are Parameters saved in the checkpoint).
+"""
+import logging
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.context import ParallelMode
+from mindspore.parallel._utils import _get_device_num, _get_gradients_mean, _get_parallel_mode
+
+from mindcv.optim import create_optimizer
+
+__all__ = ["NetWithLoss", "TrainStep", "param_groups", "build_optimizer"]
+
+_accumulate = ops.MultitypeFuncGraph("accumulate")
+_clear = ops.MultitypeFuncGraph("clear")
+_scale = ops.MultitypeFuncGraph("scale")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_ema_blend = ops.MultitypeFuncGraph("ema_blend")
+
+
+@_accumulate.register("Tensor", "Tensor", "Tensor")
+def _accumulate_grad(factor, total, grad):
+    return ops.assign_add(total, grad * factor.astype(grad.dtype))
+
+
+@_clear.register("Tensor")
+def _clear_grad(total):
+    return ops.assign(total, ops.zeros_like(total))
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_grad(factor, grad):
+    return grad * factor.astype(grad.dtype)
+
+
+@_square_sum.register("Tensor")
+def _grad_square_sum(grad):
+    return ops.reduce_sum(ops.square(grad.astype(ms.float32)))
+
+
+@_ema_blend.register("Tensor", "Tensor", "Tensor")
+def _ema_update(decay, ema, weight):
+    return ops.assign(ema, ema * decay + weight.astype(ema.dtype) * (1.0 - decay))
+
+
+class NetWithLoss(nn.Cell):
+    """``loss(net(images).float32, labels)``: the loss runs in float32 whatever the AMP level."""
+
+    def __init__(self, net, loss_fn):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def construct(self, images, labels):
+        return self.loss_fn(self.net(images).astype(ms.float32), labels)
+
+
+class TrainStep(nn.Cell):
+    """One micro-batch of training; returns ``(loss, grad_norm)``.
+
+    ``grad_norm`` is the global L2 norm of the (averaged, all-reduced, unscaled) gradient before
+    clipping on an optimizer step, and 0 on a micro-batch that only accumulates.
+
+    Args:
+        net_with_loss: cell ``(images, labels) -> loss``.
+        optimizer: a MindSpore optimizer over the model's trainable parameters.
+        model: the bare model; if it owns ``prepbn_step`` (a PRepBN model), that counter is advanced
+            once per optimizer step; its parameters are also the EMA source.
+        loss_scale: fixed loss scale (gradients are unscaled before accumulation and clipping).
+        clip_grad: max global gradient norm, or None (PyTorch ``clip_grad_norm_`` formula).
+        accumulate_steps: micro-batches per optimizer step (gradients are averaged).
+        ema_decay: keep an ``ema.*`` copy of every model parameter, ``ema = d·ema + (1-d)·w`` after
+            each optimizer step (timm ModelEma v1 as in the reference; integer schedule counters are
+            copied); None: no EMA.
+    """
+
+    def __init__(self, net_with_loss, optimizer, model, loss_scale=1.0, clip_grad=None, accumulate_steps=1,
+                 ema_decay=None):
+        super().__init__(auto_prefix=False)
+        self.network = net_with_loss
+        self.network.set_grad()
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.loss_scale = Tensor(loss_scale, ms.float32)
+        self.inv_loss_scale = Tensor(1.0 / loss_scale, ms.float32)
+        self.clip_grad = clip_grad
+        self.hyper_map = ops.HyperMap()
+        self.zero = Tensor(0.0, ms.float32)
+        self.one = Tensor(1, ms.int32)
+
+        self.grad_reducer = ops.identity
+        if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
+            self.grad_reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), _get_device_num())
+
+        self.has_schedule = hasattr(model, "prepbn_step")
+        if self.has_schedule:
+            self.prepbn_step = model.prepbn_step
+
+        self.accumulate_steps = int(accumulate_steps)
+        if self.accumulate_steps > 1:
+            self.accum_grads = self.weights.clone(prefix="accum_grad", init="zeros")
+            self.micro_step = Parameter(Tensor(0, ms.int32), name="accum_micro_step", requires_grad=False)
+            self.accum_factor = Tensor(1.0 / self.accumulate_steps, ms.float32)
+
+        self.use_ema = ema_decay is not None
+        if self.use_ema:
+            params = list(model.get_parameters())
+            floats = [p for p in params if p.dtype in (ms.float32, ms.float16, ms.bfloat16)]
+            others = [p for p in params if p.dtype not in (ms.float32, ms.float16, ms.bfloat16)]
+            self.ema_float_src = ParameterTuple(floats)
+            self.ema_float = self.ema_float_src.clone(prefix="ema", init="same")
+            self.has_int_ema = bool(others)
+            if self.has_int_ema:
+                self.ema_other_src = ParameterTuple(others)
+                self.ema_other = self.ema_other_src.clone(prefix="ema", init="same")
+            self.ema_decay = Tensor(ema_decay, ms.float32)
+
+    def ema_parameters(self):
+        """The ``ema.*`` Parameters (empty without EMA)."""
+        if not self.use_ema:
+            return []
+        return list(self.ema_float) + (list(self.ema_other) if self.has_int_ema else [])
+
+    def construct(self, images, labels):
+        loss = self.network(images, labels)
+        sens = ops.fill(loss.dtype, loss.shape, 1.0) * self.loss_scale.astype(loss.dtype)
+        grads = self.grad(self.network, self.weights)(images, labels, sens)
+        grads = self.hyper_map(ops.partial(_scale, self.inv_loss_scale), grads)
+        if self.accumulate_steps == 1:
+            return loss, self._optimizer_step(grads)
+        loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, self.accum_factor), self.accum_grads, grads))
+        loss = ops.depend(loss, ops.assign_add(self.micro_step, self.one))
+        grad_norm = self.zero
+        if self.micro_step >= self.accumulate_steps:
+            grad_norm = self._optimizer_step(self.accum_grads)
+            grad_norm = ops.depend(grad_norm, self.hyper_map(_clear, self.accum_grads))
+            grad_norm = ops.depend(grad_norm, ops.assign(self.micro_step, ops.zeros_like(self.micro_step)))
+        return loss, grad_norm
+
+    def _optimizer_step(self, grads):
+        grads = self.grad_reducer(grads)
+        grad_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        if self.clip_grad is not None:
+            coef = ops.minimum(self.clip_grad / (grad_norm + 1e-6), 1.0)
+            grads = self.hyper_map(ops.partial(_scale, coef), grads)
+        grad_norm = ops.depend(grad_norm, self.optimizer(grads))
+        if self.has_schedule:
+            grad_norm = ops.depend(grad_norm, ops.assign_add(self.prepbn_step, self.one))
+        if self.use_ema:
+            grad_norm = ops.depend(grad_norm, self.hyper_map(ops.partial(_ema_blend, self.ema_decay),
+                                                             self.ema_float, self.ema_float_src))
+            if self.has_int_ema:
+                grad_norm = ops.depend(grad_norm, self.hyper_map(ops.assign, self.ema_other, self.ema_other_src))
+        return grad_norm
+
+
+def param_groups(net, weight_decay):
+    """Two groups as the reference (SPEC §6.3): no weight decay for 1-D parameters (biases, norm affines,
+    RepBN ``alpha``), names ending in ``.bias``, names in ``net.no_weight_decay()`` and names containing a
+    ``net.no_weight_decay_keywords()`` substring; everything else (incl. SLA positional encodings) decays."""
+    skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    keywords = tuple(net.no_weight_decay_keywords()) if hasattr(net, "no_weight_decay_keywords") else ()
+    params = net.trainable_params()
+    decay, no_decay = [], []
+    for p in params:
+        if p.ndim <= 1 or p.name.endswith(".bias") or p.name in skip or any(k in p.name for k in keywords):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]] + [{"order_params": params}]
+
+
+def build_optimizer(net, args, lrs):
+    """MindCV ``create_optimizer`` over the §6.3 groups with the per-step lr list ``lrs``."""
+    kwargs = {"beta1": args.beta1, "beta2": args.beta2} if args.opt.lower() in ("adam", "adamw") else {}
+    factory_logger = logging.getLogger("mindcv.optim.optim_factory")
+    level = factory_logger.level
+    factory_logger.setLevel(logging.ERROR)  # "auto" only means: take our groups as they are
+    try:
+        return create_optimizer(param_groups(net, args.weight_decay), opt=args.opt, lr=lrs,
+                                weight_decay=args.weight_decay, momentum=args.momentum,
+                                weight_decay_filter="auto", **kwargs)
+    finally:
+        factory_logger.setLevel(level)

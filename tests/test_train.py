@@ -1,0 +1,260 @@
+"""train.py end to end on a tiny generated ImageFolder: exact resume after SIGKILL, bad input, NaN stop,
+BN re-calibration, recipes.
+
+The tiny recipe (SLAB-DeiT, dim 32, depth 1, 32x32 images, patch 4) trains 3 epochs of 4 optimizer
+steps (2 micro-batches of 8 each: gradient accumulation) with mixup/cutmix, random erasing, clipping,
+EMA, a γ decay over half the run, checkpoints every 3 optimizer steps, then 1 BN re-calibration epoch.
+"""
+import glob
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import mindspore as ms
+import pytest
+import yaml
+from PIL import Image
+
+import slab_ms
+from slab_ms.layers import get_prepbn_schedule, set_prepbn_schedule
+from slab_ms.training import ConfigError, param_groups, parse_args
+from slab_ms.training.recalib import BNRecalibration
+from slab_ms.training.schedule import resolve_prepbn_schedule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4}
+MODEL = "slab_deit_tiny"
+TIMEOUT = 300
+
+
+def _write_images(root, per_class, seed):
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", per_class // 4)):
+        for c in range(4):
+            folder = os.path.join(root, split, f"class{c}")
+            os.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                img = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+                img[:, :, c % 3] += np.uint8(120 + 40 * (c // 3))  # the class is the dominant colour
+                Image.fromarray(img).save(os.path.join(folder, f"{i}.png"))
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    _write_images(str(root / "data"), 16, seed=0)
+    cfg = {"model": MODEL, "model_kwargs": TINY, "data_dir": str(root / "data"), "image_size": 32,
+           "batch_size": 8, "num_parallel_workers": 1, "check_images": False, "re_prob": 0.25, "mixup": 0.8,
+           "cutmix": 1.0, "label_smoothing": 0.1, "epochs": 3, "warmup_epochs": 1, "lr": 1.0e-3,
+           "warmup_lr": 1.0e-5, "min_lr": 1.0e-5, "accumulate_steps": 2, "clip_grad": 5.0, "ema": True,
+           "ema_decay": 0.9, "prepbn_decay_ratio": 0.5, "bn_recalib_epochs": 1, "ckpt_interval": 3,
+           "log_interval": 1, "runtime_num_threads": 2}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, str(path)
+
+
+def _cmd(config, ckpt_dir, *extra):
+    return [sys.executable, TRAIN_PY, "-c", config, "--ckpt_dir", str(ckpt_dir), *extra]
+
+
+def _run(config, ckpt_dir, *extra):
+    return subprocess.run(_cmd(config, ckpt_dir, *extra), capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
+
+
+def _snapshot(folder):
+    return {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in sorted(glob.glob(f"{folder}/*"))}
+
+
+def _assert_all_readable(folder, net):
+    for path in glob.glob(f"{folder}/*.ckpt"):
+        slab_ms.models._factory.load_checkpoint(net, path)  # strict: complete and for this model
+
+
+def _tiny_net():
+    return slab_ms.create_model(MODEL, num_classes=4, image_size=32, **TINY)
+
+
+@pytest.fixture(scope="module")
+def reference(recipe):
+    """The uninterrupted run."""
+    root, config = recipe
+    result = _run(config, root / "ref")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "ref", result.stdout
+
+
+def test_uninterrupted_run_logs_and_ends_with_gamma_zero(reference):
+    ckpt_dir, stdout = reference
+    lines = [l for l in stdout.splitlines() if l.startswith("epoch 3 step 4/4")]
+    assert lines and all(k in lines[0] for k in ("loss", "γ 0.0000", "lr", "img/s", "ETA"))
+    assert "γ schedule finished: step 12, γ = 0" in stdout
+    assert "BN re-calibration epoch 1/1 done" in stdout and "final validation top-1:" in stdout
+    final = ms.load_checkpoint(str(ckpt_dir / f"{MODEL}.ckpt"))
+    assert int(final["prepbn_step"].asnumpy()) == 12 and int(final["prepbn_decay_steps"].asnumpy()) == 6
+    assert any(k.startswith("ema.") for k in final)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(recipe, reference):
+    """Killed (SIGKILL) twice, resumed with --resume auto: final weights, EMA, BN statistics, optimizer
+    state and γ step equal the uninterrupted run's (tolerance 1e-6 absolute; measured 0.0)."""
+    root, config = recipe
+    ckpt_dir = root / "killed"
+    net = _tiny_net()
+    kill_after = (f"saved checkpoint {ckpt_dir}/{MODEL}-0001_000002.ckpt",  # mid-epoch 2, then running on
+                  "resumed from")                                        # during the resumed run's compile
+    for index, marker in enumerate(kill_after):
+        extra = ("--resume", "auto") if index else ()
+        proc = subprocess.Popen(_cmd(config, ckpt_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=ROOT)
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=TIMEOUT)
+        assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+        _assert_all_readable(ckpt_dir, net)
+        if index == 0:  # make the kill land right after that save even on a slow machine
+            for path in glob.glob(f"{ckpt_dir}/{MODEL}-*.ckpt"):
+                if os.path.basename(path) > f"{MODEL}-0001_000002.ckpt":
+                    os.remove(path)
+    assert not os.path.exists(ckpt_dir / f"{MODEL}.ckpt")
+    result = _run(config, ckpt_dir, "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from '{ckpt_dir}/{MODEL}-0001_000002.ckpt': epoch 1, step 2" in result.stdout
+
+    ref_dir, _ = reference
+    for name in (f"{MODEL}.ckpt", f"{MODEL}-0004_000000.ckpt"):  # final weights; last full training state
+        ref, got = ms.load_checkpoint(str(ref_dir / name)), ms.load_checkpoint(str(ckpt_dir / name))
+        assert sorted(ref) == sorted(got)
+        worst = max(float(np.abs(ref[k].asnumpy().astype(np.float64) - got[k].asnumpy()).max()) for k in ref)
+        assert worst <= 1e-6, worst
+
+
+def test_unknown_yaml_key_is_one_clear_error(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: slab_deit_tiny\ndata_dir: /nowhere\nlr: 1.0e-3\nwarmup_epoch: 5\n")
+    result = _run(str(config), tmp_path / "ckpt")
+    assert result.returncode == 2
+    assert "unknown key 'warmup_epoch' (did you mean: warmup_epochs" in result.stderr
+    assert not os.path.exists(tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match="unknown key 'lrr'"):
+        config.write_text("lrr: 0.1\n")
+        parse_args(["-c", str(config)])
+
+
+def test_decay_longer_than_the_run_is_refused_before_anything_is_written(recipe, tmp_path):
+    _, config = recipe
+    result = _run(config, tmp_path / "ckpt", "--prepbn_decay_ratio", "none", "--prepbn_decay_steps", "60000")
+    assert result.returncode == 2
+    assert "the γ schedule is longer than the run: T = 60000" in result.stderr
+    assert "> 12 optimizer steps" in result.stderr
+    assert not os.path.exists(tmp_path / "ckpt")
+
+
+def test_resume_from_another_model_is_refused_and_nothing_is_overwritten(recipe, reference, tmp_path):
+    _, config = recipe
+    ref_dir, _ = reference
+    before = _snapshot(ref_dir)
+    other = '{"embed_dim": 48, "depth": 1, "num_heads": 2, "patch_size": 4}'
+    result = _run(config, ref_dir, "--model_kwargs", other, "--resume", str(ref_dir / f"{MODEL}-0003_000000.ckpt"))
+    assert result.returncode == 2
+    assert "does not fit VisionTransformer: is it for another model or another size?" in result.stderr
+    assert "shape mismatch" in result.stderr
+    fresh = _run(config, ref_dir)  # a new run into a folder holding a run: refused, not overwritten
+    assert fresh.returncode == 2 and "--resume auto" in fresh.stderr
+    assert _snapshot(ref_dir) == before
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(recipe, reference, tmp_path):
+    _, config = recipe
+    ref_dir, _ = reference
+    ckpt_dir = tmp_path / "nan"
+    os.makedirs(ckpt_dir)
+    start = ckpt_dir / f"{MODEL}-0002_000001.ckpt"
+    shutil.copy(ref_dir / start.name, start)
+    before = _snapshot(ckpt_dir)
+    result = _run(config, ckpt_dir, "--resume", "auto", "--lr", "1e30", "--warmup_lr", "1e30", "--min_lr", "1e30",
+                  "--clip_grad", "none")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: non-finite" in result.stderr and "training stopped" in result.stderr
+    assert f"the last good checkpoint is {start}" in result.stderr
+    assert _snapshot(ckpt_dir) == before
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))))
+def test_released_recipes_parse_and_fit_their_schedule(path):
+    """Every recipe parses, names a registered model and, on 8 devices with ImageNet-1k
+    (1,281,167 images, drop_last), finishes its γ decay before training ends."""
+    args = parse_args(["-c", path])
+    assert args.model in slab_ms.list_models()
+    if "demo" in path:
+        return
+    assert (args.opt, args.lr, args.weight_decay, args.scale_lr_batch, args.epochs) == ("adamw", 5e-4, 0.05, 512, 300)
+    assert (args.mixup, args.cutmix, args.label_smoothing, args.re_prob, args.bn_recalib_epochs) == (0.8, 1.0, 0.1,
+                                                                                                     0.25, 10)
+    steps = (args.epochs + args.cooldown_epochs) * (1281167 // 8 // args.batch_size)
+    if args.prepbn_decay_steps is not None:
+        assert args.prepbn_decay_steps <= steps
+
+
+def test_recipe_numbers_follow_the_reference():
+    """A few rows of SPEC §6.1 / §1.3."""
+    expect = {"deit/deit_tiny_prepbn": (128, 0, 20, 5.0, 0.0, None), "pvt/pvt_medium_prepbn": (128, 10, 5, 1.0, 0.3, 300000),
+              "pvt/pvt_small_prepbn": (64, 10, 5, None, 0.1, 300000), "swin/slab_swin_small": (128, 0, 20, 5.0, 0.3, 60000),
+              "cswin/slab_cswin_tiny": (256, 10, 20, None, 0.1, 120000)}
+    for name, row in expect.items():
+        args = parse_args(["-c", os.path.join(ROOT, "configs", f"{name}.yaml")])
+        assert (args.batch_size, args.cooldown_epochs, args.warmup_epochs, args.clip_grad, args.drop_path_rate,
+                args.prepbn_decay_steps) == row, name
+
+
+def test_weight_decay_groups_follow_the_reference():
+    """SPEC §6.3: 1-D (biases, norms, RepBN alpha) and pos_embed undecayed; SLA positional encoding decayed."""
+    decay, no_decay = (set(p.name for p in g["params"]) for g in param_groups(_tiny_net(), 0.05)[:2])
+    assert {"blocks.0.norm1.norm2.alpha", "blocks.0.attn.qkv.bias", "pos_embed", "norm.norm1.gamma"} <= no_decay
+    assert {"blocks.0.attn.positional_encoding", "blocks.0.attn.qkv.weight", "head.weight",
+            "blocks.0.attn.dwc.weight"} <= decay
+
+
+def test_bn_recalibration_updates_only_bn_statistics_in_inference_mode():
+    """Weights, γ counters untouched; BN statistics re-estimated from the inference-mode network: the
+    result does not depend on γ (PRepBN is pure RepBN) nor on chance (drop-path off)."""
+    ms.set_seed(0)
+    net = slab_ms.create_model(MODEL, num_classes=4, image_size=32, drop_path_rate=0.5, **TINY)
+    set_prepbn_schedule(net, step=0, decay_steps=10)  # γ = 1 if PRepBN were in training mode
+    images = ms.Tensor(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32))
+    before = {n: p.asnumpy().copy() for n, p in net.parameters_and_names()}
+    recalib = BNRecalibration(net).prepare()
+    recalib(images)
+    after = {n: p.asnumpy().copy() for n, p in net.parameters_and_names()}
+    stats = [n for n in before if "moving_" in n]
+    assert stats and all(not np.array_equal(before[n], after[n]) for n in stats)
+    assert all(np.array_equal(before[n], after[n]) for n in before if n not in stats)
+
+    for name, param in net.parameters_and_names():  # again from the same state, with γ = 0 instead
+        if name in stats:
+            ms.ops.assign(param, ms.Tensor(before[name]))
+    set_prepbn_schedule(net, step=10)
+    recalib.prepare()
+    recalib(images)
+    for name in stats:
+        np.testing.assert_allclose(net.parameters_dict()[name].asnumpy(), after[name], atol=1e-6)
+    assert get_prepbn_schedule(net)["step"] == 10
+
+
+def test_model_without_prepbn_has_no_schedule(recipe):
+    _, config = recipe
+    args = parse_args(["-c", config, "--model", "deit_tiny_prepbn"])
+    net = slab_ms.create_model("deit_tiny_prepbn", num_classes=4, image_size=32, **TINY)
+    with pytest.raises(ConfigError, match="has no PRepBN layers"):
+        resolve_prepbn_schedule(net, args, 12)
+    args.prepbn_decay_ratio = None
+    assert resolve_prepbn_schedule(net, args, 12) is None
