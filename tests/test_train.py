@@ -13,15 +13,19 @@ import signal
 import subprocess
 import sys
 
+import types
+
 import numpy as np
 import mindspore as ms
 import pytest
 import yaml
+from mindcv.loss import create_loss
+from mindcv.utils.amp import auto_mixed_precision
 from PIL import Image
 
 import slab_ms
 from slab_ms.layers import get_prepbn_schedule, set_prepbn_schedule
-from slab_ms.training import ConfigError, param_groups, parse_args
+from slab_ms.training import ConfigError, NetWithLoss, TrainStep, build_optimizer, param_groups, parse_args
 from slab_ms.training.recalib import BNRecalibration
 from slab_ms.training.schedule import resolve_prepbn_schedule
 
@@ -258,3 +262,28 @@ def test_model_without_prepbn_has_no_schedule(recipe):
         resolve_prepbn_schedule(net, args, 12)
     args.prepbn_decay_ratio = None
     assert resolve_prepbn_schedule(net, args, 12) is None
+
+
+def test_amp_o2_with_fixed_loss_scale_matches_float32():
+    """MindCV AMP (O2: fp16 except norms) + loss scale 1024: the loss is computed in float32, gradients are
+    unscaled, parameters stay float32 with unchanged names; numbers within fp16 precision of O0."""
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.normal(size=(4, 3, 32, 32)).astype(np.float32))
+    labels = ms.Tensor(np.arange(4, dtype=np.int32))
+    results = {}
+    for level, scale in (("O0", 1.0), ("O2", 1024.0)):
+        ms.set_seed(0)
+        net = _tiny_net()
+        names = [p.name for p in net.get_parameters()]
+        auto_mixed_precision(net, level)
+        opt_args = types.SimpleNamespace(opt="adamw", beta1=0.9, beta2=0.999, weight_decay=0.05, momentum=0.9)
+        step = TrainStep(NetWithLoss(net, create_loss("CE")), build_optimizer(net, opt_args, [1e-3] * 4), net,
+                         loss_scale=scale)
+        step.set_train(True)
+        loss, grad_norm = step(images, labels)
+        assert loss.dtype == ms.float32 and [p.name for p in net.get_parameters()] == names
+        assert all(p.dtype in (ms.float32, ms.int32) for p in net.get_parameters())
+        results[level] = (float(loss.asnumpy()), float(grad_norm.asnumpy()), net.head.weight.asnumpy())
+    assert results["O2"][0] != results["O0"][0]  # fp16 really ran
+    np.testing.assert_allclose(results["O2"][:2], results["O0"][:2], rtol=2e-2)
+    np.testing.assert_allclose(results["O2"][2], results["O0"][2], atol=1e-4)

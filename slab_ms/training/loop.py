@@ -23,6 +23,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
+from mindcv.utils.amp import auto_mixed_precision
 
 from ..layers import get_prepbn_schedule, set_prepbn_schedule
 from ..models import list_models
@@ -118,8 +119,8 @@ class Trainer:
         self.schedule = resolve_prepbn_schedule(self.net, args, self.total_steps)
         if self.schedule:
             set_prepbn_schedule(self.net, step=0, decay_steps=self.schedule[0], warmup_steps=self.schedule[1])
-        if args.amp_level != "O0":
-            ms.amp.auto_mixed_precision(self.net, args.amp_level)
+        # MindCV's cell-wrapping AMP (MindSpore's own O1 rewrites construct code and loses module globals)
+        auto_mixed_precision(self.net, args.amp_level)
         self.lrs = build_lr_schedule(args, self.steps_per_epoch, self.images_per_step)
         self.optimizer = build_optimizer(self.net, args, self.lrs)
         loss_fn = create_loss(args.loss, label_smoothing=args.label_smoothing)
@@ -299,8 +300,23 @@ class Trainer:
             result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
                                                                self.train_epochs + self.args.bn_recalib_epochs)
             self.log(f"saved final weights {result['final_checkpoint']}")
+        if self.rank_size > 1:
+            self.check_ranks_agree()
         self.log(f"done in {format_seconds(time.time() - start)}")
         return result
+
+    def check_ranks_agree(self):
+        """Data-parallel ranks must end with the same parameters: compare per-parameter checksums with their
+        mean over the ranks (AllReduce on CPU only sums)."""
+        all_reduce = ops.AllReduce()
+        sums = np.array([np.abs(p.asnumpy().astype(np.float64)).sum() for p in self.net.get_parameters()], np.float32)
+        mean = all_reduce(ms.Tensor(sums)).asnumpy() / self.rank_size
+        local = np.max(np.abs(sums - mean) / np.maximum(np.abs(mean), 1.0))
+        spread = float(all_reduce(ms.Tensor(np.array([local], np.float32))).asnumpy()[0])
+        if spread > 1e-6:
+            raise RuntimeError(f"data-parallel ranks diverged: parameter checksums differ (relative {spread:.3g})")
+        self.log(f"data-parallel check: the {len(sums)} parameters agree on all {self.rank_size} ranks (checksum "
+                 f"spread {spread:.1g}, relative)")
 
 
 def train(args):
