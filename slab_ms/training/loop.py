@@ -91,6 +91,7 @@ class Trainer:
 
     def __init__(self, args):
         from ..data import create_loaders  # the data pipeline (MindCV dataset/transforms/loader)
+        _check_model_name(args.model)
         self.args = args
         self.create_loaders = create_loaders
         self.rank_id, self.rank_size = _setup_context(args)
@@ -112,7 +113,6 @@ class Trainer:
         self.total_steps = self.train_epochs * self.steps_per_epoch
         self.images_per_step = args.batch_size * self.rank_size * self.accum
 
-        _check_model_name(args.model)
         self.net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
                                 drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
                                 checkpoint_path=args.checkpoint_path, **args.model_kwargs)
