@@ -25,7 +25,7 @@ from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
-from ..layers import get_prepbn_schedule, set_prepbn_schedule
+from ..layers import get_prepbn_schedule, prepbn_gamma, set_prepbn_schedule
 from ..models import list_models
 from ..models._factory import create_model
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
@@ -118,6 +118,10 @@ class Trainer:
                                 checkpoint_path=args.checkpoint_path, **args.model_kwargs)
         self.schedule = resolve_prepbn_schedule(self.net, args, self.total_steps)
         if self.schedule:
+            if args.checkpoint_path:
+                s = get_prepbn_schedule(self.net)
+                self.log(f"{args.checkpoint_path}: weights loaded; its γ schedule (step {s['step']}, T={s['decay_steps']},"
+                         f" γ={prepbn_gamma(**s):.4f}) is replaced by this run's, which starts at γ = 1")
             set_prepbn_schedule(self.net, step=0, decay_steps=self.schedule[0], warmup_steps=self.schedule[1])
         # MindCV's cell-wrapping AMP (MindSpore's own O1 rewrites construct code and loses module globals)
         auto_mixed_precision(self.net, args.amp_level)
