@@ -19,7 +19,6 @@ from .helpers import dense, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid"]
 
-SLA_EPS = 1e-6
 
 
 def split_heads(x, num_heads):
@@ -87,6 +86,8 @@ class SimplifiedLinearAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.grid_size = to_2tuple(grid_size)
+        self.eps = 1e-6  # added to the normaliser, as in the reference (an attribute: MindSpore's AMP
+        # rewrite of a cell does not see module-level constants)
         num_tokens = self.grid_size[0] * self.grid_size[1]
         if with_proj:
             self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
@@ -109,7 +110,7 @@ class SimplifiedLinearAttention(nn.Cell):
         n, d = q.shape[1], q.shape[2]
         # Divide by the normaliser instead of multiplying by z = 1/(...): the same numbers to rounding,
         # and MindSpore's ONNX exporter has no Reciprocal.
-        normaliser = (q * k.sum(axis=1, keepdims=True)).sum(axis=-1, keepdims=True) + SLA_EPS
+        normaliser = (q * k.sum(axis=1, keepdims=True)).sum(axis=-1, keepdims=True) + self.eps
         if n > d:
             out = ops.bmm(q, ops.bmm(k.transpose(0, 2, 1), v)) / normaliser
         else:
