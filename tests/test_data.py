@@ -1,6 +1,8 @@
 """slab_ms.data: the digits demo writer, the ImageFolder checks and the loader contract train.py relies on."""
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from PIL import Image
 from slab_ms import data
 from slab_ms.data import create_loaders, create_val_loader, prepare_demo_dataset
 from slab_ms.training.config import build_parser
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_args(data_dir, *extra):
@@ -168,3 +172,14 @@ def test_ranks_shard_one_permutation(tmp_path):
         assert len(batches) == 3  # 24 images / 2 ranks / batch 4
         image_ids.append({x.tobytes() for xb, _ in batches for x in xb})
     assert len(image_ids[0]) == len(image_ids[1]) == 12 and not image_ids[0] & image_ids[1]
+
+
+def test_train_py_stops_on_a_corrupt_image_before_writing(tmp_path):
+    root = write_image_folder(tmp_path / "data")
+    (root / "val" / "cat" / "1.png").write_bytes(b"\x89PNG broken")
+    ckpt_dir = tmp_path / "ckpt"
+    result = subprocess.run([sys.executable, "train.py", "--model", "slab_deit_tiny", "--data_dir", str(root),
+                             "--ckpt_dir", str(ckpt_dir)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 corrupt or unreadable image file(s)")
+    assert "cat/1.png" in result.stderr and not ckpt_dir.exists()
