@@ -1,0 +1,250 @@
+"""Export a SLAB model in its deploy form (re-parameterized: no normalization left) as MindIR, ONNX or AIR.
+
+    python export.py --model slab_deit_tiny --ckpt_file slab_deit_tiny.ckpt --file_format MINDIR
+
+Builds ``--model``, loads ``--ckpt_file`` strictly (a MindSpore ``.ckpt``, or an official ``.pth``
+through ``slab_ms.convert``), folds every foldable norm (``slab_ms.reparameterize_model``), exports,
+reloads the written file (``mindspore.load`` + ``nn.GraphCell``; onnxruntime for ONNX) and compares
+its logits on a fixed random batch with the training-form model in eval mode. It succeeds only if
+max|Δ| ≤ 1e-4 · max(1, max|logit|) for both the deploy network and the reloaded file; a mismatch
+exits with status 1 and the numbers. Bad input (missing or foreign checkpoint, unknown model,
+unsupported format/device) exits with status 2 and one message. The file is written under a
+temporary name and renamed only after the check, so a failed run leaves no output file.
+
+Without ``--ckpt_file`` the newest ``*.ckpt`` under ``./output`` or ``./ckpt`` (the demo run's) is
+exported. Without ``--model`` the model is read from a train.py checkpoint name (``<model>.ckpt``,
+``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read from a ``.ckpt``'s
+``head.weight`` (1000 for an official ``.pth``).
+
+ONNX: MindSpore's ONNX exporter has no ``Erf``, so for ONNX only the exact GELU is written as
+GELU(x) = x/2 + |x|/2 · erf(|x|/√2) with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7,
+Exp/Abs/Div only); the same 1e-4 relative tolerance applies (measured deviation ~1e-6).
+AIR is compiled by Ascend's ATC: it is exported only with ``--device_target Ascend`` and cannot be
+reloaded by MindSpore, so for AIR only the in-process deploy check is made.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+import slab_ms
+from slab_ms.models._factory import load_checkpoint
+from slab_ms.reparam import remaining_norms
+
+FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+DEVICES = ("CPU", "GPU", "Ascend")
+RELATIVE_TOLERANCE = 1e-4
+CHECKPOINT_DIRS = ("output", "ckpt")  # where train.py's demo runs write checkpoints
+TRAIN_CKPT_NAME = re.compile(r"^(?P<model>.+?)(-\d{4}_\d{6})?\.ckpt$")
+
+
+class ExportError(Exception):
+    """Bad input: one message, exit status 2."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="registered model name, e.g. slab_deit_tiny (default: from "
+                        "the checkpoint's file name)")
+    parser.add_argument("--ckpt_file", default="", help="MindSpore .ckpt or official .pth (default: the newest "
+                        "*.ckpt under ./output or ./ckpt)")
+    parser.add_argument("--ema", action="store_true", help="load the ema.* weights of a train.py checkpoint")
+    parser.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
+    parser.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
+    parser.add_argument("--batch_size", default=1, type=int)
+    parser.add_argument("--image_size", default=224, type=int)
+    parser.add_argument("--num_classes", default=None, type=int, help="default: from the checkpoint's head")
+    parser.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
+    parser.add_argument("--model_kwargs", default="{}", help='extra model arguments as JSON, e.g. \'{"depth": 6}\'')
+    return parser.parse_args(argv)
+
+
+def newest_checkpoint(folders=CHECKPOINT_DIRS):
+    """The most recently written ``*.ckpt`` under ``folders`` (temporary ``.*`` files excluded), or None."""
+    paths = [p for folder in folders for p in glob.glob(os.path.join(folder, "**", "*.ckpt"), recursive=True)
+             if not os.path.basename(p).startswith(".")]
+    return max(paths, key=os.path.getmtime) if paths else None
+
+
+def check_args(args):
+    """Everything that can be checked before MindSpore starts; raises ExportError."""
+    if args.file_format not in FORMATS:
+        raise ExportError(f"unsupported --file_format '{args.file_format}'; choose one of {', '.join(FORMATS)}.")
+    if args.device_target not in DEVICES:
+        raise ExportError(f"unknown --device_target '{args.device_target}'; choose one of {', '.join(DEVICES)}.")
+    if args.file_format == "AIR" and args.device_target != "Ascend":
+        raise ExportError("AIR can only be exported on Ascend (it is compiled by Ascend's ATC); pass "
+                          "--device_target Ascend on an Ascend machine, or use --file_format MINDIR or ONNX.")
+    if args.batch_size < 1 or args.image_size < 1:
+        raise ExportError(f"--batch_size and --image_size must be positive, got {args.batch_size} and "
+                          f"{args.image_size}.")
+    try:
+        kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as err:
+        raise ExportError(f"--model_kwargs is not valid JSON ({err}): {args.model_kwargs}") from err
+    if not isinstance(kwargs, dict):
+        raise ExportError(f"--model_kwargs must be a JSON object, got {args.model_kwargs}")
+    if not args.ckpt_file:
+        args.ckpt_file = newest_checkpoint()
+        if args.ckpt_file is None:
+            raise ExportError("no --ckpt_file given and no checkpoint under ./output or ./ckpt. Pass "
+                              "--ckpt_file with a .ckpt written by train.py or slab_ms.convert, or an official "
+                              ".pth (https://github.com/xinghaochen/SLAB/releases).")
+        print(f"export.py: no --ckpt_file given; using the newest demo checkpoint {args.ckpt_file}")
+    if not os.path.isfile(args.ckpt_file):
+        raise ExportError(f"checkpoint file not found: '{args.ckpt_file}'.")
+    if args.model is None:
+        match = TRAIN_CKPT_NAME.match(os.path.basename(args.ckpt_file))
+        if not match or match.group("model") not in slab_ms.list_models():
+            raise ExportError(f"pass --model: the name of '{args.ckpt_file}' does not say which model it holds "
+                              f"(registered: {', '.join(slab_ms.list_models())}).")
+        args.model = match.group("model")
+    if args.num_classes is None:
+        args.num_classes = checkpoint_num_classes(args.ckpt_file)
+    return kwargs
+
+
+def checkpoint_num_classes(path, default=1000):
+    """Rows of ``head.weight`` in a MindSpore checkpoint; ``default`` for other files or headless ones."""
+    if not path.endswith(".ckpt"):
+        return default
+    try:
+        head = ms.load_checkpoint(path, choice_func=lambda name: name == "head.weight").get("head.weight")
+    except (ValueError, RuntimeError) as err:
+        raise ExportError(f"'{path}' is not a readable MindSpore checkpoint ({err}).") from err
+    return int(head.shape[0]) if head is not None else default
+
+
+class ErfFreeGELU(nn.Cell):
+    """Exact GELU without Erf: x/2 + |x|/2 · erf(|x|/√2), erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7)."""
+
+    def construct(self, x):
+        ax = ops.abs(x)
+        # ones / s rather than 1.0 / s: MindSpore exports the latter as Reciprocal, which ONNX export lacks.
+        t = ops.ones_like(ax) / (1.0 + 0.3275911 * 0.7071067811865476 * ax)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return 0.5 * x + 0.5 * ax * (1.0 - poly * ops.exp(-0.5 * x * x))
+
+
+def replace_exact_gelu(net):
+    """Swap every ``nn.GELU`` cell of ``net`` for ``ErfFreeGELU``; returns how many were swapped."""
+    count = 0
+    for _, cell in list(net.cells_and_names()):
+        for name, child in list(cell.name_cells().items()):
+            if isinstance(child, nn.GELU):
+                setattr(cell, name, ErfFreeGELU())
+                count += 1
+    return count
+
+
+def set_device(target):
+    if ms.get_context("device_target") == target:
+        return
+    try:
+        ms.set_device(target)
+    except RuntimeError as err:
+        raise ExportError(f"--device_target {target} is not usable with this MindSpore installation: "
+                          f"{str(err).strip().splitlines()[0]}") from err
+
+
+def build_model(args, kwargs):
+    if args.model not in slab_ms.list_models():
+        raise ExportError(f"unknown --model '{args.model}'; registered models: {', '.join(slab_ms.list_models())}.")
+    try:
+        net = slab_ms.create_model(args.model, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"cannot build {args.model} with --model_kwargs {args.model_kwargs}: {err}") from err
+    try:
+        load_checkpoint(net, args.ckpt_file, ema=args.ema)
+    except (FileNotFoundError, ValueError) as err:
+        raise ExportError(str(err)) from err
+    return net.set_train(False)
+
+
+def reload_logits(path, file_format, x):
+    if file_format == "MINDIR":
+        return nn.GraphCell(ms.load(path))(ms.Tensor(x)).asnumpy()
+    import onnxruntime
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def export(args, kwargs):
+    """Export and check; returns (output path or None, list of failed checks as text)."""
+    set_device(args.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = build_model(args, kwargs)
+    x = np.random.default_rng(0).standard_normal((args.batch_size, 3, args.image_size, args.image_size),
+                                                 dtype=np.float32)
+    reference = net(ms.Tensor(x)).asnumpy()
+    tolerance = RELATIVE_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+
+    deploy = slab_ms.reparameterize_model(net)
+    left = remaining_norms(deploy)
+    print(f"export.py: {args.model}: " + (f"{len(left)} norm(s) kept: " + ", ".join(
+        f"{name} ({kind})" for name, kind, _ in left) if left else "every norm folded"))
+    if args.file_format == "ONNX":
+        print(f"export.py: ONNX: {replace_exact_gelu(deploy)} exact GELU(s) written without Erf")
+
+    failures = []
+
+    def check(what, logits):
+        err = float(np.abs(logits - reference).max())
+        ok = err <= tolerance
+        print(f"export.py: {what} vs training form: max|diff| {err:.3g} (max|logit| "
+              f"{np.abs(reference).max():.4g}, tolerance {tolerance:.3g}) {'ok' if ok else 'MISMATCH'}")
+        if not ok:
+            failures.append(f"{what}: max|diff| {err:.3g} > tolerance {tolerance:.3g}")
+
+    check("deploy form", deploy(ms.Tensor(x)).asnumpy())
+    if failures:
+        return None, failures
+
+    base = args.file_name or args.model
+    ext = FORMATS[args.file_format]
+    base = base[: -len(ext)] if base.lower().endswith(ext) else base
+    final_path = base + ext
+    folder = os.path.dirname(os.path.abspath(final_path))
+    if not os.path.isdir(folder):
+        raise ExportError(f"output folder does not exist: {folder}")
+    temp_base = os.path.join(folder, f".{os.path.basename(base)}.partial{os.getpid()}")
+    temp_path = temp_base + ext
+    try:
+        ms.export(deploy, ms.Tensor(x), file_name=temp_base, file_format=args.file_format)
+        if args.file_format == "AIR":
+            print("export.py: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
+        else:
+            check(f"reloaded {args.file_format}", reload_logits(temp_path, args.file_format, x))
+        if failures:
+            return None, failures
+        os.replace(temp_path, final_path)
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+    return final_path, failures
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        kwargs = check_args(args)
+        path, failures = export(args, kwargs)
+    except ExportError as err:
+        print(f"export.py: error: {err}", file=sys.stderr)
+        return 2
+    if failures:
+        print("export.py: FAILED, nothing written: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    print(f"export.py: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

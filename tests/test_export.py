@@ -1,0 +1,133 @@
+"""export.py: deploy-form MindIR / ONNX that reload and reproduce the training-form logits; clear bad-input errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import Tensor, nn
+
+import export
+import slab_ms
+from slab_ms.models._factory import load_checkpoint
+from test_reparam import TINY, randomize, relative_error, tiny_input
+
+
+def _tiny_args(name):
+    kwargs = {k: v for k, v in TINY[name].items() if k != "image_size"}
+    return ["--image_size", str(TINY[name]["image_size"]), "--model_kwargs", json.dumps(kwargs)]
+
+
+def _training_form(name, ckpt):
+    net = slab_ms.create_model(name, num_classes=10, **TINY[name])
+    return load_checkpoint(net, ckpt).set_train(False)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A randomised tiny checkpoint per model, named like train.py's final checkpoints."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for seed, name in enumerate(["slab_deit_tiny", "pvt_tiny_prepbn", "slab_pvt_tiny"]):
+        net = randomize(slab_ms.create_model(name, num_classes=10, **TINY[name]), seed=seed)
+        paths[name] = str(folder / f"{name}.ckpt")
+        ms.save_checkpoint(net, paths[name])
+    return paths
+
+
+def _files(folder):
+    return sorted(os.listdir(folder))
+
+
+def test_mindir_from_the_newest_demo_checkpoint(checkpoints, tmp_path, monkeypatch, capsys):
+    """No --ckpt_file / --model / --num_classes: the newest checkpoint under ./output names them."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("output/demo")
+    newest = "output/demo/slab_deit_tiny-0002_000000.ckpt"
+    with open(checkpoints["slab_deit_tiny"], "rb") as src, open(newest, "wb") as dst:
+        dst.write(src.read())
+    assert export.main(_tiny_args("slab_deit_tiny") + ["--batch_size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert newest in out and "every norm folded" in out
+    assert _files(tmp_path) == ["output", "slab_deit_tiny.mindir"]
+    # Reload independently, on another input than the one export.py checked.
+    x = tiny_input("slab_deit_tiny", batch=2, seed=7)
+    expected = _training_form("slab_deit_tiny", newest)(Tensor(x)).asnumpy()
+    actual = nn.GraphCell(ms.load("slab_deit_tiny.mindir"))(Tensor(x)).asnumpy()
+    assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["slab_deit_tiny", "pvt_tiny_prepbn", "slab_pvt_tiny"])
+def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
+    import onnxruntime
+    path = str(tmp_path / name)
+    argv = ["--model", name, "--ckpt_file", checkpoints[name], "--file_name", path, "--file_format", "ONNX"]
+    assert export.main(argv + _tiny_args(name)) == 0
+    assert "exact GELU(s) written without Erf" in capsys.readouterr().out
+    assert _files(tmp_path) == [f"{name}.onnx"]
+    x = tiny_input(name, batch=1, seed=8)
+    expected = _training_form(name, checkpoints[name])(Tensor(x)).asnumpy()
+    session = onnxruntime.InferenceSession(path + ".onnx", providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing file", "checkpoint file not found"),
+    ("another model", "is it for another model"),
+    ("unknown model", "unknown --model 'deit_huge'"),
+    ("AIR on CPU", "AIR can only be exported on Ascend"),
+    ("unknown format", "unsupported --file_format 'PNG'"),
+    ("no checkpoint", "no --ckpt_file given and no checkpoint"),
+])
+def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeypatch, capsys, case, message):
+    monkeypatch.chdir(tmp_path)
+    ckpt = checkpoints["slab_deit_tiny"]
+    argv = {
+        "missing file": ["--model", "slab_deit_tiny", "--ckpt_file", "nowhere.ckpt"],
+        "another model": ["--model", "deit_tiny_prepbn", "--ckpt_file", ckpt] + _tiny_args("slab_deit_tiny"),
+        "unknown model": ["--model", "deit_huge", "--ckpt_file", ckpt],
+        "AIR on CPU": ["--ckpt_file", ckpt, "--file_format", "AIR"],
+        "unknown format": ["--ckpt_file", ckpt, "--file_format", "png"],
+        "no checkpoint": ["--model", "slab_deit_tiny"],
+    }[case]
+    assert export.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("export.py: error:") == 1
+    assert _files(tmp_path) == []
+
+
+def test_unavailable_device_is_one_clear_error(checkpoints, tmp_path):
+    """In a fresh process (MindSpore fixes the device when its runtime starts)."""
+    if "GPU" in ms.get_context("device_target") or ms.hal.is_available("GPU"):
+        pytest.skip("this MindSpore can use a GPU")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export.py")
+    result = subprocess.run([sys.executable, script, "--model", "slab_deit_tiny", "--ckpt_file",
+                             checkpoints["slab_deit_tiny"], "--device_target", "GPU"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("export.py: error:") == 1 and "--device_target GPU is not usable" in result.stderr
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("stage", ["deploy form", "reloaded file"])
+def test_mismatch_exits_1_with_the_numbers_and_leaves_no_file(checkpoints, tmp_path, monkeypatch, capsys, stage):
+    if stage == "deploy form":
+        fold = slab_ms.reparameterize_model
+
+        def broken_fold(net):  # a fold that forgets the head bias
+            deploy = fold(net)
+            deploy.head.bias.set_data(Tensor(np.zeros(10, np.float32)))
+            return deploy
+        monkeypatch.setattr(slab_ms, "reparameterize_model", broken_fold)
+    else:
+        reload_logits = export.reload_logits
+        monkeypatch.setattr(export, "reload_logits", lambda *args: reload_logits(*args) + 0.5)
+    argv = ["--model", "slab_deit_tiny", "--ckpt_file", checkpoints["slab_deit_tiny"], "--file_name",
+            str(tmp_path / "net")]
+    assert export.main(argv + _tiny_args("slab_deit_tiny")) == 1
+    captured = capsys.readouterr()
+    assert "MISMATCH" in captured.out and "FAILED, nothing written" in captured.err and "> tolerance" in captured.err
+    assert _files(tmp_path) == []
