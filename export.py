@@ -11,10 +11,13 @@ exits with status 1 and the numbers. Bad input (missing or foreign checkpoint, u
 unsupported format/device) exits with status 2 and one message. The file is written under a
 temporary name and renamed only after the check, so a failed run leaves no output file.
 
-Without ``--ckpt_file`` the newest ``*.ckpt`` under ``./output`` or ``./ckpt`` (the demo run's) is
-exported. Without ``--model`` the model is read from a train.py checkpoint name (``<model>.ckpt``,
-``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read from a ``.ckpt``'s
-``head.weight`` (1000 for an official ``.pth``).
+``-c recipe.yaml`` (a train.py recipe) supplies ``model``, ``model_kwargs``, ``image_size`` and
+``num_classes``, and the newest checkpoint in its ``ckpt_dir``; command-line options override it.
+With neither ``--ckpt_file`` nor ``-c`` the newest checkpoint of a demo run is exported: the newest
+``*.ckpt`` in the ``ckpt_dir`` of a ``configs/demo/*.yaml`` recipe (with that recipe), else under
+``./output`` or ``./ckpt``. Without ``--model`` the model is read from a train.py checkpoint name
+(``<model>.ckpt``, ``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read
+from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``).
 
 ONNX: MindSpore's ONNX exporter has no ``Erf``, so for ONNX only the exact GELU is written as
 GELU(x) = x/2 + |x|/2 · erf(|x|/√2) with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7,
@@ -30,6 +33,7 @@ import re
 import sys
 
 import numpy as np
+import yaml
 import mindspore as ms
 from mindspore import nn, ops
 
@@ -40,7 +44,9 @@ from slab_ms.reparam import remaining_norms
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 DEVICES = ("CPU", "GPU", "Ascend")
 RELATIVE_TOLERANCE = 1e-4
-CHECKPOINT_DIRS = ("output", "ckpt")  # where train.py's demo runs write checkpoints
+CHECKPOINT_DIRS = ("output", "ckpt")  # where train.py runs write checkpoints (recipes' ckpt_dir)
+DEMO_RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo", "*.yaml")
+RECIPE_KEYS = ("model", "model_kwargs", "image_size", "num_classes")
 TRAIN_CKPT_NAME = re.compile(r"^(?P<model>.+?)(-\d{4}_\d{6})?\.ckpt$")
 
 
@@ -51,18 +57,21 @@ class ExportError(Exception):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", default=None, help="train.py recipe (yaml) the checkpoint was trained with")
     parser.add_argument("--model", default=None, help="registered model name, e.g. slab_deit_tiny (default: from "
-                        "the checkpoint's file name)")
+                        "the recipe or the checkpoint's file name)")
     parser.add_argument("--ckpt_file", default="", help="MindSpore .ckpt or official .pth (default: the newest "
-                        "*.ckpt under ./output or ./ckpt)")
+                        "checkpoint of the recipe or of the demo run)")
     parser.add_argument("--ema", action="store_true", help="load the ema.* weights of a train.py checkpoint")
     parser.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
     parser.add_argument("--batch_size", default=1, type=int)
-    parser.add_argument("--image_size", default=224, type=int)
-    parser.add_argument("--num_classes", default=None, type=int, help="default: from the checkpoint's head")
+    parser.add_argument("--image_size", default=None, type=int, help="default: the recipe's, else 224")
+    parser.add_argument("--num_classes", default=None, type=int, help="default: the recipe's, else the "
+                        "checkpoint's head")
     parser.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
-    parser.add_argument("--model_kwargs", default="{}", help='extra model arguments as JSON, e.g. \'{"depth": 6}\'')
+    parser.add_argument("--model_kwargs", default=None, help='extra model arguments as JSON, e.g. \'{"depth": 6}\' '
+                        "(default: the recipe's)")
     return parser.parse_args(argv)
 
 
@@ -73,8 +82,40 @@ def newest_checkpoint(folders=CHECKPOINT_DIRS):
     return max(paths, key=os.path.getmtime) if paths else None
 
 
+def read_recipe(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ExportError(f"cannot read recipe '{path}': {err}") from err
+    if not isinstance(recipe, dict):
+        raise ExportError(f"recipe '{path}' is not a mapping of option: value")
+    return recipe
+
+
+def demo_checkpoint():
+    """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
+    found = []
+    for path in glob.glob(DEMO_RECIPES):
+        recipe = read_recipe(path)
+        ckpt = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
+        if ckpt:
+            found.append((os.path.getmtime(ckpt), ckpt, path, recipe))
+    if found:
+        _, ckpt, path, recipe = max(found)
+        print(f"export.py: no --ckpt_file given; using the demo checkpoint {ckpt} (recipe {path})")
+        return ckpt, recipe
+    ckpt = newest_checkpoint()
+    if ckpt is None:
+        raise ExportError("no --ckpt_file given and no checkpoint of a demo run (./output, ./ckpt). Pass "
+                          "--ckpt_file with a .ckpt written by train.py or slab_ms.convert, or an official "
+                          ".pth (https://github.com/xinghaochen/SLAB/releases), or -c with its train.py recipe.")
+    print(f"export.py: no --ckpt_file given; using the newest checkpoint {ckpt}")
+    return ckpt, None
+
+
 def check_args(args):
-    """Everything that can be checked before MindSpore starts; raises ExportError."""
+    """Everything that can be checked before the model is built; raises ExportError."""
     if args.file_format not in FORMATS:
         raise ExportError(f"unsupported --file_format '{args.file_format}'; choose one of {', '.join(FORMATS)}.")
     if args.device_target not in DEVICES:
@@ -82,22 +123,29 @@ def check_args(args):
     if args.file_format == "AIR" and args.device_target != "Ascend":
         raise ExportError("AIR can only be exported on Ascend (it is compiled by Ascend's ATC); pass "
                           "--device_target Ascend on an Ascend machine, or use --file_format MINDIR or ONNX.")
+    recipe = read_recipe(args.config) if args.config else None
+    if not args.ckpt_file:
+        if recipe is not None:
+            args.ckpt_file = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
+            if args.ckpt_file is None:
+                raise ExportError(f"no checkpoint in the ckpt_dir of '{args.config}' "
+                                  f"({recipe.get('ckpt_dir', './ckpt')}); train first or pass --ckpt_file.")
+        else:
+            args.ckpt_file, recipe = demo_checkpoint()
+    for key in RECIPE_KEYS:  # the command line wins over the recipe
+        if getattr(args, key) is None and recipe is not None and recipe.get(key) is not None:
+            value = recipe[key]
+            setattr(args, key, json.dumps(value) if key == "model_kwargs" else value)
+    args.image_size = 224 if args.image_size is None else args.image_size
     if args.batch_size < 1 or args.image_size < 1:
         raise ExportError(f"--batch_size and --image_size must be positive, got {args.batch_size} and "
                           f"{args.image_size}.")
     try:
-        kwargs = json.loads(args.model_kwargs)
+        kwargs = json.loads(args.model_kwargs or "{}")
     except json.JSONDecodeError as err:
         raise ExportError(f"--model_kwargs is not valid JSON ({err}): {args.model_kwargs}") from err
     if not isinstance(kwargs, dict):
         raise ExportError(f"--model_kwargs must be a JSON object, got {args.model_kwargs}")
-    if not args.ckpt_file:
-        args.ckpt_file = newest_checkpoint()
-        if args.ckpt_file is None:
-            raise ExportError("no --ckpt_file given and no checkpoint under ./output or ./ckpt. Pass "
-                              "--ckpt_file with a .ckpt written by train.py or slab_ms.convert, or an official "
-                              ".pth (https://github.com/xinghaochen/SLAB/releases).")
-        print(f"export.py: no --ckpt_file given; using the newest demo checkpoint {args.ckpt_file}")
     if not os.path.isfile(args.ckpt_file):
         raise ExportError(f"checkpoint file not found: '{args.ckpt_file}'.")
     if args.model is None:

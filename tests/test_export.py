@@ -1,4 +1,5 @@
 """export.py: deploy-form MindIR / ONNX that reload and reproduce the training-form logits; clear bad-input errors."""
+import glob
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import numpy as np
 import mindspore as ms
 import pytest
+import yaml
 from mindspore import Tensor, nn
 
 import export
@@ -41,21 +43,33 @@ def _files(folder):
     return sorted(os.listdir(folder))
 
 
-def test_mindir_from_the_newest_demo_checkpoint(checkpoints, tmp_path, monkeypatch, capsys):
-    """No --ckpt_file / --model / --num_classes: the newest checkpoint under ./output names them."""
+def _demo_recipe():
+    recipes = glob.glob(export.DEMO_RECIPES)
+    assert len(recipes) == 1, f"expected one demo recipe, found {recipes}"
+    with open(recipes[0], encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatch, capsys):
+    """``python export.py`` after the demo run: checkpoint, model, sizes and classes all come from the demo."""
+    recipe = _demo_recipe()
     monkeypatch.chdir(tmp_path)
-    os.makedirs("output/demo")
-    newest = "output/demo/slab_deit_tiny-0002_000000.ckpt"
-    with open(checkpoints["slab_deit_tiny"], "rb") as src, open(newest, "wb") as dst:
-        dst.write(src.read())
-    assert export.main(_tiny_args("slab_deit_tiny") + ["--batch_size", "2"]) == 0
+    net = slab_ms.create_model(recipe["model"], num_classes=10, image_size=recipe["image_size"],
+                               **recipe["model_kwargs"])
+    randomize(net)
+    os.makedirs(recipe["ckpt_dir"])
+    ckpt = os.path.join(recipe["ckpt_dir"], f"{recipe['model']}.ckpt")
+    ms.save_checkpoint(net, ckpt)
+    assert export.main([]) == 0
     out = capsys.readouterr().out
-    assert newest in out and "every norm folded" in out
-    assert _files(tmp_path) == ["output", "slab_deit_tiny.mindir"]
+    assert ckpt in out and "every norm folded" in out
+    mindir = f"{recipe['model']}.mindir"
+    assert _files(tmp_path) == sorted([os.path.normpath(recipe["ckpt_dir"]).split(os.sep)[0], mindir])
     # Reload independently, on another input than the one export.py checked.
-    x = tiny_input("slab_deit_tiny", batch=2, seed=7)
-    expected = _training_form("slab_deit_tiny", newest)(Tensor(x)).asnumpy()
-    actual = nn.GraphCell(ms.load("slab_deit_tiny.mindir"))(Tensor(x)).asnumpy()
+    x = Tensor(np.random.default_rng(7).standard_normal((1, 3, recipe["image_size"], recipe["image_size"]),
+                                                         dtype=np.float32))
+    expected = net(x).asnumpy()
+    actual = nn.GraphCell(ms.load(mindir))(x).asnumpy()
     assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
 
 
@@ -81,6 +95,7 @@ def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
     ("AIR on CPU", "AIR can only be exported on Ascend"),
     ("unknown format", "unsupported --file_format 'PNG'"),
     ("no checkpoint", "no --ckpt_file given and no checkpoint"),
+    ("recipe without checkpoint", "no checkpoint in the ckpt_dir"),
 ])
 def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeypatch, capsys, case, message):
     monkeypatch.chdir(tmp_path)
@@ -92,6 +107,7 @@ def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeyp
         "AIR on CPU": ["--ckpt_file", ckpt, "--file_format", "AIR"],
         "unknown format": ["--ckpt_file", ckpt, "--file_format", "png"],
         "no checkpoint": ["--model", "slab_deit_tiny"],
+        "recipe without checkpoint": ["-c", glob.glob(export.DEMO_RECIPES)[0]],
     }[case]
     assert export.main(argv) == 2
     err = capsys.readouterr().err
