@@ -26,7 +26,7 @@ it stays, and so does any norm whose owner has no fold. Both are logged and list
 norm of a headless model) becomes a ``ChannelAffine`` (a multiply-add, no statistics). Every fold
 here is exact: no norm output is zero-padded before the layer it folds into (Swin never pads, PVT's
 ``sr`` conv has no padding, the padded CSwin convs pad their inputs, not the normalised outputs);
-a padded consumer is refused (``_consumer_after_affine``) rather than folded inexactly.
+a padded consumer is refused (``_consumer_weights``) rather than folded inexactly.
 
 Folds are registered per owning cell type (``register_fold``); ``reparameterize_model`` walks the
 network once and calls them.
@@ -54,7 +54,7 @@ _FOLDS = {}
 
 
 class ChannelAffine(nn.Cell):
-    """x ↦ x·scale + shift over the last (channel) axis: a norm's eval map kept where folding is not exact."""
+    """x ↦ x·scale + shift over the last (channel) axis: a norm's eval map kept where it cannot be folded."""
 
     def __init__(self, scale, shift):
         super().__init__()
@@ -164,14 +164,16 @@ def _with_weights(cell, weight, bias):
                      has_bias=True, weight_init=weight, bias_init=bias, data_format=cell.data_format)
 
 
-def _consumer_after_affine(cell, a, b):
-    """``cell(a ⊙ u + b)`` as one cell: a Dense, or a Conv2d without padding (zero padding would be
-    shifted by b, so a padded conv cannot absorb the norm in front of it)."""
+def _consumer_weights(cell, a, b):
+    """Weight and bias of ``cell(a ⊙ u + b)`` as one cell: a Dense (W' = W·diag(a), c' = W b + c), or a
+    Conv2d without padding (zero padding would be shifted by b, so a padded conv cannot absorb the
+    norm in front of it)."""
     weight, bias = _weight_and_bias(cell)
     if isinstance(cell, nn.Dense) and not cell.activation_flag:
-        return _with_weights(cell, weight * a, weight @ b + bias)  # W' = W·diag(a), c' = W b + c
-    if isinstance(cell, nn.Conv2d) and cell.group == 1 and (cell.pad_mode == "valid" or cell.padding == 0):
-        return _with_weights(cell, weight * a[None, :, None, None], bias + np.einsum("oikl,i->o", weight, b))
+        return weight * a, weight @ b + bias
+    unpadded = cell.pad_mode == "valid" or (cell.pad_mode == "pad" and cell.padding == 0)
+    if isinstance(cell, nn.Conv2d) and cell.group == 1 and unpadded:
+        return weight * a[None, :, None, None], bias + np.einsum("oikl,i->o", weight, b)
     raise TypeError(f"cannot fold a norm into a following {cell!r}")
 
 
@@ -191,8 +193,9 @@ def fold_norm_into_consumers(owner, norm_name, consumers):
     affine = _eval_affine(_child(owner, norm_name))
     if affine is None:
         return False
-    for parent, name in consumers:
-        _replace(parent, name, _consumer_after_affine(_child(parent, name), *affine))
+    folded = [(parent, name, _consumer_weights(_child(parent, name), *affine)) for parent, name in consumers]
+    for parent, name, (weight, bias) in folded:  # written only once every consumer could take the fold
+        _replace(parent, name, _with_weights(_child(parent, name), weight, bias))
     _replace(owner, norm_name, nn.Identity())
     return True
 
@@ -208,7 +211,7 @@ def fold_norm_into_producer(owner, conv_name, norm_name):
 
 
 def keep_as_affine(owner, norm_name):
-    """Replace the norm ``owner.<norm_name>`` by its eval map as a ``ChannelAffine`` (where a fold is not exact)."""
+    """Replace the norm ``owner.<norm_name>`` by its eval map as a ``ChannelAffine`` (nothing to fold it into)."""
     affine = _eval_affine(_child(owner, norm_name))
     if affine is None:
         return False
