@@ -5,4 +5,4 @@ from .helpers import dense, to_2tuple
 from .mlp import Mlp
 from .norm import (PRepBN, RepBN, TokenBatchNorm, get_norm_layer, get_prepbn_schedule, prepbn_gamma, prepbn_layers,
                    set_prepbn_schedule, share_prepbn_schedule)
-from .patch_embed import PatchEmbed, check_input
+from .patch_embed import PatchConv2d, PatchEmbed, check_input

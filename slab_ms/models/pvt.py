@@ -20,8 +20,8 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, check_input, dense, get_norm_layer,
-                      merge_heads, resize_token_grid, share_prepbn_schedule, split_heads, to_2tuple)
+from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAttention, check_input, dense,
+                      get_norm_layer, merge_heads, resize_token_grid, share_prepbn_schedule, split_heads, to_2tuple)
 from ._registry import check_pretrained, default_cfg, register_model
 
 __all__ = ["PyramidVisionTransformer", "pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn",
@@ -52,7 +52,7 @@ class SpatialReductionAttention(nn.Cell):
         self.proj = dense(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, pad_mode="valid", has_bias=True)
+            self.sr = PatchConv2d(dim, dim, sr_ratio)
             self.norm = norm_layer(dim)
 
     def construct(self, x, hw):
