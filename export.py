@@ -156,7 +156,16 @@ def check_args(args):
         args.model = match.group("model")
     if args.num_classes is None:
         args.num_classes = checkpoint_num_classes(args.ckpt_file)
+    folder = os.path.dirname(os.path.abspath(output_path(args)))
+    if not os.path.isdir(folder):
+        raise ExportError(f"the folder of --file_name does not exist: {folder}")
     return kwargs
+
+
+def output_path(args):
+    """``--file_name`` (default: the model name) with the format's extension."""
+    base, ext = args.file_name or args.model, FORMATS[args.file_format]
+    return base if base.lower().endswith(ext) else base + ext
 
 
 def checkpoint_num_classes(path, default=1000):
@@ -255,17 +264,18 @@ def export(args, kwargs):
     if failures:
         return None, failures
 
-    base = args.file_name or args.model
+    final_path = output_path(args)
     ext = FORMATS[args.file_format]
-    base = base[: -len(ext)] if base.lower().endswith(ext) else base
-    final_path = base + ext
-    folder = os.path.dirname(os.path.abspath(final_path))
-    if not os.path.isdir(folder):
-        raise ExportError(f"output folder does not exist: {folder}")
-    temp_base = os.path.join(folder, f".{os.path.basename(base)}.partial{os.getpid()}")
+    # Written under a temporary name in the same folder, renamed once checked: no partial output file.
+    temp_base = os.path.join(os.path.dirname(os.path.abspath(final_path)),
+                             f".{os.path.basename(final_path)[:-len(ext)]}.partial{os.getpid()}")
     temp_path = temp_base + ext
     try:
-        ms.export(deploy, ms.Tensor(x), file_name=temp_base, file_format=args.file_format)
+        try:
+            ms.export(deploy, ms.Tensor(x), file_name=temp_base, file_format=args.file_format)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ExportError(f"MindSpore cannot write {args.model} as {args.file_format}: "
+                              f"{str(err).strip().splitlines()[0]}") from err
         if args.file_format == "AIR":
             print("export.py: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
         else:

@@ -96,6 +96,7 @@ def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
     ("unknown format", "unsupported --file_format 'PNG'"),
     ("no checkpoint", "no --ckpt_file given and no checkpoint"),
     ("recipe without checkpoint", "no checkpoint in the ckpt_dir"),
+    ("missing output folder", "the folder of --file_name does not exist"),
 ])
 def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeypatch, capsys, case, message):
     monkeypatch.chdir(tmp_path)
@@ -108,6 +109,7 @@ def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeyp
         "unknown format": ["--ckpt_file", ckpt, "--file_format", "png"],
         "no checkpoint": ["--model", "slab_deit_tiny"],
         "recipe without checkpoint": ["-c", glob.glob(export.DEMO_RECIPES)[0]],
+        "missing output folder": ["--ckpt_file", ckpt, "--file_name", "nowhere/net"],
     }[case]
     assert export.main(argv) == 2
     err = capsys.readouterr().err
