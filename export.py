@@ -1,4 +1,4 @@
-"""Export a SLAB model in its deploy form (re-parameterized: no normalization left) as MindIR, ONNX or AIR.
+"""Export a SLAB model in its deploy form (every RepBN / PRepBN folded away) as MindIR, ONNX or AIR.
 
     python export.py --model slab_deit_tiny --ckpt_file slab_deit_tiny.ckpt --file_format MINDIR
 

@@ -73,6 +73,20 @@ def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatc
     assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
 
 
+def test_official_pth_to_mindir_reproduces_the_pytorch_logits(tmp_path):
+    """Official PyTorch checkpoint -> converter -> fold -> MindIR, against the reference's own outputs."""
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+    reference = np.load(os.path.join(fixtures, "small_deit_prepbn_linearnorm.npz"))  # same weights as the .pth
+    x, expected = reference["__input__"], reference["__logits_eval__"]
+    path = str(tmp_path / "deit")
+    argv = ["--model", "deit_small_prepbn", "--ckpt_file", os.path.join(fixtures, "official_small_deit_prepbn.pth"),
+            "--file_name", path, "--num_classes", "10", "--image_size", str(x.shape[-1]), "--batch_size",
+            str(x.shape[0]), "--model_kwargs", json.dumps({"embed_dim": 48, "depth": 2, "num_heads": 3})]
+    assert export.main(argv) == 0
+    actual = nn.GraphCell(ms.load(path + ".mindir"))(Tensor(x)).asnumpy()
+    assert relative_error(actual, expected) <= 1e-4
+
+
 @pytest.mark.parametrize("name", ["slab_deit_tiny", "pvt_tiny_prepbn", "slab_pvt_tiny"])
 def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
     import onnxruntime
