@@ -4,7 +4,7 @@ import fnmatch
 from mindcv.models.registry import is_model
 from mindcv.models.registry import register_model as _mindcv_register
 
-__all__ = ["register_model", "list_models", "default_cfg", "check_pretrained"]
+__all__ = ["register_model", "list_models", "default_cfg", "check_pretrained", "build_model"]
 
 _SLAB_MODELS = []
 
@@ -33,3 +33,14 @@ def check_pretrained(pretrained, name):
         raise ValueError(f"No MindSpore weights are hosted for '{name}'. Convert the official PyTorch "
                          f"checkpoint with `python -m slab_ms.convert --model {name} --src FILE.pth --dst "
                          f"{name}.ckpt` and pass checkpoint_path='{name}.ckpt'.")
+
+
+def build_model(cls, name, pretrained, *archs, image_size=224, **kwargs):
+    """The body every factory shares: refuse ``pretrained``, merge the released architecture dicts
+    ``archs`` with the caller's kwargs (None keeps the default) and build ``cls`` for ``image_size``."""
+    check_pretrained(pretrained, name)
+    args = {}
+    for arch in archs:
+        args.update(arch)
+    args.update({k: v for k, v in kwargs.items() if v is not None})
+    return cls(img_size=image_size, **args)

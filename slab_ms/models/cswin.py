@@ -25,7 +25,7 @@ from mindspore import nn, ops
 
 from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, check_input, dense, get_norm_layer, merge_heads,
                       share_prepbn_schedule, split_heads, to_2tuple)
-from ._registry import check_pretrained, default_cfg, register_model
+from ._registry import build_model, default_cfg, register_model
 
 __all__ = ["CSWinTransformer", "slab_cswin_tiny"]
 
@@ -355,23 +355,16 @@ class CSWinTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _create(name, pretrained, variant, family_defaults, **kwargs):
-    check_pretrained(pretrained, name)
-    image_size = kwargs.pop("image_size", 224)
-    args = dict(variant, **family_defaults)
-    args.update({k: v for k, v in kwargs.items() if v is not None})
-    return CSWinTransformer(img_size=image_size, **args)
-
 
 # la_split_size left to its default: SLA over the whole map of stages 1-2 (56-28-14-7 at 224).
 _TINY = dict(embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), mlp_ratio=4.0,
-             qkv_bias=True, kernel_size=5)
+             qkv_bias=True, kernel_size=5, prepbn_decay_steps=120000)
 
 
 @register_model
 def slab_cswin_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                     drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
     """SLAB-CSwin-T: PRepBN (T = 120,000) + SLA in stages 1-2 ('LLSS'); the recipe trains with drop_path 0.1."""
-    return _create("slab_cswin_tiny", pretrained, _TINY, {"prepbn_decay_steps": 120000}, num_classes=num_classes,
-                   in_channels=in_channels, image_size=image_size, drop_rate=drop_rate,
-                   drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return build_model(CSWinTransformer, "slab_cswin_tiny", pretrained, _TINY, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)

@@ -11,7 +11,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (Attention, DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, check_input, dense,
                       get_norm_layer, resize_token_grid, share_prepbn_schedule, to_2tuple)
-from ._registry import check_pretrained, default_cfg, register_model
+from ._registry import build_model, default_cfg, register_model
 
 __all__ = ["VisionTransformer", "deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
 
@@ -121,49 +121,44 @@ class VisionTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _create(name, pretrained, variant, family_defaults, **kwargs):
-    check_pretrained(pretrained, name)
-    image_size = kwargs.pop("image_size", 224)
-    args = dict(variant, **family_defaults)
-    args.update({k: v for k, v in kwargs.items() if v is not None})
-    return VisionTransformer(img_size=image_size, **args)
-
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, qkv_bias=True)
 _SMALL = dict(_TINY, embed_dim=384, num_heads=6)
+_T_SLAB = {"prepbn_decay_steps": 60000}  # released schedule lengths (SPEC §1.3)
+_T_DEIT_S = {"prepbn_decay_steps": 300000}
 
 
 @register_model
 def deit_tiny_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                      drop_path_rate=0.0, norm="repbn", attn="softmax", **kwargs):
     """DeiT-Tiny with RepBN (the released deit_t_prepbn uses RepBN throughout: 0 decay steps)."""
-    return _create("deit_tiny_prepbn", pretrained, _TINY, {}, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm,
-                   attn=attn, **kwargs)
+    return build_model(VisionTransformer, "deit_tiny_prepbn", pretrained, _TINY, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def deit_small_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                       drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
     """DeiT-Small with PRepBN (T = 300,000 steps in the released code)."""
-    return _create("deit_small_prepbn", pretrained, _SMALL, {"prepbn_decay_steps": 300000},
-                   num_classes=num_classes, in_channels=in_channels, image_size=image_size, drop_rate=drop_rate,
-                   drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return build_model(VisionTransformer, "deit_small_prepbn", pretrained, _SMALL, _T_DEIT_S, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def slab_deit_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                    drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
     """SLAB-DeiT-Tiny: PRepBN (T = 60,000) + Simplified Linear Attention, mean pooling."""
-    return _create("slab_deit_tiny", pretrained, _TINY, {"prepbn_decay_steps": 60000}, num_classes=num_classes,
-                   in_channels=in_channels, image_size=image_size, drop_rate=drop_rate,
-                   drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return build_model(VisionTransformer, "slab_deit_tiny", pretrained, _TINY, _T_SLAB, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def slab_deit_small(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                     drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
     """SLAB-DeiT-Small: PRepBN (T = 60,000) + Simplified Linear Attention, mean pooling."""
-    return _create("slab_deit_small", pretrained, _SMALL, {"prepbn_decay_steps": 60000}, num_classes=num_classes,
-                   in_channels=in_channels, image_size=image_size, drop_rate=drop_rate,
-                   drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return build_model(VisionTransformer, "slab_deit_small", pretrained, _SMALL, _T_SLAB, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)

@@ -22,7 +22,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAttention, check_input, dense,
                       get_norm_layer, merge_heads, resize_token_grid, share_prepbn_schedule, split_heads, to_2tuple)
-from ._registry import check_pretrained, default_cfg, register_model
+from ._registry import build_model, default_cfg, register_model
 
 __all__ = ["PyramidVisionTransformer", "pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn",
            "slab_pvt_tiny"]
@@ -194,13 +194,6 @@ class PyramidVisionTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _create(name, pretrained, variant, **kwargs):
-    check_pretrained(pretrained, name)
-    image_size = kwargs.pop("image_size", 224)
-    args = dict(variant)
-    args.update({k: v for k, v in kwargs.items() if v is not None})
-    return PyramidVisionTransformer(img_size=image_size, **args)
-
 
 _PVT = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
             qkv_bias=True, sr_ratios=(8, 4, 2, 1), prepbn_decay_steps=300000, ln_eps=1e-6)
@@ -213,33 +206,33 @@ _MEDIUM = dict(_PVT, depths=(3, 4, 18, 3))
 def pvt_tiny_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                     drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
     """PVT-Tiny with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.0)."""
-    return _create("pvt_tiny_prepbn", pretrained, _TINY, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
-                   **kwargs)
+    return build_model(PyramidVisionTransformer, "pvt_tiny_prepbn", pretrained, _TINY, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def pvt_small_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                      drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
     """PVT-Small with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.1)."""
-    return _create("pvt_small_prepbn", pretrained, _SMALL, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
-                   **kwargs)
+    return build_model(PyramidVisionTransformer, "pvt_small_prepbn", pretrained, _SMALL, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def pvt_medium_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                       drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
     """PVT-Medium with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.3)."""
-    return _create("pvt_medium_prepbn", pretrained, _MEDIUM, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
-                   **kwargs)
+    return build_model(PyramidVisionTransformer, "pvt_medium_prepbn", pretrained, _MEDIUM, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def slab_pvt_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
                   drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
     """SLAB-PVT-Tiny: PRepBN (T = 300,000) + Simplified Linear Attention in every stage (recipe drop_path 0.0)."""
-    return _create("slab_pvt_tiny", pretrained, _TINY, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm, attn=attn,
-                   **kwargs)
+    return build_model(PyramidVisionTransformer, "slab_pvt_tiny", pretrained, _TINY, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)

@@ -27,7 +27,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, check_input, dense, get_norm_layer,
                       share_prepbn_schedule, to_2tuple)
-from ._registry import check_pretrained, default_cfg, register_model
+from ._registry import build_model, default_cfg, register_model
 
 __all__ = ["SwinTransformer", "swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small"]
 
@@ -239,7 +239,7 @@ class SwinTransformer(nn.Cell):
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=None, mlp_ratio=4.0, qkv_bias=True,
-                 qk_scale=None, drop_rate=0.0, drop_path_rate=0.1, patch_norm=True, norm="prepbn", attn="sla",
+                 qk_scale=None, drop_rate=0.0, drop_path_rate=0.0, patch_norm=True, norm="prepbn", attn="sla",
                  attn_type=None, kernel_size=5, prepbn_decay_steps=60000, ln_eps=1e-5, in_chans=None, ape=False,
                  use_checkpoint=False, fused_window_process=False, focusing_factor=None):
         super().__init__()
@@ -304,13 +304,6 @@ class SwinTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _create(name, pretrained, variant, family_defaults, **kwargs):
-    check_pretrained(pretrained, name)
-    image_size = kwargs.pop("image_size", 224)
-    args = dict(variant, **family_defaults)
-    args.update({k: v for k, v in kwargs.items() if v is not None})
-    return SwinTransformer(img_size=image_size, **args)
-
 
 _TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), mlp_ratio=4.0,
              qkv_bias=True)
@@ -320,26 +313,26 @@ _SLAB = {"prepbn_decay_steps": 60000, "ln_eps": 1e-5}
 
 @register_model
 def swin_tiny_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                     drop_path_rate=0.1, norm="repbn", attn="softmax", **kwargs):
-    """Swin-T with RepBN in every norm (the released swin_t_prepbn: 0 decay steps); drop path 0.1 as its recipe."""
-    return _create("swin_tiny_prepbn", pretrained, _TINY, _SLAB, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm,
-                   attn=attn, **kwargs)
+                     drop_path_rate=0.0, norm="repbn", attn="softmax", **kwargs):
+    """Swin-T with RepBN in every norm (released swin_t_prepbn: 0 decay steps); recipe drop_path 0.1."""
+    return build_model(SwinTransformer, "swin_tiny_prepbn", pretrained, _TINY, _SLAB, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def slab_swin_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                   drop_path_rate=0.2, norm="prepbn", attn="sla", **kwargs):
+                   drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
     """SLAB-Swin-T: PRepBN (T = 60,000, LN eps 1e-5), global SLA in stages 1–2, shifted 7×7 softmax in 3–4."""
-    return _create("slab_swin_tiny", pretrained, _TINY, _SLAB, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm,
-                   attn=attn, **kwargs)
+    return build_model(SwinTransformer, "slab_swin_tiny", pretrained, _TINY, _SLAB, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
 
 
 @register_model
 def slab_swin_small(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                    drop_path_rate=0.3, norm="prepbn", attn="sla", **kwargs):
-    """SLAB-Swin-S: as SLAB-Swin-T with depths 2-2-18-2; drop path 0.3 as its recipe."""
-    return _create("slab_swin_small", pretrained, _SMALL, _SLAB, num_classes=num_classes, in_channels=in_channels,
-                   image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, norm=norm,
-                   attn=attn, **kwargs)
+                    drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
+    """SLAB-Swin-S: as SLAB-Swin-T with depths 2-2-18-2; its recipe trains with drop_path 0.3."""
+    return build_model(SwinTransformer, "slab_swin_small", pretrained, _SMALL, _SLAB, image_size=image_size,
+                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
