@@ -1,5 +1,5 @@
 """train.py end to end on a tiny generated ImageFolder: exact resume after SIGKILL, bad input, NaN stop,
-BN re-calibration, recipes.
+BN re-calibration, recipes, fine-tuning that continues a checkpoint's γ schedule.
 
 The tiny recipe (SLAB-DeiT, dim 32, depth 1, 32x32 images, patch 4) trains 3 epochs of 4 optimizer
 steps (2 micro-batches of 8 each: gradient accumulation) with mixup/cutmix, random erasing, clipping,
@@ -140,6 +140,43 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(recipe, reference)
         assert sorted(ref) == sorted(got)
         worst = max(float(np.abs(ref[k].asnumpy().astype(np.float64) - got[k].asnumpy()).max()) for k in ref)
         assert worst <= 1e-6, worst
+
+
+def test_finetune_continues_a_mid_schedule_checkpoint_and_resumes_exactly(recipe, tmp_path):
+    """--checkpoint_path of weights at step 2 of T = 6 (γ = 2/3), one epoch of 4 optimizer steps: γ goes on
+    to 0 (prepbn_step 2 -> 6) instead of restarting at 1 (tests/test_finetune.py observes γ in the graph).
+    A run resumed from its step-2 checkpoint ends with the same weights (tolerance 1e-6; measured 0.0)."""
+    _, config = recipe
+    net = _tiny_net()
+    set_prepbn_schedule(net, step=2, decay_steps=6)
+    weights = str(tmp_path / "mid.ckpt")
+    ms.save_checkpoint(net, weights)
+    extra = ["--checkpoint_path", weights, "--epochs", "1", "--bn_recalib_epochs", "0", "--ckpt_interval", "2",
+             "--val_split", "", "--ema", "false"]
+    refused = _run(config, tmp_path / "refused", *extra)  # the recipe's prepbn_decay_ratio 0.5 means T = 2
+    assert refused.returncode == 2 and "but the recipe asks for T = 2" in refused.stderr
+    assert "--prepbn_schedule restart" in refused.stderr and not os.path.exists(tmp_path / "refused")
+
+    extra += ["--prepbn_decay_ratio", "none"]
+    full = _run(config, tmp_path / "full", *extra)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert (f"{weights}: weights loaded; prepbn_schedule continue: γ goes on from its step 2 (T=6, warm-up 0): "
+            "γ = 0.6667 at the start, 0 after 4 of this run's 4 optimizer steps") in full.stdout
+    gammas = [line.split(" γ ")[1].split()[0] for line in full.stdout.splitlines() if line.startswith("epoch 1 step")]
+    assert gammas == ["0.5000", "0.3333", "0.1667", "0.0000"]  # γ after each optimizer step
+    assert "γ schedule finished: step 6, γ = 0" in full.stdout
+
+    resumed_dir = tmp_path / "resumed"
+    os.makedirs(resumed_dir)
+    shutil.copy(tmp_path / "full" / f"{MODEL}-0000_000002.ckpt", resumed_dir)
+    resumed = _run(config, resumed_dir, *extra, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "γ goes on" not in resumed.stdout
+    assert "γ schedule finished: step 6, γ = 0" in resumed.stdout
+    ref, got = (ms.load_checkpoint(str(tmp_path / d / f"{MODEL}.ckpt")) for d in ("full", "resumed"))
+    assert sorted(ref) == sorted(got) and int(got["prepbn_step"].asnumpy()) == 6
+    worst = max(float(np.abs(ref[k].asnumpy().astype(np.float64) - got[k].asnumpy()).max()) for k in ref)
+    assert worst <= 1e-6, worst
 
 
 def test_unknown_yaml_key_is_one_clear_error(tmp_path):

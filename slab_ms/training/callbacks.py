@@ -25,8 +25,8 @@ class GammaDecay(Callback):
 
     The schedule itself advances inside the compiled train step (one ``prepbn_step`` per optimizer
     step). This callback checks that it does: after every optimizer step ``prepbn_step`` must equal
-    the optimizer's ``global_step`` (the lr index), and at the end of training γ must be exactly 0,
-    i.e. the model trained into the pure-RepBN form it is evaluated in.
+    ``start_step`` + the optimizer's ``global_step`` (the lr index), and at the end of training γ must be
+    exactly 0, i.e. the model trained into the pure-RepBN form it is evaluated in.
 
     Args:
         net: model owning ``prepbn_step`` / ``prepbn_decay_steps`` / ``prepbn_warmup_steps``.
@@ -34,38 +34,55 @@ class GammaDecay(Callback):
         total_steps: optimizer steps of the whole run.
         log_interval: print γ every this many optimizer steps (0: never; train.py prints γ in its
             progress line instead).
+        start_step: ``prepbn_step`` when the run's optimizer step was 0: 0 for a new schedule, the loaded
+            step when fine-tuning continues a checkpoint's schedule. Only the decay left after it has
+            to fit into the run.
     """
 
-    def __init__(self, net, optimizer, total_steps, log_interval=0, print_fn=functools.partial(print, flush=True)):
+    def __init__(self, net, optimizer, total_steps, log_interval=0, print_fn=functools.partial(print, flush=True),
+                 start_step=0):
         super().__init__()
         self.net = net
         self.optimizer = optimizer
         self.total_steps = total_steps
         self.log_interval = log_interval
         self.print_fn = print_fn
+        self.start_step = start_step
         self.gamma = None
 
     def schedule(self):
         return get_prepbn_schedule(self.net)
 
-    def on_train_begin(self, run_context=None):
-        s = self.schedule()
-        if s["decay_steps"] + s["warmup_steps"] > self.total_steps:
-            raise ValueError(f"γ schedule (T={s['decay_steps']}, warm-up {s['warmup_steps']}) is longer than the "
-                             f"run ({self.total_steps} optimizer steps)")
-        self.gamma = prepbn_gamma(s["step"], s["decay_steps"], s["warmup_steps"])
-        end = s["warmup_steps"] + s["decay_steps"]
-        self.print_fn(f"γ schedule: LayerNorm only for {s['warmup_steps']} optimizer steps, then linear decay to 0 "
-                      f"over T={s['decay_steps']} steps (γ = 0 from step {end} of {self.total_steps}); "
-                      f"now step {s['step']}, γ={self.gamma:.4f}")
-
-    def on_train_step_end(self, run_context=None):
+    def _checked_schedule(self):
         s = self.schedule()
         global_step = int(self.optimizer.global_step.asnumpy().reshape(()))
-        if s["step"] != global_step:
+        if s["step"] != self.start_step + global_step:
             raise RuntimeError(f"γ schedule out of step: prepbn_step={s['step']} but the optimizer took "
-                               f"{global_step} steps")
+                               f"{global_step} steps from prepbn_step {self.start_step}")
         self.gamma = prepbn_gamma(s["step"], s["decay_steps"], s["warmup_steps"])
+        return s, global_step
+
+    def on_train_begin(self, run_context=None):
+        s, global_step = self._checked_schedule()
+        end = s["warmup_steps"] + s["decay_steps"]
+        if end - self.start_step > self.total_steps:
+            raise ValueError(f"γ schedule (T={s['decay_steps']}, warm-up {s['warmup_steps']}, from step "
+                             f"{self.start_step}) is longer than the run ({self.total_steps} optimizer steps)")
+        if end <= self.start_step:
+            self.print_fn(f"γ schedule: finished before this run (step {self.start_step} ≥ warm-up "
+                          f"{s['warmup_steps']} + T {s['decay_steps']}): γ = 0 for all {self.total_steps} optimizer "
+                          f"steps; now step {s['step']}")
+            return
+        zero_at = f"step {end} of {self.total_steps}"
+        if self.start_step:
+            zero_at = (f"step {end} = optimizer step {end - self.start_step} of {self.total_steps}, started at step "
+                       f"{self.start_step}")
+        self.print_fn(f"γ schedule: LayerNorm only for {s['warmup_steps']} optimizer steps, then linear decay to 0 "
+                      f"over T={s['decay_steps']} steps (γ = 0 from {zero_at}); now step {s['step']}, "
+                      f"γ={self.gamma:.4f}")
+
+    def on_train_step_end(self, run_context=None):
+        s, _ = self._checked_schedule()
         if self.log_interval and s["step"] % self.log_interval == 0:
             self.print_fn(f"step {s['step']}: γ={self.gamma:.6f}")
         return self.gamma
@@ -73,9 +90,9 @@ class GammaDecay(Callback):
     def on_train_end(self, run_context=None):
         s = self.schedule()
         self.gamma = prepbn_gamma(s["step"], s["decay_steps"], s["warmup_steps"])
-        if s["step"] != self.total_steps or self.gamma != 0.0:
-            raise RuntimeError(f"training ended at prepbn_step {s['step']} of {self.total_steps} with γ={self.gamma}"
-                               " (expected γ = 0)")
+        if s["step"] != self.start_step + self.total_steps or self.gamma != 0.0:
+            raise RuntimeError(f"training ended at prepbn_step {s['step']} (expected {self.start_step} + "
+                               f"{self.total_steps}) with γ={self.gamma} (expected γ = 0)")
         self.print_fn(f"γ schedule finished: step {s['step']}, γ = 0 (the model is pure RepBN now)")
 
 

@@ -109,9 +109,18 @@ def build_parser():
                        help="extra factory kwargs (yaml mapping or JSON), e.g. a tiny test size")
     group.add_argument("--drop_rate", type=float, default=0.0)
     group.add_argument("--drop_path_rate", type=float, default=0.0)
-    group.add_argument("--checkpoint_path", default="", help="initial weights (strict; .ckpt or official .pth)")
+    group.add_argument("--checkpoint_path", default="",
+                       help="initial weights to fine-tune (strict; .ckpt or official .pth), see prepbn_schedule")
+    group.add_argument("--prepbn_schedule", default="continue", choices=["continue", "restart"],
+                       help="γ schedule after --checkpoint_path weights. continue: keep the checkpoint's step, T "
+                            "and warm-up, γ goes on where it was (a finished checkpoint fine-tunes as pure RepBN, "
+                            "γ = 0 throughout); an unfinished decay must end within this run, and "
+                            "prepbn_decay_steps / _ratio / _warmup_steps, if set, must equal the checkpoint's "
+                            "(unused once its decay is finished). restart: γ from 1 again with this recipe's T "
+                            "(LayerNorm -> RepBN once more)")
     group.add_argument("--prepbn_decay_steps", type=optional(int), default=None,
-                       help="T of the γ schedule in optimizer steps (None: the model's default)")
+                       help="T of the γ schedule in optimizer steps (None: the model's default), for a new run "
+                            "or prepbn_schedule restart")
     group.add_argument("--prepbn_decay_ratio", type=optional(float), default=None,
                        help="T as a fraction of the run's optimizer steps (instead of prepbn_decay_steps)")
     group.add_argument("--prepbn_warmup_steps", type=int, default=0,
@@ -158,7 +167,15 @@ def build_parser():
 
 
 def _coerce(action, value, key, path):
-    """Give a yaml value the option's type (PyYAML reads e.g. 5e-4 as a string)."""
+    """Give a yaml value the option's type (PyYAML reads e.g. 5e-4 as a string) and check its choices
+    (argparse checks them on the command line only, not in defaults)."""
+    value = _typed(action, value, key, path)
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{path}: key '{key}' is {value!r}; choose one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _typed(action, value, key, path):
     if value is None or action.type is None:
         return value
     try:

@@ -25,7 +25,7 @@ from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
-from ..layers import get_prepbn_schedule, prepbn_gamma, set_prepbn_schedule
+from ..layers import get_prepbn_schedule, set_prepbn_schedule
 from ..models import list_models
 from ..models._factory import create_model
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
@@ -33,7 +33,7 @@ from .checkpoint import (find_latest, list_resumable, load_train_checkpoint, pru
                          save_final_checkpoint, save_train_checkpoint)
 from .config import ConfigError
 from .recalib import BNRecalibration, average_bn_statistics
-from .schedule import build_lr_schedule, resolve_prepbn_schedule
+from .schedule import build_lr_schedule, start_prepbn_schedule
 from .train_step import NetWithLoss, TrainStep, build_optimizer
 
 __all__ = ["train", "NonFiniteLossError"]
@@ -116,13 +116,11 @@ class Trainer:
         self.net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
                                 drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
                                 checkpoint_path=args.checkpoint_path, **args.model_kwargs)
-        self.schedule = resolve_prepbn_schedule(self.net, args, self.total_steps)
+        # (step, T, warm-up) at optimizer step 0: a new schedule, or the checkpoint's continued (prepbn_schedule)
+        self.schedule, schedule_note = start_prepbn_schedule(self.net, args, self.total_steps)
         if self.schedule:
-            if args.checkpoint_path:
-                s = get_prepbn_schedule(self.net)
-                self.log(f"{args.checkpoint_path}: weights loaded; its γ schedule (step {s['step']}, T={s['decay_steps']},"
-                         f" γ={prepbn_gamma(**s):.4f}) is replaced by this run's, which starts at γ = 1")
-            set_prepbn_schedule(self.net, step=0, decay_steps=self.schedule[0], warmup_steps=self.schedule[1])
+            step, decay, warmup = self.schedule
+            set_prepbn_schedule(self.net, step=step, decay_steps=decay, warmup_steps=warmup)
         # MindCV's cell-wrapping AMP (MindSpore's own O1 rewrites construct code and loses module globals)
         auto_mixed_precision(self.net, args.amp_level)
         self.lrs = build_lr_schedule(args, self.steps_per_epoch, self.images_per_step)
@@ -131,13 +129,15 @@ class Trainer:
         self.train_step = TrainStep(NetWithLoss(self.net, loss_fn), self.optimizer, self.net,
                                     loss_scale=args.loss_scale, clip_grad=args.clip_grad,
                                     accumulate_steps=self.accum, ema_decay=args.ema_decay if args.ema else None)
-        self.gamma_decay = GammaDecay(self.net, self.optimizer, self.total_steps, print_fn=self.log) \
-            if self.schedule else None
+        self.gamma_decay = GammaDecay(self.net, self.optimizer, self.total_steps, print_fn=self.log,
+                                      start_step=self.schedule[0]) if self.schedule else None
         self.progress = ProgressLogger(self.total_steps, self.steps_per_epoch, self.images_per_step,
                                        args.log_interval, self.lrs, print_fn=self.log)
         self.evaluator = Evaluator(self.net) if self.val_loader is not None else None
         self.last_checkpoint = None
         self.epoch_num, self.step_num = self._resume()
+        if schedule_note and self.last_checkpoint is None:  # a resumed run logs where it resumed instead
+            self.log(schedule_note)
 
     # ------------------------------------------------------------------ resume
     def _resume(self):
@@ -161,12 +161,14 @@ class Trainer:
                               f"{self.train_epochs} epochs + {args.bn_recalib_epochs} BN re-calibration epochs): "
                               "resume with the recipe, batch size, device count, accumulate_steps and data it was "
                               "written with")
-        if self.schedule:
+        if self.schedule:  # prepbn_step - global_step is the step the resumed run started from
             s = get_prepbn_schedule(self.net)
-            if (s["decay_steps"], s["warmup_steps"]) != tuple(self.schedule) or s["step"] != global_step:
+            start, decay, warmup = self.schedule
+            if (s["decay_steps"], s["warmup_steps"], s["step"]) != (decay, warmup, start + global_step):
                 raise ConfigError(f"'{path}' holds the γ schedule T={s['decay_steps']}, warm-up {s['warmup_steps']}, "
-                                  f"step {s['step']}; this run computes T={self.schedule[0]}, warm-up "
-                                  f"{self.schedule[1]} at step {global_step}: resume with the same recipe")
+                                  f"step {s['step']} after {global_step} optimizer steps; this run computes T={decay}, "
+                                  f"warm-up {warmup}, step {start + global_step}: resume with the same recipe "
+                                  "(and the --checkpoint_path / prepbn_schedule the run started with)")
         self.last_checkpoint = path
         self.log(f"resumed from '{path}': epoch {epoch_num}, step {step_num} of the epoch, optimizer step "
                  f"{global_step}, lr {self.lrs[min(global_step, self.total_steps - 1)]:.3e}")

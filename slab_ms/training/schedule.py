@@ -2,16 +2,18 @@
 
 The lr list is indexed by the optimizer's ``global_step``; γ is evaluated inside the model from its
 ``prepbn_step`` Parameter. The train step advances both once per optimizer step, so they stay in
-lockstep under gradient accumulation, resume and dataset sinking.
+lockstep under gradient accumulation, resume and dataset sinking: ``prepbn_step`` = the step the run
+started from (0, or a fine-tuned checkpoint's) + ``global_step``.
 """
 import math
 
 from mindcv.scheduler import create_scheduler
 
-from ..layers import get_prepbn_schedule
+from ..layers import get_prepbn_schedule, prepbn_gamma
 from .config import ConfigError
 
-__all__ = ["scaled_lrs", "build_lr_schedule", "timm_cosine_lr", "resolve_prepbn_schedule"]
+__all__ = ["scaled_lrs", "build_lr_schedule", "timm_cosine_lr", "resolve_prepbn_schedule",
+           "start_prepbn_schedule"]
 
 
 def scaled_lrs(args, total_batch):
@@ -60,8 +62,22 @@ def build_lr_schedule(args, steps_per_epoch, total_batch):
     return list(lrs) + [min_lr] * (args.cooldown_epochs * steps_per_epoch)
 
 
+def _recipe_decay(args, total_steps):
+    """``(T, where it comes from)`` when the recipe sets prepbn_decay_steps or prepbn_decay_ratio, else None."""
+    if args.prepbn_decay_steps is not None:
+        return args.prepbn_decay_steps, "prepbn_decay_steps"
+    if args.prepbn_decay_ratio is not None:
+        decay = int(args.prepbn_decay_ratio * total_steps)
+        source = f"prepbn_decay_ratio {args.prepbn_decay_ratio} × {total_steps} steps"
+        if decay < 1:
+            raise ConfigError(f"{source} gives T = 0; raise prepbn_decay_ratio")
+        return decay, source
+    return None
+
+
 def resolve_prepbn_schedule(net, args, total_steps):
-    """``(decay_steps, warmup_steps)`` for this run, or None for a model without PRepBN.
+    """``(decay_steps, warmup_steps)`` of a γ schedule starting at step 0 in this run, or None for a model
+    without PRepBN.
 
     T is ``prepbn_decay_steps``, else ``prepbn_decay_ratio`` × total optimizer steps, else the model's
     default. A schedule longer than the run is refused: training would end with γ > 0 while
@@ -74,15 +90,7 @@ def resolve_prepbn_schedule(net, args, total_steps):
             raise ConfigError(f"model '{args.model}' has no PRepBN layers (pure RepBN / no γ schedule); remove "
                               "prepbn_decay_steps / prepbn_decay_ratio / prepbn_warmup_steps from the recipe")
         return None
-    if args.prepbn_decay_steps is not None:
-        decay, source = args.prepbn_decay_steps, "prepbn_decay_steps"
-    elif args.prepbn_decay_ratio is not None:
-        decay = int(args.prepbn_decay_ratio * total_steps)
-        source = f"prepbn_decay_ratio {args.prepbn_decay_ratio} × {total_steps} steps"
-        if decay < 1:
-            raise ConfigError(f"{source} gives T = 0; raise prepbn_decay_ratio")
-    else:
-        decay, source = schedule["decay_steps"], f"the default of {args.model}"
+    decay, source = _recipe_decay(args, total_steps) or (schedule["decay_steps"], f"the default of {args.model}")
     warmup = args.prepbn_warmup_steps
     if decay + warmup > total_steps:
         raise ConfigError(
@@ -90,3 +98,65 @@ def resolve_prepbn_schedule(net, args, total_steps):
             f"{total_steps} optimizer steps in this run. Training would end with γ > 0 while evaluation is pure "
             f"RepBN. Set prepbn_decay_steps <= {total_steps - warmup} or prepbn_decay_ratio (e.g. 0.8).")
     return decay, warmup
+
+
+def start_prepbn_schedule(net, args, total_steps):
+    """The γ schedule this run starts from: ``((step, decay_steps, warmup_steps), note)``; ``(None, None)``
+    for a model without PRepBN. ``net`` already holds the ``checkpoint_path`` weights, if any.
+
+    * A new run, or ``prepbn_schedule: restart``: step 0 and :func:`resolve_prepbn_schedule`'s T and
+      warm-up, so γ starts at 1 (fine-tuning goes through LayerNorm → RepBN again).
+    * ``checkpoint_path`` with ``prepbn_schedule: continue`` (the default): the loaded step, T and warm-up
+      are kept and γ goes on from where the checkpoint was (the converter sets them from an official
+      checkpoint's ``warm`` / ``iter`` / ``total_step``). A finished schedule fine-tunes as pure RepBN
+      (γ = 0 throughout). An unfinished one must end within this run, and a T or warm-up the recipe sets
+      must be the checkpoint's: anything else is an error pointing at ``restart``. Once the decay is
+      finished these keys no longer matter; the note says they are unused.
+
+    ``note`` is the one log line saying which of these happened and γ at the start (None for a new run).
+    """
+    loaded = get_prepbn_schedule(net)
+    if loaded is None or not args.checkpoint_path or args.prepbn_schedule == "restart":
+        resolved = resolve_prepbn_schedule(net, args, total_steps)
+        if resolved is None:
+            return None, None
+        start = (0, *resolved)
+        if not args.checkpoint_path:
+            return start, None
+        return start, (f"{args.checkpoint_path}: weights loaded; prepbn_schedule restart: its γ schedule (step "
+                       f"{loaded['step']}, T={loaded['decay_steps']}, warm-up {loaded['warmup_steps']}, "
+                       f"γ={prepbn_gamma(**loaded):.4f}) is replaced by this run's (T={resolved[0]}, warm-up "
+                       f"{resolved[1]}): γ = {prepbn_gamma(*start):.4f} at the start")
+
+    step, decay, warmup = loaded["step"], loaded["decay_steps"], loaded["warmup_steps"]
+    gamma, left = prepbn_gamma(step, decay, warmup), decay + warmup - step
+    where = (f"'{args.checkpoint_path}' is at step {step} of its γ schedule (T={decay}, warm-up {warmup}, "
+             f"γ={gamma:.4f})")
+    recipe_decay = _recipe_decay(args, total_steps)
+    conflicts, unset = [], []
+    if recipe_decay is not None and recipe_decay[0] != decay:
+        conflicts.append(f"T = {recipe_decay[0]} ({recipe_decay[1]})")
+        unset.append("--prepbn_decay_steps none --prepbn_decay_ratio none")
+    if args.prepbn_warmup_steps and args.prepbn_warmup_steps != warmup:
+        conflicts.append(f"prepbn_warmup_steps {args.prepbn_warmup_steps}")
+        unset.append("--prepbn_warmup_steps 0")
+    if left <= 0:
+        unused = f"; the recipe's {' and '.join(conflicts)} is unused" if conflicts else ""
+        return (step, decay, warmup), (
+            f"{args.checkpoint_path}: weights loaded; prepbn_schedule continue: its γ schedule is finished (step "
+            f"{step} ≥ warm-up {warmup} + T {decay}), so γ = 0.0000 at the start and throughout: pure RepBN "
+            f"fine-tuning{unused}")
+    if conflicts:
+        raise ConfigError(
+            f"prepbn_schedule continue: {where}, but the recipe asks for {' and '.join(conflicts)}. To continue "
+            f"the checkpoint's decay remove that from the recipe ({' '.join(unset)}); to start γ at 1 again with "
+            "the recipe's schedule pass --prepbn_schedule restart.")
+    if left > total_steps:
+        raise ConfigError(
+            f"prepbn_schedule continue: {where}: {left} steps of γ decay are left, more than the {total_steps} "
+            "optimizer steps of this run. Training would end with γ > 0 while evaluation is pure RepBN. Train "
+            "longer, or pass --prepbn_schedule restart with a T that fits.")
+    return (step, decay, warmup), (
+        f"{args.checkpoint_path}: weights loaded; prepbn_schedule continue: γ goes on from its step {step} "
+        f"(T={decay}, warm-up {warmup}): γ = {gamma:.4f} at the start, 0 after {left} of this run's {total_steps} "
+        "optimizer steps")
