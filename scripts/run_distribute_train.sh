@@ -14,7 +14,7 @@ Usage:
                                        [-- TRAIN_PY_ARGS ...]
 Options:
   -n, --device_num N     worker processes (devices) on this node
-  -c, --config PATH      train.py recipe, e.g. configs/slab_deit/slab_deit_tiny.yaml
+  -c, --config PATH      train.py recipe, e.g. configs/deit/slab_deit_tiny.yaml
   -d, --data_dir PATH    dataset root with train/<class>/* and val/<class>/* (default: the recipe's)
   -o, --output_dir PATH  checkpoints and msrun logs (default: ./output/<recipe name>)
   --nodes K              nodes in the job (default 1); K > 1 needs --master_addr and --node_rank
@@ -23,7 +23,7 @@ Options:
   --master_port PORT     default 8118
   -- ARGS                passed on to train.py, e.g. -- --device_target Ascend --epochs 100
 Example (8 Ascend devices on each of 2 nodes; on node 1 pass --node_rank 1):
-  bash scripts/run_distribute_train.sh -n 8 -c configs/slab_deit/slab_deit_tiny.yaml -d /data/imagenet \
+  bash scripts/run_distribute_train.sh -n 8 -c configs/deit/slab_deit_tiny.yaml -d /data/imagenet \
        --nodes 2 --master_addr 192.168.1.10 --node_rank 0 -- --device_target Ascend
 EOF
 }

@@ -9,7 +9,7 @@ Usage:
       the demo recipe (configs/demo/slab_deit_demo.yaml) on one process; checkpoints in ./output/demo_standalone/<time>/
   bash scripts/run_standalone_train.sh -c CONFIG [-d DATA_DIR] [-o OUTPUT_DIR] [-- TRAIN_PY_ARGS ...]
 Options:
-  -c, --config PATH      train.py recipe, e.g. configs/slab_deit/slab_deit_tiny.yaml
+  -c, --config PATH      train.py recipe, e.g. configs/deit/slab_deit_tiny.yaml
   -d, --data_dir PATH    dataset root with train/<class>/* and val/<class>/* (default: the recipe's)
   -o, --output_dir PATH  checkpoints and the log (default: ./output/<recipe name>)
   -- ARGS                passed on to train.py, e.g. -- --device_target GPU --resume auto

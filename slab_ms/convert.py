@@ -26,6 +26,7 @@ import mindspore as ms
 from mindspore import nn
 
 from .layers.norm import PRepBN, set_prepbn_schedule
+from .utils import mismatch_message
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "main"]
 
@@ -217,19 +218,11 @@ def convert_state_dict(net, state_dict):
     if has_prepbn and schedule is None:
         missing.append("<PRepBN counters: *.iter, *.total_step>")
     if missing or unexpected or mismatched:
-        raise ValueError(_mismatch_message(type(net).__name__, missing, unexpected, mismatched))
+        raise ValueError(mismatch_message(f"The official checkpoint does not fit {type(net).__name__} (another model, "
+                                           "size or number of classes?)", missing, unexpected, mismatched))
     notes += [f"dropped {len(keys)} key(s), {why}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
               for why, keys in dropped.items()]
     return params, schedule, notes
-
-
-def _mismatch_message(model, missing, unexpected, mismatched, limit=12):
-    def show(title, items):
-        more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-        return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more if items else ""
-    return (f"The official checkpoint does not fit {model} (another model, size or number of classes?)"
-            + show("missing in checkpoint", missing) + show("unexpected in checkpoint", unexpected)
-            + show("shape mismatch", mismatched))
 
 
 def load_official_checkpoint(net, src, use_ema=False):

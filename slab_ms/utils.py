@@ -3,7 +3,7 @@ import os
 
 import mindspore as ms
 
-__all__ = ["save_checkpoint_atomic"]
+__all__ = ["save_checkpoint_atomic", "mismatch_message"]
 
 
 def save_checkpoint_atomic(save_obj, path, append_dict=None):
@@ -21,3 +21,12 @@ def save_checkpoint_atomic(save_obj, path, append_dict=None):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def mismatch_message(headline, missing, unexpected, mismatched, limit=12):
+    """One error text for a checkpoint that does not fit a model: the headline, then each non-empty list."""
+    def show(title, items):
+        more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+        return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more if items else ""
+    return (headline + show("missing in checkpoint", missing) + show("unexpected in checkpoint", unexpected)
+            + show("shape mismatch", mismatched))

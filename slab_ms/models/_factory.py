@@ -4,6 +4,8 @@ import os
 import mindspore as ms
 import mindcv
 
+from ..utils import mismatch_message
+
 __all__ = ["create_model", "load_checkpoint", "is_slab_model"]
 
 # Scalars a MindSpore training checkpoint carries next to the weights.
@@ -43,7 +45,8 @@ def load_checkpoint(net, path, ema=False):
                         for n, p in own.items() if n in ckpt and tuple(ckpt[n].shape) != tuple(p.shape))
     unexpected = sorted(k for k in ckpt if k not in own and not _is_train_state(k, own))
     if missing or mismatched or unexpected:
-        raise ValueError(_mismatch_message(type(net).__name__, path, missing, unexpected, mismatched))
+        raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(net).__name__}: is it for another "
+                                           "model or another size?", missing, unexpected, mismatched))
     ms.load_param_into_net(net, {k: ckpt[k] for k in own}, strict_load=True)
     return net
 
@@ -53,15 +56,6 @@ def _is_train_state(key, own):
         return True
     slot = key.split(".", 1)
     return len(slot) == 2 and slot[1] in own  # optimizer slot such as adam_m.<param>
-
-
-def _mismatch_message(model, path, missing, unexpected, mismatched, limit=12):
-    def show(title, items):
-        more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-        return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more if items else ""
-    return (f"Checkpoint '{path}' does not fit {model}: is it for another model or another size?"
-            + show("missing in checkpoint", missing) + show("not in model", unexpected)
-            + show("shape mismatch", mismatched))
 
 
 def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, checkpoint_path="", ema=False,
