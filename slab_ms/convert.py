@@ -183,14 +183,18 @@ def _schedule_from(state):
     return (total - it, total, 0), notes
 
 
-def convert_state_dict(net, state_dict):
-    """Map an official state dict onto ``net``.
+def convert_state_dict(net, state_dict, exclude=()):
+    """Map an official state dict onto ``net``; parameters under the cell names in ``exclude`` are left out.
 
     Returns ``(params, schedule, notes)``: MindSpore name -> Parameter, the (step, decay_steps,
     warmup_steps) schedule or None, and the notes on what was dropped. Raises ValueError listing
     every missing, unexpected and mis-shaped key.
     """
+    from .models._factory import is_excluded
     targets = _target_params(net)
+    skipped = {src for ms_name, (src, _) in targets.items() if is_excluded(ms_name, exclude)}
+    targets = {k: v for k, v in targets.items() if not is_excluded(k, exclude)}
+    state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
     used, missing, mismatched, params = set(), [], [], {}
     for ms_name, (src_name, param) in targets.items():
         if src_name not in state_dict:
@@ -225,9 +229,10 @@ def convert_state_dict(net, state_dict):
     return params, schedule, notes
 
 
-def load_official_checkpoint(net, src, use_ema=False):
-    """Load an official PyTorch checkpoint (path or dict, see module doc) into ``net`` strictly."""
-    params, schedule, notes = convert_state_dict(net, read_state_dict(src, use_ema=use_ema))
+def load_official_checkpoint(net, src, use_ema=False, exclude=()):
+    """Load an official PyTorch checkpoint (path or dict, see module doc) into ``net`` strictly; parameters
+    under the cell names in ``exclude`` (e.g. ``("head",)``) keep their initial values."""
+    params, schedule, notes = convert_state_dict(net, read_state_dict(src, use_ema=use_ema), exclude=exclude)
     for note in notes:
         _logger.info(note)
     ms.load_param_into_net(net, params, strict_load=True)

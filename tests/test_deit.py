@@ -204,3 +204,36 @@ def test_every_parameter_gets_a_gradient_in_graph_mode(name):
     assert np.isfinite(loss.asnumpy())
     dead = [p.name for p, g in zip(params, grads) if not np.abs(g.asnumpy()).max() > 0]
     assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_fine_tuning_on_another_number_of_classes_leaves_the_head_out(tmp_path):
+    src = slab_ms.create_model("slab_deit_tiny", **TINY)
+    path = str(tmp_path / "five_classes.ckpt")
+    ms.save_checkpoint(src, path)
+    with pytest.raises(ValueError, match="Only the classifier differs.*checkpoint_exclude head"):
+        slab_ms.create_model("slab_deit_tiny", **dict(TINY, num_classes=3), checkpoint_path=path)
+    net = slab_ms.create_model("slab_deit_tiny", **dict(TINY, num_classes=3), checkpoint_path=path,
+                               checkpoint_exclude=("head",))
+    theirs = dict(src.parameters_and_names())
+    for name, param in net.parameters_and_names():
+        if name.startswith("head."):
+            assert param.shape[0] == 3
+        else:
+            np.testing.assert_array_equal(param.asnumpy(), theirs[name].asnumpy(), err_msg=name)
+
+
+def test_official_checkpoint_without_its_head_gives_the_official_features():
+    data = np.load(os.path.join(FIXTURES, "small_slab_deit.npz"))
+    net = slab_ms.create_model("slab_deit_tiny", num_classes=4, image_size=56, patch_size=4, embed_dim=48,
+                               depth=2, num_heads=3)
+    load_official_checkpoint(net, os.path.join(FIXTURES, "small_slab_deit.npz"), exclude=("head",))
+    net.set_train(False)
+    feats = net.forward_head(net.forward_features(Tensor(data["__input__"])), pre_logits=True).asnumpy()
+    assert rel_err(feats, data["__features_eval__"]) <= 1e-4
+    assert net(Tensor(data["__input__"])).shape == (2, 4)
+
+
+def test_train_recipe_accepts_checkpoint_exclude():
+    from slab_ms.training.config import build_parser
+    args = build_parser().parse_args(["--checkpoint_exclude", "head"])
+    assert args.checkpoint_exclude == ["head"]

@@ -17,19 +17,25 @@ def is_slab_model(net):
     return type(net).__module__.startswith("slab_ms.models.")
 
 
-def load_checkpoint(net, path, ema=False):
+def is_excluded(name, exclude):
+    """True when the parameter ``name`` lies under one of the cell names in ``exclude`` (e.g. "head")."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in exclude)
+
+
+def load_checkpoint(net, path, ema=False, exclude=()):
     """Load a MindSpore ``.ckpt`` (or an official ``.pth`` / ``.npz``) into ``net``, strictly.
 
     Missing parameters, shape mismatches and unknown model parameters are one error that lists them.
     Optimizer slots and training scalars saved by ``train.py`` are ignored. ``ema=True`` loads the
-    ``ema.*`` copy of the weights.
+    ``ema.*`` copy of the weights. Parameters under the cell names in ``exclude`` (e.g. ``("head",)``
+    to fine-tune on another number of classes) keep their initial values and are not read.
     """
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: '{path}'. Pass the path of a .ckpt written by "
                                 f"train.py / slab_ms.convert, or of an official .pth.")
     if path.endswith((".pth", ".pt", ".npz")):
         from ..convert import load_official_checkpoint
-        return load_official_checkpoint(net, path, use_ema=ema)
+        return load_official_checkpoint(net, path, use_ema=ema, exclude=exclude)
     try:
         ckpt = ms.load_checkpoint(path)
     except Exception as err:  # the loader raises several types for foreign files
@@ -39,16 +45,26 @@ def load_checkpoint(net, path, ema=False):
         ckpt = {k[len("ema."):]: v for k, v in ckpt.items() if k.startswith("ema.")}
         if not ckpt:
             raise ValueError(f"'{path}' holds no EMA weights (no 'ema.*' entries); load it with ema=False.")
-    own = dict(net.parameters_and_names())
+    every = dict(net.parameters_and_names())
+    own = {n: p for n, p in every.items() if not is_excluded(n, exclude)}
+    ckpt = {k: v for k, v in ckpt.items() if not is_excluded(k, exclude)}
     missing = sorted(n for n in own if n not in ckpt)
     mismatched = sorted(f"{n}: checkpoint {tuple(ckpt[n].shape)} vs model {tuple(p.shape)}"
                         for n, p in own.items() if n in ckpt and tuple(ckpt[n].shape) != tuple(p.shape))
-    unexpected = sorted(k for k in ckpt if k not in own and not _is_train_state(k, own))
+    unexpected = sorted(k for k in ckpt if k not in every and not _is_train_state(k, every))
     if missing or mismatched or unexpected:
         raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(net).__name__}: is it for another "
-                                           "model or another size?", missing, unexpected, mismatched))
+                                           "model or another size?" + _head_hint(mismatched), missing, unexpected,
+                                          mismatched))
     ms.load_param_into_net(net, {k: ckpt[k] for k in own}, strict_load=True)
     return net
+
+
+def _head_hint(mismatched):
+    if mismatched and all(m.startswith("head.") for m in mismatched):
+        return (" Only the classifier differs: to fine-tune on another number of classes, leave it out "
+                "(exclude=('head',); train.py --checkpoint_exclude head).")
+    return ""
 
 
 def _is_train_state(key, own):
@@ -59,10 +75,11 @@ def _is_train_state(key, own):
 
 
 def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, checkpoint_path="", ema=False,
-                 **kwargs):
-    """``mindcv.create_model`` with strict checkpoint loading (the MindCV one ignores a missing file)."""
+                 checkpoint_exclude=(), **kwargs):
+    """``mindcv.create_model`` with strict checkpoint loading (the MindCV one ignores a missing file);
+    ``checkpoint_exclude`` names cells (e.g. ``("head",)``) whose parameters keep their initial values."""
     net = mindcv.create_model(model_name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels,
                               **kwargs)
     if checkpoint_path:
-        load_checkpoint(net, checkpoint_path, ema=ema)
+        load_checkpoint(net, checkpoint_path, ema=ema, exclude=checkpoint_exclude)
     return net

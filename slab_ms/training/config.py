@@ -111,6 +111,9 @@ def build_parser():
     group.add_argument("--drop_path_rate", type=float, default=0.0)
     group.add_argument("--checkpoint_path", default="",
                        help="initial weights to fine-tune (strict; .ckpt or official .pth), see prepbn_schedule")
+    group.add_argument("--checkpoint_exclude", type=str, nargs="*", default=[],
+                       help="cells of --checkpoint_path left at their initial values, e.g. 'head' to fine-tune on "
+                            "another number of classes")
     group.add_argument("--prepbn_schedule", default="continue", choices=["continue", "restart"],
                        help="γ schedule after --checkpoint_path weights. continue: keep the checkpoint's step, T "
                             "and warm-up, γ goes on where it was (a finished checkpoint fine-tunes as pure RepBN, "

@@ -115,7 +115,8 @@ class Trainer:
 
         self.net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
                                 drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
-                                checkpoint_path=args.checkpoint_path, **args.model_kwargs)
+                                checkpoint_path=args.checkpoint_path, checkpoint_exclude=args.checkpoint_exclude,
+                                **args.model_kwargs)
         # (step, T, warm-up) at optimizer step 0: a new schedule, or the checkpoint's continued (prepbn_schedule)
         self.schedule, schedule_note = start_prepbn_schedule(self.net, args, self.total_steps)
         if self.schedule:
