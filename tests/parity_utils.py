@@ -28,6 +28,24 @@ def norm_kwargs(norm_layer):
     return {"norm": "prepbn", "prepbn_decay_steps": norm_layer["step"], "ln_eps": norm_layer["norm1"]["eps"]}
 
 
+def random_official_state(shapes, rng, total_step, it=0):
+    """Random values for official state-dict names -> shapes: float32 parameters, and the PRepBN counters of a
+    schedule at ``iter = it`` of ``total_step`` (warm-up over); integer buffers get int64 values."""
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith(".total_step"):
+            state[key] = np.array(total_step, np.int64)
+        elif key.endswith(".iter"):
+            state[key] = np.array(it, np.int64)
+        elif key.endswith((".warm", "num_batches_tracked")):
+            state[key] = np.array(0, np.int64)
+        elif key.endswith("relative_position_index"):
+            state[key] = rng.integers(0, 169, shape).astype(np.int64)
+        else:
+            state[key] = rng.standard_normal(shape).astype(np.float32)
+    return state
+
+
 def rel_err(actual, expected):
     return float(np.abs(actual - expected).max() / max(1.0, float(np.abs(expected).max())))
 

@@ -10,7 +10,7 @@ from mindspore import Tensor
 import slab_ms
 from slab_ms.convert import convert_state_dict, load_official_checkpoint, main as convert_main, read_state_dict
 from slab_ms.layers import get_prepbn_schedule, set_prepbn_schedule
-from parity_utils import FIXTURES, rel_err
+from parity_utils import FIXTURES, random_official_state, rel_err
 
 DEIT = ["deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
 TINY = dict(num_classes=5, image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
@@ -59,20 +59,6 @@ def _official_deit_keys(depth, dim, slab, linearnorm, num_classes=1000, patches=
     return keys
 
 
-def _random_state(keys, rng, total_step=60000, it=0):
-    state = {}
-    for k, shape in keys.items():
-        if k.endswith((".warm", "num_batches_tracked")):
-            state[k] = np.array(0, np.int64)
-        elif k.endswith(".iter"):
-            state[k] = np.array(it, np.int64)
-        elif k.endswith(".total_step"):
-            state[k] = np.array(total_step, np.int64)
-        else:
-            state[k] = rng.normal(size=shape).astype(np.float32)
-    return state
-
-
 @pytest.mark.parametrize("name,slab,linearnorm,n_keys", [
     ("deit_tiny_prepbn", False, False, 252), ("deit_small_prepbn", False, True, 377),
     ("slab_deit_tiny", True, True, 413)])
@@ -80,7 +66,7 @@ def test_full_size_official_state_dict_converts_strictly(name, slab, linearnorm,
     dim = 384 if "small" in name else 192
     keys = _official_deit_keys(12, dim, slab, linearnorm)
     assert len(keys) == n_keys  # SPEC §4.7 "keys"
-    state = _random_state(keys, np.random.default_rng(0), it=1234)
+    state = random_official_state(keys, np.random.default_rng(0), total_step=60000, it=1234)
     net = mindcv.create_model(name)
     params, schedule, notes = convert_state_dict(net, state)
     assert len(params) == len(list(net.get_parameters())) - (3 if linearnorm else 0)

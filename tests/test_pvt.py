@@ -12,7 +12,7 @@ import slab_ms  # noqa: F401  (registers the models)
 from slab_ms.convert import convert_state_dict
 from slab_ms.layers import prepbn_layers, resize_token_grid, set_prepbn_schedule
 from slab_ms.models.pvt import PyramidVisionTransformer
-from parity_utils import check_parity, load_fixture, norm_kwargs
+from parity_utils import check_parity, load_fixture, norm_kwargs, random_official_state
 
 PVT_NAMES = ["pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn", "slab_pvt_tiny"]
 
@@ -104,28 +104,14 @@ def official_pvt_shapes(attn_type, depths=(2, 2, 2, 2)):
     return shapes
 
 
-def random_state_dict(shapes, seed=0):
-    rng = np.random.default_rng(seed)
-    state = {}
-    for key, shape in shapes.items():
-        if key.endswith("total_step"):
-            state[key] = np.array(300000, np.int64)
-        elif key.endswith(("warm", "num_batches_tracked")):
-            state[key] = np.array(0, np.int64)
-        elif key.endswith("iter"):
-            state[key] = np.array(1000, np.int64)
-        else:
-            state[key] = rng.standard_normal(shape).astype(np.float32)
-    return state
-
-
 _TO_OFFICIAL = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
 @pytest.mark.parametrize("name, attn_type", [("pvt_tiny_prepbn", "SSSS"), ("slab_pvt_tiny", "LLLL")])
 def test_converter_covers_full_size(full_size, name, attn_type):
     net = full_size[name]
-    state = random_state_dict(official_pvt_shapes(attn_type))
+    state = random_official_state(official_pvt_shapes(attn_type), np.random.default_rng(0), total_step=300000,
+                                  it=1000)
     assert len(state) == SPEC_KEYS[name]
     params, schedule, _ = convert_state_dict(net, state)
     assert schedule == (300000 - 1000, 300000, 0)

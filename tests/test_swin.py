@@ -11,7 +11,7 @@ from slab_ms.convert import convert_state_dict
 from slab_ms.layers import set_prepbn_schedule
 from slab_ms.models.swin import (SwinTransformer, cyclic_shift, relative_position_index, shifted_window_mask,
                                  window_partition, window_reverse)
-from parity_utils import check_parity, load_fixture
+from parity_utils import check_parity, load_fixture, random_official_state
 
 SLAB_NORM = dict(norm="prepbn", prepbn_decay_steps=60000, ln_eps=1e-5)  # slab_swin.py's module-level LinearNorm
 
@@ -92,26 +92,12 @@ def official_swin_t_keys(slab):
     return keys
 
 
-def _random_state(keys, rng):
-    state = {}
-    for key, shape in keys.items():
-        if key.endswith("total_step"):
-            state[key] = np.array(60000, np.int64)
-        elif key.endswith((".warm", ".iter")):
-            state[key] = np.array(0, np.int64)
-        elif key.endswith(("num_batches_tracked", "relative_position_index")):
-            state[key] = rng.integers(0, 169, shape).astype(np.int64)
-        else:
-            state[key] = rng.standard_normal(shape, dtype=np.float32)
-    return state
-
-
 @pytest.mark.parametrize("name, slab, num_keys", [("swin_tiny_prepbn", False, 306), ("slab_swin_tiny", True, 453)])
 def test_converter_covers_official_state_dict(full_models, name, slab, num_keys):
     net = full_models[name]
     keys = official_swin_t_keys(slab)
     assert len(keys) == num_keys  # SPEC §4.7 "keys", buffers included
-    state = _random_state(keys, np.random.default_rng(0))
+    state = random_official_state(keys, np.random.default_rng(0), total_step=60000)
 
     params, schedule, notes = convert_state_dict(net, state)
     own = {n for n, p in net.parameters_and_names() if not n.startswith("prepbn_")}
