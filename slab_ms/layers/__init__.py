@@ -1,8 +1,10 @@
 """SLAB building blocks."""
 from .attention import Attention, SimplifiedLinearAttention, merge_heads, resize_token_grid, split_heads
 from .drop_path import DropPath
+from .fold import (ChannelAffine, fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, keep_as_affine,
+                   register_fold)
 from .helpers import dense, to_2tuple
 from .mlp import Mlp
-from .norm import (PRepBN, RepBN, TokenBatchNorm, get_norm_layer, get_prepbn_schedule, prepbn_gamma, prepbn_layers,
-                   set_prepbn_schedule, share_prepbn_schedule)
+from .norm import PRepBN, RepBN, TokenBatchNorm, attach_prepbn_schedule, get_norm_layer, prepbn_layers
 from .patch_embed import PatchConv2d, PatchEmbed, check_input
+from .schedule import PRepBNSchedule, gamma

@@ -1,6 +1,7 @@
 """Non-overlapping patch embedding: Conv2d(kernel = stride = patch) -> tokens -> optional norm."""
 from mindspore import nn, ops
 
+from .fold import fold_norm_into_producer, register_fold
 from .helpers import to_2tuple
 
 __all__ = ["PatchEmbed", "PatchConv2d", "check_input"]
@@ -52,3 +53,9 @@ class PatchEmbed(nn.Cell):
         b, c, h, w = x.shape
         x = x.reshape(b, c, h * w).transpose(0, 2, 1)
         return self.norm(x), (h, w)
+
+
+@register_fold(PatchEmbed)
+def _fold_patch_embed(embed):
+    """Patch-embedding norm → its conv (DeiT's patch embedding has no norm: nothing to do)."""
+    fold_norm_into_producer(embed, "proj", "norm")

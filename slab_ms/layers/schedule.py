@@ -1,0 +1,141 @@
+"""The PRepBN γ schedule: one per model, counted in optimizer steps (paper Sec. 4.2).
+
+γ(step) = clip((T − (step − warm)) / T, 0, 1): LayerNorm only while ``step < warm``, then a linear
+decay from 1 to 0 over T optimizer steps. Every PRepBN of a model reads the same three non-trainable
+int32 Parameters, owned by the model (so a checkpoint holds them once, under the model-level names
+below) and advanced inside a compiled train graph with ``ops.assign_add``, or on the host with
+:meth:`PRepBNSchedule.advance`. This module is the only one that knows the Parameters' names.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, ops
+
+__all__ = ["PRepBNSchedule", "gamma"]
+
+_NAMES = ("prepbn_step", "prepbn_decay_steps", "prepbn_warmup_steps")
+
+
+def gamma(step, decay_steps, warmup_steps):
+    """γ = clip((T − (step − warm)) / T, 0, 1), evaluated in-graph on float Tensors and on the host on
+    ``np.float64`` values (the one definition of the formula)."""
+    return ((decay_steps - (step - warmup_steps)) / decay_steps).clip(0.0, 1.0)
+
+
+def _int_param(value, name):
+    return Parameter(Tensor(int(value), ms.int32), name=name, requires_grad=False)
+
+
+def _check_decay(decay_steps):
+    if int(decay_steps) <= 0:
+        raise ValueError(f"the PRepBN schedule needs decay_steps T > 0, got {decay_steps}; a model with "
+                         "'0 decay steps' is a pure-RepBN model (norm='repbn').")
+
+
+class PRepBNSchedule:
+    """The three Parameters of one γ schedule and everything that reads or writes them.
+
+    ``PRepBNSchedule(decay_steps, warmup_steps)`` makes a new schedule for the PRepBN layers of a model
+    being built; :meth:`attach` then hands it to the model. ``PRepBNSchedule.of(net)`` is the schedule of
+    a built model (None without PRepBN).
+    """
+
+    def __init__(self, decay_steps, warmup_steps=0, step=0):
+        _check_decay(decay_steps)
+        if int(warmup_steps) < 0 or int(step) < 0:
+            raise ValueError(f"the PRepBN schedule needs step >= 0 and warmup_steps >= 0, got {step}, {warmup_steps}")
+        self.parameters = tuple(_int_param(v, n) for v, n in zip((step, decay_steps, warmup_steps), _NAMES))
+
+    @property
+    def step(self):
+        return self.parameters[0]
+
+    @classmethod
+    def of(cls, net):
+        """The schedule ``net`` owns, or None for a model without PRepBN layers."""
+        if not all(hasattr(net, name) for name in _NAMES):
+            return None
+        schedule = cls.__new__(cls)
+        schedule.parameters = tuple(getattr(net, name) for name in _NAMES)
+        return schedule
+
+    @classmethod
+    def require(cls, net):
+        schedule = cls.of(net)
+        if schedule is None:
+            raise ValueError(f"{type(net).__name__} has no PRepBN layers, so it has no γ schedule.")
+        return schedule
+
+    def attach(self, net):
+        """Make ``net`` the owner: the Parameters become its attributes and are saved under these model-level
+        names (call once the PRepBN layers are built; building them prefixes the names with theirs)."""
+        for name, param in zip(_NAMES, self.parameters):
+            setattr(net, name, param)
+            param.name = name
+
+    @staticmethod
+    def detach(net):
+        """Remove the schedule from ``net`` (a deploy form without PRepBN layers has no reader left)."""
+        for name in _NAMES:
+            if hasattr(net, name):
+                delattr(net, name)
+
+    @staticmethod
+    def is_schedule_parameter(name):
+        """True for the checkpoint name of a schedule Parameter."""
+        return name in _NAMES
+
+    def ids(self):
+        return {id(p) for p in self.parameters}
+
+    def state(self):
+        """``dict(step, decay_steps, warmup_steps)`` read from the Parameters."""
+        return dict(zip(("step", "decay_steps", "warmup_steps"), (int(p.asnumpy()) for p in self.parameters)))
+
+    def gamma_value(self, step=None):
+        """γ at ``step`` (default: the current step) as a Python float."""
+        s = self.state()
+        step = s["step"] if step is None else step
+        return float(gamma(np.float64(step), np.float64(s["decay_steps"]), np.float64(s["warmup_steps"])))
+
+    def end_step(self):
+        """The step from which γ = 0."""
+        s = self.state()
+        return s["warmup_steps"] + s["decay_steps"]
+
+    def set(self, step=None, decay_steps=None, warmup_steps=None):
+        """Set any of the three values; ``ops.assign`` keeps them visible to already compiled graphs."""
+        if decay_steps is not None:
+            _check_decay(decay_steps)
+        for value, param in zip((step, decay_steps, warmup_steps), self.parameters):
+            if value is not None:
+                if int(value) < 0:
+                    raise ValueError(f"{param.name} must be >= 0, got {value}")
+                ops.assign(param, Tensor(int(value), ms.int32))
+
+    def advance(self, steps=1):
+        """Advance the step on the host by ``steps`` optimizer steps."""
+        ops.assign_add(self.step, Tensor(int(steps), ms.int32))
+
+    def check_fits(self, total_steps, start_step=None, source=""):
+        """Refuse a schedule whose decay does not end within a run of ``total_steps`` optimizer steps started at
+        ``start_step`` (default: the current step): training would end with γ > 0 while evaluation is pure
+        RepBN. Returns the number of steps of decay left (0 for a finished schedule)."""
+        s = self.state()
+        start = s["step"] if start_step is None else start_step
+        left = max(self.end_step() - start, 0)
+        if left > total_steps:
+            source = f" ({source})" if source else ""
+            raise ValueError(
+                f"the γ schedule is longer than the run: T = {s['decay_steps']}{source}, warm-up "
+                f"{s['warmup_steps']}, from step {start}: {left} steps of decay left > {total_steps} optimizer "
+                "steps in this run. Training would end with γ > 0 while evaluation is pure RepBN.")
+        return left
+
+    def verify_finished(self, expected_step=None):
+        """Raise unless γ = 0 (and the step is ``expected_step`` when given): the model trained into the pure
+        RepBN form it is evaluated in."""
+        s = self.state()
+        value = self.gamma_value()
+        if value != 0.0 or (expected_step is not None and s["step"] != expected_step):
+            expected = f" (expected {expected_step})" if expected_step is not None else ""
+            raise RuntimeError(f"training ended at prepbn step {s['step']}{expected} with γ={value} (expected γ = 0)")
