@@ -23,14 +23,15 @@ ValueError names the input sizes that work.
 import numpy as np
 from mindspore import nn, ops
 
-from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, check_input, dense, get_norm_layer, merge_heads,
-                      share_prepbn_schedule, split_heads, to_2tuple)
-from ._registry import build_model, default_cfg, register_model
+from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
+                      fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer, merge_heads,
+                      register_fold, split_heads, to_2tuple)
+from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["CSWinTransformer", "slab_cswin_tiny"]
 
 default_cfgs = {
-    "slab_cswin_tiny": default_cfg("stage1_conv_embed.0", "slab_cswin_t"),
+    "slab_cswin_tiny": default_cfg("stage1_conv_embed.0"),
 }
 
 _STEM_CONV = dict(kernel=7, stride=4, padding=2)
@@ -235,8 +236,7 @@ def _parse_splits(value):
 class CSWinTransformer(nn.Cell):
     """CSWin backbone in SLAB form.
 
-    Args (official names): img_size, patch_size (must be 4: the stem is a 7×7 stride-4 conv),
-        in_chans (= in_channels), num_classes, embed_dim, depth, split_size (stripe widths of 'S'
+    Args (official names): img_size, patch_size (must be 4: the stem is a 7×7 stride-4 conv), num_classes, embed_dim, depth, split_size (stripe widths of 'S'
         stages), num_heads, mlp_ratio, qkv_bias, drop_rate, drop_path_rate, la_split_size (window
         sizes of 'L' stages, "56-28-14-7" or a list; default: each stage's whole map at img_size,
         which is "56-28-14-7" at 224), attn_type (one 'L'/'S' per stage; default
@@ -246,11 +246,11 @@ class CSWinTransformer(nn.Cell):
         prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon.
     """
 
-    def __init__(self, img_size=224, patch_size=4, in_channels=None, num_classes=1000, embed_dim=64,
+    def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=64,
                  depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
                  qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, la_split_size=None, attn_type=None,
-                 kernel_size=5, focusing_factor=3, in_chans=None, norm="prepbn", attn="sla",
-                 prepbn_decay_steps=120000, ln_eps=1e-5):
+                 kernel_size=5, focusing_factor=3, norm="prepbn", attn="sla", prepbn_decay_steps=None,
+                 ln_eps=1e-5):
         super().__init__()
         if attn not in ("softmax", "sla"):
             raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla'.")
@@ -262,8 +262,6 @@ class CSWinTransformer(nn.Cell):
         if patch_size != _STEM_CONV["stride"]:
             raise ValueError(f"patch_size must be {_STEM_CONV['stride']}: the CSWin stem is a fixed 7x7 "
                              f"stride-4 convolution, got {patch_size}.")
-        if in_channels is not None and in_chans is not None and in_channels != in_chans:
-            raise ValueError(f"in_channels={in_channels} and in_chans={in_chans} disagree; give one of them.")
         self.img_size = to_2tuple(img_size)
         grids = stage_grids(self.img_size)
         if la_split_size is None:
@@ -271,7 +269,7 @@ class CSWinTransformer(nn.Cell):
         split_size, la_split_size = _parse_splits(split_size), _parse_splits(la_split_size)
         if not len(depth) == len(num_heads) == len(split_size) == len(la_split_size) == 4:
             raise ValueError("depth, num_heads, split_size and la_split_size need one entry per stage (4).")
-        self.in_channels = in_channels or in_chans or 3
+        self.in_channels = in_channels
         self.num_classes = num_classes
         dims = [embed_dim * 2 ** i for i in range(4)]
         self.num_features = dims[-1]
@@ -309,7 +307,7 @@ class CSWinTransformer(nn.Cell):
         self.stage4 = stages[3]
         self.norm = norm_layer(dims[-1])
         self.head = dense(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        share_prepbn_schedule(self)
+        attach_prepbn_schedule(self)
 
     def _tiles(self, grids):
         return all(not s or (g[0] % s == 0 and g[1] % s == 0) for g, s in zip(grids, self.stripe_splits))
@@ -355,16 +353,46 @@ class CSWinTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
+@register_fold(CSWinBlock)
+def _fold_block(block):
+    """norm1 → qkv (the block's own projection, shared by the branches), norm2 → mlp.fc1."""
+    fold_norm_into_consumers(block, "norm1", [(block, "qkv")])
+    fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
+
+
+@register_fold(ConvEmbed)
+def _fold_stem(stem):
+    """Stem norm (index 2) → the 7×7 conv (index 0); the padding is on the conv's input: exact."""
+    fold_norm_into_producer(stem, "0", "2")
+
+
+@register_fold(MergeBlock)
+def _fold_merge(merge):
+    """Merge-block norm → its 3×3 stride-2 conv (padding on the conv's input: exact)."""
+    fold_norm_into_producer(merge, "conv", "norm")
+
+
+register_fold(CSWinTransformer)(fold_final_norm)
+
+
+def checkpoint_filter(state_dict, model):
+    """The reference's SLA keeps an unused ``scale`` per stripe branch; it is dropped."""
+    return drop_keys(state_dict, [(r"(^|\.)attns\.\d+\.scale$", "dead parameter of SLAB-CSwin's SLA")])
+
 
 # la_split_size left to its default: SLA over the whole map of stages 1-2 (56-28-14-7 at 224).
-_TINY = dict(embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), mlp_ratio=4.0,
-             qkv_bias=True, kernel_size=5, prepbn_decay_steps=120000)
+ARCHS = {
+    "slab_cswin_tiny": dict(embed_dim=64, depth=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7),
+                            mlp_ratio=4.0, qkv_bias=True, kernel_size=5, norm="prepbn", attn="sla",
+                            prepbn_decay_steps=120000),
+}
+test_configs = {
+    "slab_cswin_tiny": dict(image_size=64, embed_dim=8, depth=(1, 1, 1, 1), split_size=(1, 2, 2, 2),
+                            la_split_size="16-4-4-2", num_heads=(1, 2, 4, 8)),
+}
 
 
 @register_model
-def slab_cswin_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                    drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
+def slab_cswin_tiny(pretrained=False, **kwargs):
     """SLAB-CSwin-T: PRepBN (T = 120,000) + SLA in stages 1-2 ('LLSS'); the recipe trains with drop_path 0.1."""
-    return build_model(CSWinTransformer, "slab_cswin_tiny", pretrained, _TINY, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return build_model(CSWinTransformer, "slab_cswin_tiny", ARCHS["slab_cswin_tiny"], pretrained, **kwargs)

@@ -6,20 +6,21 @@ token, use Simplified Linear Attention and average the tokens. ``norm=`` ("ln", 
 or an ablation. Other input sizes work: the positional embeddings are resized bilinearly.
 """
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from ..layers import (Attention, DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, check_input, dense,
-                      get_norm_layer, resize_token_grid, share_prepbn_schedule, to_2tuple)
-from ._registry import build_model, default_cfg, register_model
+from ..layers import (Attention, DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
+                      check_input, dense, fold_final_norm, fold_norm_into_consumers, get_norm_layer, register_fold,
+                      resize_token_grid, to_2tuple)
+from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["VisionTransformer", "deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
 
 default_cfgs = {
-    "deit_tiny_prepbn": default_cfg("patch_embed.proj", "deit_t_prepbn"),
-    "deit_small_prepbn": default_cfg("patch_embed.proj", "deit_s_prepbn"),
-    "slab_deit_tiny": default_cfg("patch_embed.proj", "slab_deit_t"),
-    "slab_deit_small": default_cfg("patch_embed.proj", "slab_deit_s"),
+    "deit_tiny_prepbn": default_cfg("patch_embed.proj"),
+    "deit_small_prepbn": default_cfg("patch_embed.proj"),
+    "slab_deit_tiny": default_cfg("patch_embed.proj"),
+    "slab_deit_small": default_cfg("patch_embed.proj"),
 }
 
 
@@ -27,12 +28,12 @@ class Block(nn.Cell):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
     def __init__(self, dim, num_heads, grid_size, mlp_ratio=4.0, qkv_bias=True, drop=0.0, drop_path=0.0,
-                 norm_layer=None, attn="sla", sla_kernel_size=5):
+                 norm_layer=None, attn="sla", kernel_size=5):
         super().__init__()
         self.norm1 = norm_layer(dim)
         if attn == "sla":
             self.attn = SimplifiedLinearAttention(dim, num_heads, grid_size, qkv_bias=qkv_bias,
-                                                  kernel_size=sla_kernel_size, proj_drop=drop)
+                                                  kernel_size=kernel_size, proj_drop=drop)
         else:
             self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -51,13 +52,13 @@ class VisionTransformer(nn.Cell):
         drop_rate, drop_path_rate; (MindCV names) in_channels, num_classes;
         norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "softmax" | "sla";
         global_pool: "token" (class token) or "avg"; default "token" for softmax, "avg" for SLA;
-        prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon;
-        sla_kernel_size: depth-wise conv kernel of SLA.
+        prepbn_decay_steps: T of the PRepBN schedule (norm='prepbn' only); ln_eps: LayerNorm epsilon;
+        kernel_size: depth-wise conv kernel of SLA.
     """
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=192, depth=12,
                  num_heads=3, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, norm="prepbn",
-                 attn="sla", global_pool=None, prepbn_decay_steps=60000, ln_eps=1e-6, sla_kernel_size=5):
+                 attn="sla", global_pool=None, prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5):
         super().__init__()
         if attn not in ("softmax", "sla"):
             raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla'.")
@@ -81,15 +82,15 @@ class VisionTransformer(nn.Cell):
         if self.num_prefix_tokens:
             self.cls_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dim)), name="cls_token")
         self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, num_patches + self.num_prefix_tokens,
-                                                                        embed_dim)), name="pos_embed")
+                                                                       embed_dim)), name="pos_embed")
         self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
         dpr = np.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.CellList([
             Block(embed_dim, num_heads, self.grid_size, mlp_ratio, qkv_bias, drop_rate, dpr[i], norm_layer, attn,
-                  sla_kernel_size) for i in range(depth)])
+                  kernel_size) for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head = dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        share_prepbn_schedule(self)
+        attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
         return {name for name in ("pos_embed", "cls_token") if hasattr(self, name)}
@@ -121,44 +122,59 @@ class VisionTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
+@register_fold(Block)
+def _fold_block(block):
+    """norm1 → attn.qkv (softmax or SLA), norm2 → mlp.fc1."""
+    fold_norm_into_consumers(block, "norm1", [(block.attn, "qkv")])
+    fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
+
+
+register_fold(VisionTransformer)(fold_final_norm)
+
+
+def checkpoint_filter(state_dict, model):
+    """The SLAB-DeiT reference keeps an unused class token; it is dropped."""
+    if model.num_prefix_tokens:
+        return state_dict, []
+    return drop_keys(state_dict, [(r"^cls_token$", "dead parameter of SLAB-DeiT (no class token is used)")])
+
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, qkv_bias=True)
 _SMALL = dict(_TINY, embed_dim=384, num_heads=6)
-_T_SLAB = {"prepbn_decay_steps": 60000}  # released schedule lengths (SPEC §1.3)
-_T_DEIT_S = {"prepbn_decay_steps": 300000}
+# The released models: norm, attention and the γ schedule's T (deit_t_prepbn is RepBN throughout).
+ARCHS = {
+    "deit_tiny_prepbn": dict(_TINY, norm="repbn", attn="softmax"),
+    "deit_small_prepbn": dict(_SMALL, norm="prepbn", attn="softmax", prepbn_decay_steps=300000),
+    "slab_deit_tiny": dict(_TINY, norm="prepbn", attn="sla", prepbn_decay_steps=60000),
+    "slab_deit_small": dict(_SMALL, norm="prepbn", attn="sla", prepbn_decay_steps=60000),
+}
+_TEST = dict(image_size=56, patch_size=4, embed_dim=48, depth=2, num_heads=3)
+test_configs = {name: _TEST for name in ARCHS}
+
+
+def _create(name, pretrained, **kwargs):
+    return build_model(VisionTransformer, name, ARCHS[name], pretrained, **kwargs)
 
 
 @register_model
-def deit_tiny_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                     drop_path_rate=0.0, norm="repbn", attn="softmax", **kwargs):
+def deit_tiny_prepbn(pretrained=False, **kwargs):
     """DeiT-Tiny with RepBN (the released deit_t_prepbn uses RepBN throughout: 0 decay steps)."""
-    return build_model(VisionTransformer, "deit_tiny_prepbn", pretrained, _TINY, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return _create("deit_tiny_prepbn", pretrained, **kwargs)
 
 
 @register_model
-def deit_small_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                      drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
+def deit_small_prepbn(pretrained=False, **kwargs):
     """DeiT-Small with PRepBN (T = 300,000 steps in the released code)."""
-    return build_model(VisionTransformer, "deit_small_prepbn", pretrained, _SMALL, _T_DEIT_S, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return _create("deit_small_prepbn", pretrained, **kwargs)
 
 
 @register_model
-def slab_deit_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                   drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
+def slab_deit_tiny(pretrained=False, **kwargs):
     """SLAB-DeiT-Tiny: PRepBN (T = 60,000) + Simplified Linear Attention, mean pooling."""
-    return build_model(VisionTransformer, "slab_deit_tiny", pretrained, _TINY, _T_SLAB, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return _create("slab_deit_tiny", pretrained, **kwargs)
 
 
 @register_model
-def slab_deit_small(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                    drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
+def slab_deit_small(pretrained=False, **kwargs):
     """SLAB-DeiT-Small: PRepBN (T = 60,000) + Simplified Linear Attention, mean pooling."""
-    return build_model(VisionTransformer, "slab_deit_small", pretrained, _SMALL, _T_SLAB, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+    return _create("slab_deit_small", pretrained, **kwargs)

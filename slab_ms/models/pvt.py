@@ -20,18 +20,19 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAttention, check_input, dense,
-                      get_norm_layer, merge_heads, resize_token_grid, share_prepbn_schedule, split_heads, to_2tuple)
-from ._registry import build_model, default_cfg, register_model
+from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
+                      check_input, dense, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
+                      merge_heads, register_fold, resize_token_grid, split_heads, to_2tuple)
+from .registry import build_model, default_cfg, register_model
 
 __all__ = ["PyramidVisionTransformer", "pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn",
            "slab_pvt_tiny"]
 
 default_cfgs = {
-    "pvt_tiny_prepbn": default_cfg("patch_embed1.proj", "pvt_t_prepbn"),
-    "pvt_small_prepbn": default_cfg("patch_embed1.proj", "pvt_s_prepbn"),
-    "pvt_medium_prepbn": default_cfg("patch_embed1.proj", "pvt_m_prepbn"),
-    "slab_pvt_tiny": default_cfg("patch_embed1.proj", "slab_pvt_t"),
+    "pvt_tiny_prepbn": default_cfg("patch_embed1.proj"),
+    "pvt_small_prepbn": default_cfg("patch_embed1.proj"),
+    "pvt_medium_prepbn": default_cfg("patch_embed1.proj"),
+    "slab_pvt_tiny": default_cfg("patch_embed1.proj"),
 }
 
 NUM_STAGES = 4
@@ -130,7 +131,7 @@ class PyramidVisionTransformer(nn.Cell):
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dims=(64, 128, 320, 512),
                  num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0,
                  depths=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1), norm="prepbn", attn="sla", attn_type=None,
-                 prepbn_decay_steps=300000, ln_eps=1e-6, kernel_size=5):
+                 prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5):
         super().__init__()
         for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
                             ("depths", depths), ("sr_ratios", sr_ratios)):
@@ -161,7 +162,7 @@ class PyramidVisionTransformer(nn.Cell):
         self.grid_sizes = tuple(grid_sizes)
         self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
         self.head = dense(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        share_prepbn_schedule(self)
+        attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
         """Empty: the reference recipe weight-decays ``pos_embed{s}`` (its exclusion list names a missing cls_token)."""
@@ -194,45 +195,57 @@ class PyramidVisionTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
+@register_fold(Block)
+def _fold_block(block):
+    """norm1 → attn.q and attn.kv, or attn.q and the spatial-reduction conv ``sr`` (kernel = stride, no
+    padding: exact), whose own norm ``attn.norm`` folds into its output; norm2 → mlp.fc1. PVT v1 has no
+    final norm; the patch-embedding norms fold into their convs (``PatchEmbed``'s own fold)."""
+    attn = block.attn
+    if isinstance(attn, SpatialReductionAttention) and attn.sr_ratio > 1:
+        fold_norm_into_consumers(block, "norm1", [(attn, "q"), (attn, "sr")])
+        fold_norm_into_producer(attn, "sr", "norm")
+    else:
+        fold_norm_into_consumers(block, "norm1", [(attn, "q"), (attn, "kv")])
+    fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
+
 
 _PVT = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
-            qkv_bias=True, sr_ratios=(8, 4, 2, 1), prepbn_decay_steps=300000, ln_eps=1e-6)
-_TINY = dict(_PVT, depths=(2, 2, 2, 2))
-_SMALL = dict(_PVT, depths=(3, 4, 6, 3))
-_MEDIUM = dict(_PVT, depths=(3, 4, 18, 3))
+            qkv_bias=True, sr_ratios=(8, 4, 2, 1), norm="prepbn", prepbn_decay_steps=300000, ln_eps=1e-6)
+# The released models (every norm PRepBN with T = 300,000; the recipes' drop_path: 0.0 / 0.1 / 0.3 / 0.0).
+ARCHS = {
+    "pvt_tiny_prepbn": dict(_PVT, depths=(2, 2, 2, 2), attn="softmax"),
+    "pvt_small_prepbn": dict(_PVT, depths=(3, 4, 6, 3), attn="softmax"),
+    "pvt_medium_prepbn": dict(_PVT, depths=(3, 4, 18, 3), attn="softmax"),
+    "slab_pvt_tiny": dict(_PVT, depths=(2, 2, 2, 2), attn="sla"),
+}
+_TEST = dict(image_size=64, embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), depths=(1, 1, 1, 1),
+             mlp_ratios=(2, 2, 2, 2))
+test_configs = {name: _TEST for name in ARCHS}
+
+
+def _create(name, pretrained, **kwargs):
+    return build_model(PyramidVisionTransformer, name, ARCHS[name], pretrained, **kwargs)
 
 
 @register_model
-def pvt_tiny_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                    drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
-    """PVT-Tiny with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.0)."""
-    return build_model(PyramidVisionTransformer, "pvt_tiny_prepbn", pretrained, _TINY, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+def pvt_tiny_prepbn(pretrained=False, **kwargs):
+    """PVT-Tiny with PRepBN (T = 300,000) and spatial-reduction attention."""
+    return _create("pvt_tiny_prepbn", pretrained, **kwargs)
 
 
 @register_model
-def pvt_small_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                     drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
-    """PVT-Small with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.1)."""
-    return build_model(PyramidVisionTransformer, "pvt_small_prepbn", pretrained, _SMALL, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+def pvt_small_prepbn(pretrained=False, **kwargs):
+    """PVT-Small with PRepBN (T = 300,000) and spatial-reduction attention."""
+    return _create("pvt_small_prepbn", pretrained, **kwargs)
 
 
 @register_model
-def pvt_medium_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                      drop_path_rate=0.0, norm="prepbn", attn="softmax", **kwargs):
-    """PVT-Medium with PRepBN (T = 300,000) and spatial-reduction attention (recipe drop_path 0.3)."""
-    return build_model(PyramidVisionTransformer, "pvt_medium_prepbn", pretrained, _MEDIUM, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+def pvt_medium_prepbn(pretrained=False, **kwargs):
+    """PVT-Medium with PRepBN (T = 300,000) and spatial-reduction attention."""
+    return _create("pvt_medium_prepbn", pretrained, **kwargs)
 
 
 @register_model
-def slab_pvt_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                  drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
-    """SLAB-PVT-Tiny: PRepBN (T = 300,000) + Simplified Linear Attention in every stage (recipe drop_path 0.0)."""
-    return build_model(PyramidVisionTransformer, "slab_pvt_tiny", pretrained, _TINY, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+def slab_pvt_tiny(pretrained=False, **kwargs):
+    """SLAB-PVT-Tiny: PRepBN (T = 300,000) + Simplified Linear Attention in every stage."""
+    return _create("slab_pvt_tiny", pretrained, **kwargs)

@@ -1,20 +1,35 @@
-"""Registration of SLAB models in MindCV's registry, and the factory conventions they share."""
+"""Registration of SLAB models in MindCV's registry, and the conventions every family shares.
+
+A family is one module of ``slab_ms.models``. It holds the architecture and, next to it, everything
+specific to it: ``ARCHS`` (model name -> the released architecture's kwargs, the γ schedule's T included),
+``default_cfgs``, its factory functions ``name(pretrained=False, **kwargs)`` (registered with
+:func:`register_model`, built with :func:`build_model`), the folds of its cells (``slab_ms.layers.fold``),
+``checkpoint_filter(state_dict, model)`` for the official checkpoints (optional) and ``test_configs`` (model
+name -> tiny kwargs that keep every cell type; the registry-parametrised tests build them).
+"""
 import fnmatch
+import re
+import sys
 
 from mindcv.models.registry import is_model
 from mindcv.models.registry import register_model as _mindcv_register
 
-__all__ = ["register_model", "list_models", "default_cfg", "check_pretrained", "build_model"]
+__all__ = ["register_model", "list_models", "is_slab_model", "family_of", "tiny_config", "default_cfg", "build_model",
+           "drop_keys", "KWARG_ALIASES"]
 
-_SLAB_MODELS = []
+_SLAB_MODELS = {}  # name -> the family module that registered it
+
+# Official (timm / reference) spellings accepted by every factory, and the name they stand for.
+KWARG_ALIASES = {"img_size": "image_size", "in_chans": "in_channels"}
+# ``mindcv.create_model`` always passes these; an official alias given with them means the alias.
+_MINDCV_DEFAULTS = {"in_channels": 3}
 
 
 def register_model(fn):
     """Register ``fn`` in MindCV; a name that MindCV already has is refused, never shadowed."""
     if is_model(fn.__name__) and fn.__name__ not in _SLAB_MODELS:
         raise RuntimeError(f"model name '{fn.__name__}' already exists in MindCV; pick another name.")
-    if fn.__name__ not in _SLAB_MODELS:
-        _SLAB_MODELS.append(fn.__name__)
+    _SLAB_MODELS[fn.__name__] = fn.__module__
     return _mindcv_register(fn)
 
 
@@ -23,24 +38,64 @@ def list_models(pattern="*"):
     return sorted(n for n in _SLAB_MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def default_cfg(first_conv, official_name, input_size=(3, 224, 224), classifier="head"):
+def family_of(model):
+    """The family module of a model name or of a built model (None for a model of no SLAB family)."""
+    module = _SLAB_MODELS.get(model) if isinstance(model, str) else type(model).__module__
+    return sys.modules.get(module) if module in _SLAB_MODELS.values() else None
+
+
+def is_slab_model(net):
+    return family_of(net) is not None
+
+
+def tiny_config(name):
+    """Tiny factory kwargs of ``name`` that keep every cell type of the full model (for tests and demos)."""
+    configs = getattr(family_of(name), "test_configs", {})
+    if name not in configs:
+        raise KeyError(f"{name} has no entry in its family's test_configs")
+    return dict(configs[name])
+
+
+def default_cfg(first_conv, input_size=(3, 224, 224), classifier="head"):
     return {"url": "", "num_classes": 1000, "input_size": input_size, "first_conv": first_conv,
-            "classifier": classifier, "official_name": official_name}
+            "classifier": classifier}
 
 
-def check_pretrained(pretrained, name):
+def canonical_kwargs(kwargs):
+    """``kwargs`` with the official aliases renamed (both spellings with different values is an error) and
+    None values dropped (None keeps the architecture's default, as in ``mindcv.create_model``)."""
+    out = {k: v for k, v in kwargs.items() if v is not None and k not in KWARG_ALIASES}
+    for alias, name in KWARG_ALIASES.items():
+        value = kwargs.get(alias)
+        if value is None:
+            continue
+        if name in out and out[name] != value and out[name] != _MINDCV_DEFAULTS.get(name):
+            raise ValueError(f"{alias}={value!r} and {name}={out[name]!r} disagree; give one of them.")
+        out[name] = value
+    return out
+
+
+def build_model(cls, name, arch, pretrained=False, **kwargs):
+    """The one body of every factory: refuse ``pretrained``, merge the caller's kwargs over the released
+    architecture ``arch`` and build ``cls`` (whose constructor takes the official ``img_size``)."""
     if pretrained:
         raise ValueError(f"No MindSpore weights are hosted for '{name}'. Convert the official PyTorch "
-                         f"checkpoint with `python -m slab_ms.convert --model {name} --src FILE.pth --dst "
-                         f"{name}.ckpt` and pass checkpoint_path='{name}.ckpt'.")
+                         f"checkpoint with `python -m slab_ms.convert --model {name} --ckpt_file FILE.pth "
+                         f"--file_name {name}.ckpt` and pass checkpoint_path='{name}.ckpt'.")
+    args = dict(arch, **canonical_kwargs(kwargs))
+    return cls(img_size=args.pop("image_size", 224), **args)
 
 
-def build_model(cls, name, pretrained, *archs, image_size=224, **kwargs):
-    """The body every factory shares: refuse ``pretrained``, merge the released architecture dicts
-    ``archs`` with the caller's kwargs (None keeps the default) and build ``cls`` for ``image_size``."""
-    check_pretrained(pretrained, name)
-    args = {}
-    for arch in archs:
-        args.update(arch)
-    args.update({k: v for k, v in kwargs.items() if v is not None})
-    return cls(img_size=image_size, **args)
+def drop_keys(state_dict, patterns):
+    """Split an official state dict by ``[(regex, reason)]``: returns ``(kept, notes)``, one note per reason
+    naming the dropped keys (for a family's ``checkpoint_filter``)."""
+    kept, dropped = {}, {}
+    for key, value in state_dict.items():
+        reason = next((why for pattern, why in patterns if re.search(pattern, key)), None)
+        if reason is None:
+            kept[key] = value
+        else:
+            dropped.setdefault(reason, []).append(key)
+    notes = [f"dropped {len(keys)} key(s), {why}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+             for why, keys in dropped.items()]
+    return kept, notes

@@ -25,16 +25,16 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, check_input, dense, get_norm_layer,
-                      share_prepbn_schedule, to_2tuple)
-from ._registry import build_model, default_cfg, register_model
+from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule, check_input,
+                      dense, fold_final_norm, fold_norm_into_consumers, get_norm_layer, register_fold, to_2tuple)
+from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["SwinTransformer", "swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small"]
 
 default_cfgs = {
-    "swin_tiny_prepbn": default_cfg("patch_embed.proj", "swin_t_prepbn"),
-    "slab_swin_tiny": default_cfg("patch_embed.proj", "slab_swin_t"),
-    "slab_swin_small": default_cfg("patch_embed.proj", "slab_swin_s"),
+    "swin_tiny_prepbn": default_cfg("patch_embed.proj"),
+    "slab_swin_tiny": default_cfg("patch_embed.proj"),
+    "slab_swin_small": default_cfg("patch_embed.proj"),
 }
 
 MASK_VALUE = -100.0  # added to attention logits between tokens of different regions of a shifted window
@@ -229,7 +229,7 @@ class SwinTransformer(nn.Cell):
 
     Args (official names): img_size, patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio,
         qkv_bias, qk_scale, drop_rate, drop_path_rate, patch_norm, attn_type ("L"/"S" per stage, SLA
-        models), kernel_size (SLA depth-wise conv); in_chans (= in_channels); ape and use_checkpoint
+        models), kernel_size (SLA depth-wise conv); ape and use_checkpoint
         (only False is supported); fused_window_process and focusing_factor (accepted, no effect:
         a CUDA kernel switch and a dead SLA argument of the reference).
         (MindCV names) in_channels, num_classes; norm: "ln" | "bn" | "repbn" | "prepbn";
@@ -240,7 +240,7 @@ class SwinTransformer(nn.Cell):
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=None, mlp_ratio=4.0, qkv_bias=True,
                  qk_scale=None, drop_rate=0.0, drop_path_rate=0.0, patch_norm=True, norm="prepbn", attn="sla",
-                 attn_type=None, kernel_size=5, prepbn_decay_steps=60000, ln_eps=1e-5, in_chans=None, ape=False,
+                 attn_type=None, kernel_size=5, prepbn_decay_steps=None, ln_eps=1e-5, ape=False,
                  use_checkpoint=False, fused_window_process=False, focusing_factor=None):
         super().__init__()
         del fused_window_process, focusing_factor  # no effect, see the class doc
@@ -252,7 +252,7 @@ class SwinTransformer(nn.Cell):
         num_stages = len(depths)
         stages = _stage_windows(attn, attn_type, window_size, num_stages)
         self.img_size, self.patch_size = to_2tuple(img_size), patch_size
-        self.in_channels = in_chans if in_chans is not None else in_channels
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.num_features = int(embed_dim * 2 ** (num_stages - 1))
@@ -276,7 +276,7 @@ class SwinTransformer(nn.Cell):
         self.layers = nn.CellList(layers)
         self.norm = norm_layer(self.num_features)
         self.head = dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        share_prepbn_schedule(self)
+        attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
         """Relative position bias tables (the reference's no-decay keyword); SLA encodings are decayed."""
@@ -304,35 +304,65 @@ class SwinTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
+@register_fold(SwinTransformerBlock)
+def _fold_block(block):
+    """norm1 → attn.qkv, norm2 → mlp.fc1. Exact: the window partition and cyclic shift only move tokens,
+    and Swin here never pads a feature map (sizes that would need padding are refused at construction;
+    with padding, zeros entering qkv after the norm would no longer match)."""
+    fold_norm_into_consumers(block, "norm1", [(block.attn, "qkv")])
+    fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
 
-_TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), mlp_ratio=4.0,
-             qkv_bias=True)
+
+@register_fold(PatchMerging)
+def _fold_patch_merging(merging):
+    """Norm → the bias-free ``reduction``, which gains a bias (W b)."""
+    fold_norm_into_consumers(merging, "norm", [(merging, "reduction")])
+
+
+register_fold(SwinTransformer)(fold_final_norm)
+
+
+def checkpoint_filter(state_dict, model):
+    """Relative-position indices and shift masks are buffers of the reference; they are recomputed here."""
+    return drop_keys(state_dict, [(r"(^|\.)relative_position_index$", "recomputed by the model"),
+                                  (r"(^|\.)attn_mask$", "recomputed by the model")])
+
+
+_TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), mlp_ratio=4.0, qkv_bias=True,
+             ln_eps=1e-5)
 _SMALL = dict(_TINY, depths=(2, 2, 18, 2))
-_SLAB = {"prepbn_decay_steps": 60000, "ln_eps": 1e-5}
+# The released models: swin_t_prepbn is RepBN throughout; SLAB-Swin is PRepBN with T = 60,000.
+ARCHS = {
+    "swin_tiny_prepbn": dict(_TINY, norm="repbn", attn="softmax"),
+    "slab_swin_tiny": dict(_TINY, norm="prepbn", attn="sla", prepbn_decay_steps=60000),
+    "slab_swin_small": dict(_SMALL, norm="prepbn", attn="sla", prepbn_decay_steps=60000),
+}
+_TEST_SLAB = dict(image_size=56, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=14,
+                  attn_type="LS")
+test_configs = {
+    "swin_tiny_prepbn": dict(image_size=32, patch_size=4, embed_dim=8, depths=(2, 1), num_heads=(1, 2), window_size=4),
+    "slab_swin_tiny": _TEST_SLAB,
+    "slab_swin_small": _TEST_SLAB,
+}
+
+
+def _create(name, pretrained, **kwargs):
+    return build_model(SwinTransformer, name, ARCHS[name], pretrained, **kwargs)
 
 
 @register_model
-def swin_tiny_prepbn(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                     drop_path_rate=0.0, norm="repbn", attn="softmax", **kwargs):
-    """Swin-T with RepBN in every norm (released swin_t_prepbn: 0 decay steps); recipe drop_path 0.1."""
-    return build_model(SwinTransformer, "swin_tiny_prepbn", pretrained, _TINY, _SLAB, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+def swin_tiny_prepbn(pretrained=False, **kwargs):
+    """Swin-T with RepBN (the released swin_t_prepbn) and shifted-window softmax attention."""
+    return _create("swin_tiny_prepbn", pretrained, **kwargs)
 
 
 @register_model
-def slab_swin_tiny(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                   drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
-    """SLAB-Swin-T: PRepBN (T = 60,000, LN eps 1e-5), global SLA in stages 1–2, shifted 7×7 softmax in 3–4."""
-    return build_model(SwinTransformer, "slab_swin_tiny", pretrained, _TINY, _SLAB, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+def slab_swin_tiny(pretrained=False, **kwargs):
+    """SLAB-Swin-T: PRepBN (T = 60,000), SLA in stages 1-2 and shifted 7x7 softmax windows in stages 3-4."""
+    return _create("slab_swin_tiny", pretrained, **kwargs)
 
 
 @register_model
-def slab_swin_small(pretrained=False, num_classes=1000, in_channels=3, image_size=224, drop_rate=0.0,
-                    drop_path_rate=0.0, norm="prepbn", attn="sla", **kwargs):
-    """SLAB-Swin-S: as SLAB-Swin-T with depths 2-2-18-2; its recipe trains with drop_path 0.3."""
-    return build_model(SwinTransformer, "slab_swin_small", pretrained, _SMALL, _SLAB, image_size=image_size,
-                       num_classes=num_classes, in_channels=in_channels, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, norm=norm, attn=attn, **kwargs)
+def slab_swin_small(pretrained=False, **kwargs):
+    """SLAB-Swin-S: PRepBN (T = 60,000), SLA in stages 1-2 and shifted 7x7 softmax windows in stages 3-4."""
+    return _create("slab_swin_small", pretrained, **kwargs)
