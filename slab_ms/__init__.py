@@ -4,9 +4,10 @@
 works.
 """
 from . import _compat  # noqa: F401  (MindCV shims first)
+from .factory import create_model
+from .layers import PRepBNSchedule
 from .models import list_models
-from .models._factory import create_model
 from .reparam import reparameterize_model
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "reparameterize_model", "__version__"]
+__all__ = ["create_model", "list_models", "reparameterize_model", "PRepBNSchedule", "__version__"]

@@ -8,7 +8,8 @@ _mindcv_load_model_checkpoint = _mindcv_factory.load_model_checkpoint
 def _load_model_checkpoint(model, checkpoint_path="", ema=False, auto_mapping=False):
     # MindCV 0.3 silently skips a missing checkpoint file and loads non-strictly; for SLAB models
     # `mindcv.create_model(..., checkpoint_path=...)` loads strictly with clear errors instead.
-    from .models._factory import is_slab_model, load_checkpoint
+    from .models.registry import is_slab_model
+    from .weights import load_checkpoint
     if is_slab_model(model):
         load_checkpoint(model, checkpoint_path, ema=ema)
     else:

@@ -1,25 +1,18 @@
-"""``create_model`` and strict checkpoint loading for SLAB models."""
+"""MindSpore ``.ckpt`` files: the strict loader (which also takes an official ``.pth`` / ``.npz``) and the
+atomic writer."""
 import os
 
 import mindspore as ms
-import mindcv
 
-from ..utils import mismatch_message
+from ..utils import atomic_output
+from .official import load_official_checkpoint
+from .strict import is_excluded, mismatch_message
 
-__all__ = ["create_model", "load_checkpoint", "is_slab_model"]
+__all__ = ["load_checkpoint", "save_checkpoint"]
 
 # Scalars a MindSpore training checkpoint carries next to the weights.
 _TRAIN_STATE_KEYS = ("global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
                      "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num")
-
-
-def is_slab_model(net):
-    return type(net).__module__.startswith("slab_ms.models.")
-
-
-def is_excluded(name, exclude):
-    """True when the parameter ``name`` lies under one of the cell names in ``exclude`` (e.g. "head")."""
-    return any(name == prefix or name.startswith(prefix + ".") for prefix in exclude)
 
 
 def load_checkpoint(net, path, ema=False, exclude=()):
@@ -34,7 +27,6 @@ def load_checkpoint(net, path, ema=False, exclude=()):
         raise FileNotFoundError(f"Checkpoint file not found: '{path}'. Pass the path of a .ckpt written by "
                                 f"train.py / slab_ms.convert, or of an official .pth.")
     if path.endswith((".pth", ".pt", ".npz")):
-        from ..convert import load_official_checkpoint
         return load_official_checkpoint(net, path, use_ema=ema, exclude=exclude)
     try:
         ckpt = ms.load_checkpoint(path)
@@ -54,7 +46,7 @@ def load_checkpoint(net, path, ema=False, exclude=()):
     unexpected = sorted(k for k in ckpt if k not in every and not _is_train_state(k, every))
     if missing or mismatched or unexpected:
         raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(net).__name__}: is it for another "
-                                           "model or another size?" + _head_hint(mismatched), missing, unexpected,
+                                          "model or another size?" + _head_hint(mismatched), missing, unexpected,
                                           mismatched))
     ms.load_param_into_net(net, {k: ckpt[k] for k in own}, strict_load=True)
     return net
@@ -63,7 +55,7 @@ def load_checkpoint(net, path, ema=False, exclude=()):
 def _head_hint(mismatched):
     if mismatched and all(m.startswith("head.") for m in mismatched):
         return (" Only the classifier differs: to fine-tune on another number of classes, leave it out "
-                "(exclude=('head',); train.py --checkpoint_exclude head).")
+                "(create_model(..., checkpoint_exclude=('head',)); train.py --ckpt_exclude head).")
     return ""
 
 
@@ -74,12 +66,10 @@ def _is_train_state(key, own):
     return len(slot) == 2 and slot[1] in own  # optimizer slot such as adam_m.<param>
 
 
-def create_model(model_name, num_classes=1000, pretrained=False, in_channels=3, checkpoint_path="", ema=False,
-                 checkpoint_exclude=(), **kwargs):
-    """``mindcv.create_model`` with strict checkpoint loading (the MindCV one ignores a missing file);
-    ``checkpoint_exclude`` names cells (e.g. ``("head",)``) whose parameters keep their initial values."""
-    net = mindcv.create_model(model_name, num_classes=num_classes, pretrained=pretrained, in_channels=in_channels,
-                              **kwargs)
-    if checkpoint_path:
-        load_checkpoint(net, checkpoint_path, ema=ema, exclude=checkpoint_exclude)
-    return net
+def save_checkpoint(save_obj, path, append_dict=None):
+    """``mindspore.save_checkpoint`` written atomically (temporary file in the same folder, then renamed)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_output(path, suffix=".ckpt") as tmp:
+        ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
+    return path

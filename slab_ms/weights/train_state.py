@@ -1,7 +1,7 @@
 """Training checkpoints: atomic, self-describing, resumable mid-epoch.
 
 A resumable checkpoint ``<ckpt_dir>/<model>-<EEEE>_<SSSSSS>.ckpt`` holds the model parameters (with the
-γ schedule: ``prepbn_step``, ``prepbn_decay_steps``, ``prepbn_warmup_steps``), the optimizer state
+γ schedule's three counters), the optimizer state
 (moments, beta powers, ``global_step`` = lr index), the ``ema.*`` weights, and the position:
 ``epoch_num`` = epochs finished (training epochs, then BN re-calibration epochs) and ``step_num`` =
 optimizer steps already taken in the next epoch. They are only written between optimizer steps, so
@@ -14,9 +14,7 @@ import re
 
 import mindspore as ms
 
-from ..models._factory import load_checkpoint
-from ..utils import save_checkpoint_atomic
-from .config import ConfigError
+from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["resumable_name", "list_resumable", "find_latest", "save_train_checkpoint", "save_final_checkpoint",
            "load_train_checkpoint", "prune_checkpoints"]
@@ -55,13 +53,13 @@ def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, ep
     params = list(model.get_parameters()) + _optimizer_state(optimizer, model) + train_step.ema_parameters()
     entries = [{"name": p.name, "data": p} for p in params]
     path = os.path.join(ckpt_dir, resumable_name(model_name, epoch_num, step_num))
-    return save_checkpoint_atomic(entries, path, append_dict={"epoch_num": epoch_num, "step_num": step_num})
+    return save_checkpoint(entries, path, append_dict={"epoch_num": epoch_num, "step_num": step_num})
 
 
 def save_final_checkpoint(path, model, train_step, epoch_num):
     params = list(model.get_parameters()) + train_step.ema_parameters()
     entries = [{"name": p.name, "data": p} for p in params]
-    return save_checkpoint_atomic(entries, path, append_dict={"epoch_num": epoch_num, "step_num": 0})
+    return save_checkpoint(entries, path, append_dict={"epoch_num": epoch_num, "step_num": 0})
 
 
 def prune_checkpoints(ckpt_dir, model_name, keep):
@@ -74,26 +72,26 @@ def load_train_checkpoint(path, model, optimizer, train_step):
     """Restore everything :func:`save_train_checkpoint` wrote; returns ``(epoch_num, step_num)``.
 
     The model part is strict (a checkpoint of another model or size is a clear error, see
-    ``slab_ms.models._factory.load_checkpoint``); missing optimizer or EMA state is an error too.
+    ``slab_ms.weights.load_checkpoint``); missing optimizer or EMA state is an error too.
     """
     load_checkpoint(model, path)
     ckpt = ms.load_checkpoint(path)
     for key in ("epoch_num", "step_num"):
         if key not in ckpt:
-            raise ConfigError(f"'{path}' is not a resumable train.py checkpoint (no '{key}'); to start a new run "
-                              "from its weights use --checkpoint_path instead of --resume")
+            raise ValueError(f"'{path}' is not a resumable train.py checkpoint (no '{key}'); to start a new run "
+                             "from its weights use --ckpt_file instead of --resume")
     state = _optimizer_state(optimizer, model)
     missing = [p.name for p in state if p.name not in ckpt]
     if missing:
-        raise ConfigError(f"'{path}' has no state for this optimizer ({len(missing)} entries missing, e.g. "
-                          f"{missing[0]}); was it written with another --opt? Use --checkpoint_path to start a "
-                          "new run from its weights.")
+        raise ValueError(f"'{path}' has no state for this optimizer ({len(missing)} entries missing, e.g. "
+                         f"{missing[0]}); was it written with another --opt? Use --ckpt_file to start a "
+                         "new run from its weights.")
     ema = train_step.ema_parameters()
     if ema and any(p.name not in ckpt for p in ema):
-        raise ConfigError(f"'{path}' holds no EMA weights but this run has ema=True; resume with the recipe it "
-                          "was written with")
+        raise ValueError(f"'{path}' holds no EMA weights but this run has ema=True; resume with the recipe it "
+                         "was written with")
     for p in state + ema:
         if tuple(ckpt[p.name].shape) != tuple(p.shape):
-            raise ConfigError(f"'{path}': '{p.name}' has shape {tuple(ckpt[p.name].shape)}, this run {tuple(p.shape)}")
+            raise ValueError(f"'{path}': '{p.name}' has shape {tuple(ckpt[p.name].shape)}, this run {tuple(p.shape)}")
         p.set_data(ckpt[p.name])  # resume happens before the train graph is compiled
     return int(ckpt["epoch_num"].asnumpy()), int(ckpt["step_num"].asnumpy())
