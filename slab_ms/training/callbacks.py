@@ -1,8 +1,7 @@
 """Training-loop callbacks: the γ-decay owner and the progress lines.
 
-``GammaDecay`` follows MindSpore's ``Callback`` method names (``on_train_begin``,
-``on_train_step_end``, ``on_train_end``) and reads only the objects it was built with, so it also works
-under ``mindspore.train.Model.train``; ``train.py``'s loop calls it once per optimizer step.
+``GammaDecay`` is a MindSpore ``Callback`` (``on_train_begin``, ``on_train_step_end``, ``on_train_end``):
+``Model.train`` and MindCV's trainer call it, and ``train.py``'s loop calls it once per optimizer step.
 """
 import functools
 import math
@@ -10,7 +9,7 @@ import time
 
 from mindspore.train import Callback
 
-from ..layers import get_prepbn_schedule, prepbn_gamma
+from ..layers import PRepBNSchedule
 
 __all__ = ["GammaDecay", "ProgressLogger", "format_seconds"]
 
@@ -21,53 +20,82 @@ def format_seconds(seconds):
 
 
 class GammaDecay(Callback):
-    """Owns the PRepBN γ schedule from the training loop's side.
+    """Owns a PRepBN model's γ schedule from the training loop's side: one γ step per optimizer step.
 
-    The schedule itself advances inside the compiled train step (one ``prepbn_step`` per optimizer
-    step). This callback checks that it does: after every optimizer step ``prepbn_step`` must equal
-    ``start_step`` + the optimizer's ``global_step`` (the lr index), and at the end of training γ must be
-    exactly 0, i.e. the model trained into the pure-RepBN form it is evaluated in.
+    Works wherever the model trains: under ``mindspore.train.Model.train`` (sink and non-sink), MindCV's
+    trainer, or a loop that calls ``on_train_step_end()`` after each optimizer step. There it advances the
+    schedule on the host to ``start_step`` + the optimizer steps taken, read from ``optimizer.global_step``
+    when given (exact under accumulation, resume and sinking), else from MindSpore's ``cur_step_num`` or its
+    own call count, divided by ``accumulate_steps``. In sink mode one call covers ``sink_size`` steps, so γ
+    then changes once per sink. Under this package's ``TrainStep``, which advances the step inside the
+    compiled graph, it only checks that the two agree and never counts twice (``in_graph``; detected
+    from ``run_context``, or passed). Either way it refuses a schedule longer than the run at the start
+    and checks γ = 0 at the end: the model trained into the pure-RepBN form it is evaluated in.
 
     Args:
-        net: model owning ``prepbn_step`` / ``prepbn_decay_steps`` / ``prepbn_warmup_steps``.
-        optimizer: the optimizer whose ``global_step`` counts optimizer steps.
+        net: model owning a :class:`~slab_ms.layers.PRepBNSchedule`.
+        optimizer: the optimizer whose ``global_step`` counts optimizer steps, or None.
         total_steps: optimizer steps of the whole run.
-        log_interval: print γ every this many optimizer steps (0: never; train.py prints γ in its
-            progress line instead).
-        start_step: ``prepbn_step`` when the run's optimizer step was 0: 0 for a new schedule, the loaded
-            step when fine-tuning continues a checkpoint's schedule. Only the decay left after it has
-            to fit into the run.
+        log_interval: print γ every this many optimizer steps (0: never).
+        start_step: the γ step when the run's optimizer step was 0 (default: 0 in_graph, else read at
+            ``on_train_begin``: the schedule's step minus the optimizer steps already taken).
+        accumulate_steps: micro-batches per optimizer step, when the steps are counted from calls.
+        in_graph: True when the train step advances the schedule itself (check only), False to advance it
+            here, None to detect it from ``run_context`` (a standard train cell: advance).
     """
 
-    def __init__(self, net, optimizer, total_steps, log_interval=0, print_fn=functools.partial(print, flush=True),
-                 start_step=0):
+    def __init__(self, net, optimizer=None, total_steps=None, log_interval=0,
+                 print_fn=functools.partial(print, flush=True), start_step=None, accumulate_steps=1, in_graph=None):
         super().__init__()
+        if total_steps is None or int(total_steps) < 1:
+            raise ValueError(f"GammaDecay needs the run's total_steps (optimizer steps, >= 1), got {total_steps}")
         self.net = net
         self.optimizer = optimizer
-        self.total_steps = total_steps
+        self.total_steps = int(total_steps)
         self.log_interval = log_interval
         self.print_fn = print_fn
         self.start_step = start_step
+        self.accumulate_steps = int(accumulate_steps)
+        self.in_graph = in_graph
+        self.calls = 0
         self.gamma = None
+        self.prepbn = PRepBNSchedule.require(net)
 
     def schedule(self):
-        return get_prepbn_schedule(self.net)
+        return self.prepbn.state()
 
-    def _checked_schedule(self):
-        s = self.schedule()
-        global_step = int(self.optimizer.global_step.asnumpy().reshape(()))
-        if s["step"] != self.start_step + global_step:
-            raise RuntimeError(f"γ schedule out of step: prepbn_step={s['step']} but the optimizer took "
-                               f"{global_step} steps from prepbn_step {self.start_step}")
-        self.gamma = prepbn_gamma(s["step"], s["decay_steps"], s["warmup_steps"])
-        return s, global_step
+    def _optimizer_steps(self, run_context):
+        if self.optimizer is not None:
+            return int(self.optimizer.global_step.asnumpy().reshape(()))
+        cb_params = run_context.original_args() if run_context is not None else None
+        micro = getattr(cb_params, "cur_step_num", None) if cb_params is not None else None
+        return (self.calls if micro is None else int(micro)) // self.accumulate_steps
+
+    def _detect_in_graph(self, run_context):
+        if self.in_graph is None:
+            cb_params = run_context.original_args() if run_context is not None else None
+            network = getattr(cb_params, "train_network", None)
+            self.in_graph = bool(getattr(network, "has_schedule", False))
+
+    def _sync(self, run_context):
+        """Bring (host mode) or check (in-graph mode) the γ step to ``start_step`` + optimizer steps."""
+        steps = self._optimizer_steps(run_context)
+        target, now = self.start_step + steps, self.schedule()["step"]
+        if now != target:
+            if self.in_graph or now > target:
+                raise RuntimeError(f"γ schedule out of step: γ step {now} but the optimizer took {steps} steps "
+                                   f"from γ step {self.start_step}")
+            self.prepbn.advance(target - now)
+        self.gamma = self.prepbn.gamma_value()
+        return self.schedule()
 
     def on_train_begin(self, run_context=None):
-        s, global_step = self._checked_schedule()
-        end = s["warmup_steps"] + s["decay_steps"]
-        if end - self.start_step > self.total_steps:
-            raise ValueError(f"γ schedule (T={s['decay_steps']}, warm-up {s['warmup_steps']}, from step "
-                             f"{self.start_step}) is longer than the run ({self.total_steps} optimizer steps)")
+        self._detect_in_graph(run_context)
+        if self.start_step is None:  # a train step that advances γ itself started it at 0 with the optimizer
+            self.start_step = 0 if self.in_graph else self.schedule()["step"] - self._optimizer_steps(run_context)
+        s = self._sync(run_context)
+        self.prepbn.check_fits(self.total_steps, start_step=self.start_step)
+        end = self.prepbn.end_step()
         if end <= self.start_step:
             self.print_fn(f"γ schedule: finished before this run (step {self.start_step} ≥ warm-up "
                           f"{s['warmup_steps']} + T {s['decay_steps']}): γ = 0 for all {self.total_steps} optimizer "
@@ -82,17 +110,18 @@ class GammaDecay(Callback):
                       f"γ={self.gamma:.4f}")
 
     def on_train_step_end(self, run_context=None):
-        s, _ = self._checked_schedule()
+        """Returns γ after this step."""
+        if self.start_step is None:
+            self.on_train_begin(run_context)
+        self.calls += 1
+        s = self._sync(run_context)
         if self.log_interval and s["step"] % self.log_interval == 0:
             self.print_fn(f"step {s['step']}: γ={self.gamma:.6f}")
         return self.gamma
 
     def on_train_end(self, run_context=None):
-        s = self.schedule()
-        self.gamma = prepbn_gamma(s["step"], s["decay_steps"], s["warmup_steps"])
-        if s["step"] != self.start_step + self.total_steps or self.gamma != 0.0:
-            raise RuntimeError(f"training ended at prepbn_step {s['step']} (expected {self.start_step} + "
-                               f"{self.total_steps}) with γ={self.gamma} (expected γ = 0)")
+        self.prepbn.verify_finished(expected_step=self.start_step + self.total_steps)
+        s, self.gamma = self.schedule(), 0.0
         self.print_fn(f"γ schedule finished: step {s['step']}, γ = 0 (the model is pure RepBN now)")
 
 

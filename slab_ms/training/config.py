@@ -6,48 +6,17 @@ naming the key and the closest valid ones (a typo would otherwise silently train
 """
 import argparse
 import difflib
-import json
 import os
 
 import yaml
 
-__all__ = ["build_parser", "parse_args", "ConfigError"]
+from ..cli import UsageError, add_checkpoint_args, add_device_args, json_dict, optional, str2bool
+
+__all__ = ["build_parser", "parse_args", "read_recipe", "ConfigError"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A recipe or command line that cannot be trained as given."""
-
-
-def str2bool(value):
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "1", "yes", "y", "on"):
-        return True
-    if str(value).lower() in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got '{value}'")
-
-
-def optional(cast):
-    """``cast`` that also accepts 'none'/'null' for "not set"."""
-    def parse(value):
-        if value is None or str(value).lower() in ("none", "null", ""):
-            return None
-        return cast(value)
-    parse.__name__ = getattr(cast, "__name__", "value")
-    return parse
-
-
-def json_dict(value):
-    if isinstance(value, dict):
-        return value
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depth\": 1}}', got '{value}'") from err
-    if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got '{value}'")
-    return parsed
 
 
 def number_or_str(value):
@@ -57,20 +26,18 @@ def number_or_str(value):
         return str(value)
 
 
-def build_parser():
+def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or official .pth), see prepbn_schedule",
+                 ckpt_aliases=("--checkpoint_path",), ema_aliases=()):
+    """train.py's parser; validate.py reuses it with its own meaning (and older spellings) of ``--ckpt_file``."""
     parser = argparse.ArgumentParser(
         description="Train a SLAB model (MindSpore). Recipe: -c configs/<family>/<model>.yaml; any key can be "
                     "overridden as --key value.", allow_abbrev=False)
     parser.add_argument("-c", "--config", default="", help="flat yaml recipe whose keys are the options below")
 
-    group = parser.add_argument_group("system")
-    group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
-    group.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    group = add_device_args(parser)
     group.add_argument("--distribute", type=str2bool, default=False,
                        help="data-parallel over the processes started by msrun")
     group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--runtime_num_threads", type=optional(int), default=None,
-                       help="CPU threads of MindSpore's runtime (None: MindSpore's default)")
 
     group = parser.add_argument_group("data (read by slab_ms.data.create_loaders)")
     group.add_argument("--dataset", default="imagefolder",
@@ -109,13 +76,12 @@ def build_parser():
                        help="extra factory kwargs (yaml mapping or JSON), e.g. a tiny test size")
     group.add_argument("--drop_rate", type=float, default=0.0)
     group.add_argument("--drop_path_rate", type=float, default=0.0)
-    group.add_argument("--checkpoint_path", default="",
-                       help="initial weights to fine-tune (strict; .ckpt or official .pth), see prepbn_schedule")
-    group.add_argument("--checkpoint_exclude", type=str, nargs="*", default=[],
-                       help="cells of --checkpoint_path left at their initial values, e.g. 'head' to fine-tune on "
+    group = add_checkpoint_args(parser, ckpt_help, aliases=ckpt_aliases, ema_aliases=ema_aliases)
+    group.add_argument("--ckpt_exclude", "--checkpoint_exclude", dest="ckpt_exclude", type=str, nargs="*", default=[],
+                       help="cells of --ckpt_file left at their initial values, e.g. 'head' to fine-tune on "
                             "another number of classes")
     group.add_argument("--prepbn_schedule", default="continue", choices=["continue", "restart"],
-                       help="γ schedule after --checkpoint_path weights. continue: keep the checkpoint's step, T "
+                       help="γ schedule after --ckpt_file weights. continue: keep the checkpoint's step, T "
                             "and warm-up, γ goes on where it was (a finished checkpoint fine-tunes as pure RepBN, "
                             "γ = 0 throughout); an unfinished decay must end within this run, and "
                             "prepbn_decay_steps / _ratio / _warmup_steps, if set, must equal the checkpoint's "
@@ -194,14 +160,22 @@ def _typed(action, value, key, path):
 
 
 def load_yaml_defaults(parser, path):
-    """The recipe's values as parser defaults; unknown keys are an error naming the closest options."""
+    """The recipe's values as parser defaults; unknown keys are an error naming the closest options.
+
+    A key is an option's name without the dashes; an option's older spellings (e.g. ``checkpoint_path`` for
+    ``ckpt_file``) are accepted as keys too.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: '{path}'")
-    with open(path, encoding="utf-8") as f:
-        recipe = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not a readable yaml recipe ({' '.join(str(err).split())})") from err
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe is a flat mapping of option: value")
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    by_dest = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    actions = {opt[2:]: a for a in by_dest.values() for opt in a.option_strings if opt.startswith("--")}
     unknown = [k for k in recipe if k not in actions]
     if unknown:
         lines = []
@@ -211,7 +185,12 @@ def load_yaml_defaults(parser, path):
             lines.append(f"'{key}'{hint}")
         raise ConfigError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} " + "; ".join(lines)
                           + ". Every key must be a train.py option (python train.py --help).")
-    return {k: _coerce(actions[k], v, k, path) for k, v in recipe.items()}
+    return {actions[k].dest: _coerce(actions[k], v, k, path) for k, v in recipe.items()}
+
+
+def read_recipe(path):
+    """A ``train.py`` recipe as ``{option: value}``, checked like ``train.py -c`` checks it (unknown keys, types)."""
+    return load_yaml_defaults(build_parser(), path)
 
 
 def parse_args(argv=None):

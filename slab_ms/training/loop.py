@@ -25,12 +25,12 @@ from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
-from ..layers import get_prepbn_schedule, set_prepbn_schedule
+from ..factory import create_model
+from ..layers import PRepBNSchedule
 from ..models import list_models
-from ..models._factory import create_model
+from ..weights.train_state import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
+                                   save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
-from .checkpoint import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
-                         save_final_checkpoint, save_train_checkpoint)
 from .config import ConfigError
 from .recalib import BNRecalibration, average_bn_statistics
 from .schedule import build_lr_schedule, start_prepbn_schedule
@@ -115,13 +115,12 @@ class Trainer:
 
         self.net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
                                 drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
-                                checkpoint_path=args.checkpoint_path, checkpoint_exclude=args.checkpoint_exclude,
-                                **args.model_kwargs)
+                                checkpoint_path=args.ckpt_file, ema=args.ckpt_ema,
+                                checkpoint_exclude=args.ckpt_exclude, **args.model_kwargs)
         # (step, T, warm-up) at optimizer step 0: a new schedule, or the checkpoint's continued (prepbn_schedule)
         self.schedule, schedule_note = start_prepbn_schedule(self.net, args, self.total_steps)
         if self.schedule:
-            step, decay, warmup = self.schedule
-            set_prepbn_schedule(self.net, step=step, decay_steps=decay, warmup_steps=warmup)
+            PRepBNSchedule.require(self.net).set(*self.schedule)
         # MindCV's cell-wrapping AMP (MindSpore's own O1 rewrites construct code and loses module globals)
         auto_mixed_precision(self.net, args.amp_level)
         self.lrs = build_lr_schedule(args, self.steps_per_epoch, self.images_per_step)
@@ -131,7 +130,7 @@ class Trainer:
                                     loss_scale=args.loss_scale, clip_grad=args.clip_grad,
                                     accumulate_steps=self.accum, ema_decay=args.ema_decay if args.ema else None)
         self.gamma_decay = GammaDecay(self.net, self.optimizer, self.total_steps, print_fn=self.log,
-                                      start_step=self.schedule[0]) if self.schedule else None
+                                      start_step=self.schedule[0], in_graph=True) if self.schedule else None
         self.progress = ProgressLogger(self.total_steps, self.steps_per_epoch, self.images_per_step,
                                        args.log_interval, self.lrs, print_fn=self.log)
         self.evaluator = Evaluator(self.net) if self.val_loader is not None else None
@@ -162,14 +161,14 @@ class Trainer:
                               f"{self.train_epochs} epochs + {args.bn_recalib_epochs} BN re-calibration epochs): "
                               "resume with the recipe, batch size, device count, accumulate_steps and data it was "
                               "written with")
-        if self.schedule:  # prepbn_step - global_step is the step the resumed run started from
-            s = get_prepbn_schedule(self.net)
+        if self.schedule:  # γ step - global_step is the step the resumed run started from
+            s = PRepBNSchedule.require(self.net).state()
             start, decay, warmup = self.schedule
             if (s["decay_steps"], s["warmup_steps"], s["step"]) != (decay, warmup, start + global_step):
                 raise ConfigError(f"'{path}' holds the γ schedule T={s['decay_steps']}, warm-up {s['warmup_steps']}, "
                                   f"step {s['step']} after {global_step} optimizer steps; this run computes T={decay}, "
                                   f"warm-up {warmup}, step {start + global_step}: resume with the same recipe "
-                                  "(and the --checkpoint_path / prepbn_schedule the run started with)")
+                                  "(and the --ckpt_file / prepbn_schedule the run started with)")
         self.last_checkpoint = path
         self.log(f"resumed from '{path}': epoch {epoch_num}, step {step_num} of the epoch, optimizer step "
                  f"{global_step}, lr {self.lrs[min(global_step, self.total_steps - 1)]:.3e}")
@@ -262,7 +261,7 @@ class Trainer:
             self.gamma_decay.on_train_end()
 
     def recalibrate_bn(self):
-        """``bn_recalib_epochs`` passes re-estimating BN statistics with frozen weights (SPEC §6.5)."""
+        """``bn_recalib_epochs`` passes re-estimating BN statistics with frozen weights."""
         first = max(self.epoch_num - self.train_epochs, 0)
         if first >= self.args.bn_recalib_epochs:
             return

@@ -1,4 +1,4 @@
-"""The paper's final phase: weights frozen, RepBN statistics re-estimated (SPEC §6.5).
+"""The paper's final phase: weights frozen, RepBN statistics re-estimated.
 
 After training, drop-path and the LN branch of PRepBN are off at inference, which shifts the
 activations the BatchNorms see. The reference therefore runs extra passes over the (augmented,
@@ -50,4 +50,3 @@ def average_bn_statistics(net):
     for bn in _batch_norms(net):
         for param in (bn.moving_mean, bn.moving_variance):
             ops.assign(param, all_reduce(param.value()) / size)
-

@@ -1,15 +1,15 @@
 """Learning-rate and γ (PRepBN) schedules, both counted in optimizer steps.
 
 The lr list is indexed by the optimizer's ``global_step``; γ is evaluated inside the model from its
-``prepbn_step`` Parameter. The train step advances both once per optimizer step, so they stay in
-lockstep under gradient accumulation, resume and dataset sinking: ``prepbn_step`` = the step the run
+:class:`~slab_ms.layers.PRepBNSchedule`. The train step advances both once per optimizer step, so they stay in
+lockstep under gradient accumulation, resume and dataset sinking: the γ step = the step the run
 started from (0, or a fine-tuned checkpoint's) + ``global_step``.
 """
 import math
 
 from mindcv.scheduler import create_scheduler
 
-from ..layers import get_prepbn_schedule, prepbn_gamma
+from ..layers import PRepBNSchedule
 from .config import ConfigError
 
 __all__ = ["scaled_lrs", "build_lr_schedule", "timm_cosine_lr", "resolve_prepbn_schedule",
@@ -17,7 +17,7 @@ __all__ = ["scaled_lrs", "build_lr_schedule", "timm_cosine_lr", "resolve_prepbn_
 
 
 def scaled_lrs(args, total_batch):
-    """(lr, warmup_lr, min_lr), multiplied by total_batch / scale_lr_batch as in the reference (SPEC §6.2)."""
+    """(lr, warmup_lr, min_lr), multiplied by total_batch / scale_lr_batch as in the reference."""
     factor = total_batch / args.scale_lr_batch if args.scale_lr_batch else 1.0
     return args.lr * factor, args.warmup_lr * factor, args.min_lr * factor
 
@@ -80,10 +80,10 @@ def resolve_prepbn_schedule(net, args, total_steps):
     without PRepBN.
 
     T is ``prepbn_decay_steps``, else ``prepbn_decay_ratio`` × total optimizer steps, else the model's
-    default. A schedule longer than the run is refused: training would end with γ > 0 while
-    evaluation is pure RepBN (SPEC §1.5, §9.3).
+    default. A schedule longer than the run is refused (:meth:`PRepBNSchedule.check_fits`).
     """
-    schedule = get_prepbn_schedule(net)
+    own = PRepBNSchedule.of(net)
+    schedule = own.state() if own else None
     asked = args.prepbn_decay_steps is not None or args.prepbn_decay_ratio is not None or args.prepbn_warmup_steps
     if schedule is None:
         if asked:
@@ -92,21 +92,22 @@ def resolve_prepbn_schedule(net, args, total_steps):
         return None
     decay, source = _recipe_decay(args, total_steps) or (schedule["decay_steps"], f"the default of {args.model}")
     warmup = args.prepbn_warmup_steps
-    if decay + warmup > total_steps:
-        raise ConfigError(
-            f"the γ schedule is longer than the run: T = {decay} ({source}) + prepbn_warmup_steps {warmup} > "
-            f"{total_steps} optimizer steps in this run. Training would end with γ > 0 while evaluation is pure "
-            f"RepBN. Set prepbn_decay_steps <= {total_steps - warmup} or prepbn_decay_ratio (e.g. 0.8).")
+    try:
+        PRepBNSchedule(decay, warmup).check_fits(total_steps, source=source)
+    except ValueError as err:
+        fix = (f"Set prepbn_decay_steps <= {total_steps - warmup} or prepbn_decay_ratio (e.g. 0.8)"
+               if warmup < total_steps else f"Set prepbn_warmup_steps < {total_steps}")
+        raise ConfigError(f"{err} {fix}.") from err
     return decay, warmup
 
 
 def start_prepbn_schedule(net, args, total_steps):
     """The γ schedule this run starts from: ``((step, decay_steps, warmup_steps), note)``; ``(None, None)``
-    for a model without PRepBN. ``net`` already holds the ``checkpoint_path`` weights, if any.
+    for a model without PRepBN. ``net`` already holds the ``ckpt_file`` weights, if any.
 
     * A new run, or ``prepbn_schedule: restart``: step 0 and :func:`resolve_prepbn_schedule`'s T and
       warm-up, so γ starts at 1 (fine-tuning goes through LayerNorm → RepBN again).
-    * ``checkpoint_path`` with ``prepbn_schedule: continue`` (the default): the loaded step, T and warm-up
+    * ``ckpt_file`` with ``prepbn_schedule: continue`` (the default): the loaded step, T and warm-up
       are kept and γ goes on from where the checkpoint was (the converter sets them from an official
       checkpoint's ``warm`` / ``iter`` / ``total_step``). A finished schedule fine-tunes as pure RepBN
       (γ = 0 throughout). An unfinished one must end within this run, and a T or warm-up the recipe sets
@@ -115,22 +116,23 @@ def start_prepbn_schedule(net, args, total_steps):
 
     ``note`` is the one log line saying which of these happened and γ at the start (None for a new run).
     """
-    loaded = get_prepbn_schedule(net)
-    if loaded is None or not args.checkpoint_path or args.prepbn_schedule == "restart":
+    own = PRepBNSchedule.of(net)
+    loaded = own.state() if own else None
+    if loaded is None or not args.ckpt_file or args.prepbn_schedule == "restart":
         resolved = resolve_prepbn_schedule(net, args, total_steps)
         if resolved is None:
             return None, None
         start = (0, *resolved)
-        if not args.checkpoint_path:
+        if not args.ckpt_file:
             return start, None
-        return start, (f"{args.checkpoint_path}: weights loaded; prepbn_schedule restart: its γ schedule (step "
+        return start, (f"{args.ckpt_file}: weights loaded; prepbn_schedule restart: its γ schedule (step "
                        f"{loaded['step']}, T={loaded['decay_steps']}, warm-up {loaded['warmup_steps']}, "
-                       f"γ={prepbn_gamma(**loaded):.4f}) is replaced by this run's (T={resolved[0]}, warm-up "
-                       f"{resolved[1]}): γ = {prepbn_gamma(*start):.4f} at the start")
+                       f"γ={own.gamma_value():.4f}) is replaced by this run's (T={resolved[0]}, warm-up "
+                       f"{resolved[1]}): γ = 1.0000 at the start")
 
     step, decay, warmup = loaded["step"], loaded["decay_steps"], loaded["warmup_steps"]
-    gamma, left = prepbn_gamma(step, decay, warmup), decay + warmup - step
-    where = (f"'{args.checkpoint_path}' is at step {step} of its γ schedule (T={decay}, warm-up {warmup}, "
+    gamma, left = own.gamma_value(), decay + warmup - step
+    where = (f"'{args.ckpt_file}' is at step {step} of its γ schedule (T={decay}, warm-up {warmup}, "
              f"γ={gamma:.4f})")
     recipe_decay = _recipe_decay(args, total_steps)
     conflicts, unset = [], []
@@ -143,7 +145,7 @@ def start_prepbn_schedule(net, args, total_steps):
     if left <= 0:
         unused = f"; the recipe's {' and '.join(conflicts)} is unused" if conflicts else ""
         return (step, decay, warmup), (
-            f"{args.checkpoint_path}: weights loaded; prepbn_schedule continue: its γ schedule is finished (step "
+            f"{args.ckpt_file}: weights loaded; prepbn_schedule continue: its γ schedule is finished (step "
             f"{step} ≥ warm-up {warmup} + T {decay}), so γ = 0.0000 at the start and throughout: pure RepBN "
             f"fine-tuning{unused}")
     if conflicts:
@@ -151,12 +153,12 @@ def start_prepbn_schedule(net, args, total_steps):
             f"prepbn_schedule continue: {where}, but the recipe asks for {' and '.join(conflicts)}. To continue "
             f"the checkpoint's decay remove that from the recipe ({' '.join(unset)}); to start γ at 1 again with "
             "the recipe's schedule pass --prepbn_schedule restart.")
-    if left > total_steps:
-        raise ConfigError(
-            f"prepbn_schedule continue: {where}: {left} steps of γ decay are left, more than the {total_steps} "
-            "optimizer steps of this run. Training would end with γ > 0 while evaluation is pure RepBN. Train "
-            "longer, or pass --prepbn_schedule restart with a T that fits.")
+    try:
+        own.check_fits(total_steps, source=args.ckpt_file)
+    except ValueError as err:
+        raise ConfigError(f"prepbn_schedule continue: {where}: {err} Train longer, or pass --prepbn_schedule "
+                          "restart with a T that fits.") from err
     return (step, decay, warmup), (
-        f"{args.checkpoint_path}: weights loaded; prepbn_schedule continue: γ goes on from its step {step} "
+        f"{args.ckpt_file}: weights loaded; prepbn_schedule continue: γ goes on from its step {step} "
         f"(T={decay}, warm-up {warmup}): γ = {gamma:.4f} at the start, 0 after {left} of this run's {total_steps} "
         "optimizer steps")

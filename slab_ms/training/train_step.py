@@ -1,7 +1,7 @@
 """The compiled training step: loss scale, gradient accumulation, clipping, optimizer, EMA and the γ step.
 
 Everything that must advance exactly once per optimizer step lives in the graph: the optimizer's
-``global_step`` (lr index), the model's ``prepbn_step`` (γ) and the EMA update all happen in the same
+``global_step`` (lr index), the step of the model's γ schedule and the EMA update all happen in the same
 branch as the optimizer call. Micro-batches of a gradient-accumulation cycle only add their gradients,
 so γ and the lr are exact under accumulation, under dataset sinking (no host callback involved) and
 after a resume (the counters are Parameters saved in the checkpoint).
@@ -14,6 +14,8 @@ from mindspore.context import ParallelMode
 from mindspore.parallel._utils import _get_device_num, _get_gradients_mean, _get_parallel_mode
 
 from mindcv.optim import create_optimizer
+
+from ..layers import PRepBNSchedule
 
 __all__ = ["NetWithLoss", "TrainStep", "param_groups", "build_optimizer"]
 
@@ -70,8 +72,8 @@ class TrainStep(nn.Cell):
     Args:
         net_with_loss: cell ``(images, labels) -> loss``.
         optimizer: a MindSpore optimizer over the model's trainable parameters.
-        model: the bare model; if it owns ``prepbn_step`` (a PRepBN model), that counter is advanced
-            once per optimizer step; its parameters are also the EMA source.
+        model: the bare model; if it owns a γ schedule (a PRepBN model), its step is advanced once per
+            optimizer step; its parameters are also the EMA source.
         loss_scale: fixed loss scale (gradients are unscaled before accumulation and clipping).
         clip_grad: max global gradient norm, or None (PyTorch ``clip_grad_norm_`` formula).
         accumulate_steps: micro-batches per optimizer step (gradients are averaged).
@@ -99,9 +101,10 @@ class TrainStep(nn.Cell):
         if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
             self.grad_reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), _get_device_num())
 
-        self.has_schedule = hasattr(model, "prepbn_step")
+        schedule = PRepBNSchedule.of(model)
+        self.has_schedule = schedule is not None
         if self.has_schedule:
-            self.prepbn_step = model.prepbn_step
+            self.gamma_step = schedule.step
 
         self.accumulate_steps = int(accumulate_steps)
         if self.accumulate_steps > 1:
@@ -152,7 +155,7 @@ class TrainStep(nn.Cell):
             grads = self.hyper_map(ops.partial(_scale, coef), grads)
         grad_norm = ops.depend(grad_norm, self.optimizer(grads))
         if self.has_schedule:
-            grad_norm = ops.depend(grad_norm, ops.assign_add(self.prepbn_step, self.one))
+            grad_norm = ops.depend(grad_norm, ops.assign_add(self.gamma_step, self.one))
         if self.use_ema:
             grad_norm = ops.depend(grad_norm, self.hyper_map(ops.partial(_ema_blend, self.ema_decay),
                                                              self.ema_float, self.ema_float_src))
@@ -162,15 +165,14 @@ class TrainStep(nn.Cell):
 
 
 def param_groups(net, weight_decay):
-    """Two groups as the reference (SPEC §6.3): no weight decay for 1-D parameters (biases, norm affines,
-    RepBN ``alpha``), names ending in ``.bias``, names in ``net.no_weight_decay()`` and names containing a
-    ``net.no_weight_decay_keywords()`` substring; everything else (incl. SLA positional encodings) decays."""
+    """Two groups as the reference: no weight decay for 1-D parameters (biases, norm affines, RepBN
+    ``alpha``), names ending in ``.bias`` and names in ``net.no_weight_decay()``; everything else (incl. SLA
+    positional encodings) decays."""
     skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
-    keywords = tuple(net.no_weight_decay_keywords()) if hasattr(net, "no_weight_decay_keywords") else ()
     params = net.trainable_params()
     decay, no_decay = [], []
     for p in params:
-        if p.ndim <= 1 or p.name.endswith(".bias") or p.name in skip or any(k in p.name for k in keywords):
+        if p.ndim <= 1 or p.name.endswith(".bias") or p.name in skip:
             no_decay.append(p)
         else:
             decay.append(p)
@@ -179,7 +181,7 @@ def param_groups(net, weight_decay):
 
 
 def build_optimizer(net, args, lrs):
-    """MindCV ``create_optimizer`` over the §6.3 groups with the per-step lr list ``lrs``."""
+    """MindCV ``create_optimizer`` over the two weight-decay groups with the per-step lr list ``lrs``."""
     kwargs = {"beta1": args.beta1, "beta2": args.beta2} if args.opt.lower() in ("adam", "adamw") else {}
     factory_logger = logging.getLogger("mindcv.optim.optim_factory")
     level = factory_logger.level
