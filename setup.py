@@ -15,5 +15,7 @@ setup(
         "demo": ["scikit-learn"],
         "onnx": ["onnxruntime"],
     },
+    entry_points={"console_scripts": [
+        f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]},
     license="Apache-2.0",
 )

@@ -121,7 +121,7 @@ if [ "$DEMO" = 1 ]; then
 print(f\"--image_size {r['image_size']} --model_kwargs '{json.dumps(r['model_kwargs'])}'\")")
     cat <<EOF
 checkpoint: $OUTPUT_DIR/slab_deit_tiny.ckpt
-next:  python validate.py -c $CONFIG --ckpt_path $OUTPUT_DIR/slab_deit_tiny.ckpt --deploy
+next:  python validate.py -c $CONFIG --ckpt_file $OUTPUT_DIR/slab_deit_tiny.ckpt --deploy
        python export.py --ckpt_file $OUTPUT_DIR/slab_deit_tiny.ckpt $EXPORT_ARGS
 EOF
 fi

@@ -11,10 +11,10 @@ Usage:
   bash scripts/run_eval.sh -c CONFIG [-k CHECKPOINT] [-d DATA_DIR] [--deploy] [-- VALIDATE_PY_ARGS ...]
 Options:
   -c, --config PATH      the recipe the model was trained with (model, model_kwargs, image_size, data keys)
-  -k, --ckpt_path PATH   a train.py .ckpt or an official .pth (default: <ckpt_dir>/<model>.ckpt of the recipe)
+  -k, --ckpt_file PATH   a train.py .ckpt or an official .pth (default: <ckpt_dir>/<model>.ckpt of the recipe)
   -d, --data_dir PATH    dataset root with val/<class>/* (default: the recipe's)
   --deploy               evaluate the re-parameterized (norm-folded) model
-  -- ARGS                passed on to validate.py, e.g. -- --eval_ema --device_target Ascend
+  -- ARGS                passed on to validate.py, e.g. -- --ckpt_ema --device_target Ascend
 EOF
 }
 
@@ -33,7 +33,7 @@ if [ $# -eq 0 ]; then
     CKPT=$(ls -t ./output/demo*/*/slab_deit_tiny.ckpt 2>/dev/null | head -n 1 || true)
     [ -n "$CKPT" ] || fail "no demo checkpoint under ./output/demo*/: run bash scripts/run_distribute_train.sh first"
     for FORM in --deploy=False --deploy=True; do
-        python validate.py -c configs/demo/slab_deit_demo.yaml --ckpt_path "$CKPT" "$FORM"
+        python validate.py -c configs/demo/slab_deit_demo.yaml --ckpt_file "$CKPT" "$FORM"
     done
     exit 0
 fi
@@ -43,11 +43,11 @@ while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --deploy) EXTRA+=(--deploy); shift ;;
-        -c|--config|-k|--ckpt_path|-d|--data_dir)
+        -c|--config|-k|--ckpt_file|--ckpt_path|-d|--data_dir)
             [ $# -ge 2 ] || fail "$1 needs a value"
             case "$1" in
                 -c|--config) CONFIG="$2" ;;
-                -k|--ckpt_path) CKPT="$2" ;;
+                -k|--ckpt_file|--ckpt_path) CKPT="$2" ;;
                 -d|--data_dir) DATA_DIR="$2" ;;
             esac
             shift 2 ;;
@@ -60,6 +60,6 @@ done
 [ -z "$CKPT" ] || [ -f "$CKPT" ] || fail "checkpoint not found: '$CKPT'"
 [ -z "$DATA_DIR" ] || [ -d "$DATA_DIR" ] || fail "data directory not found: '$DATA_DIR'"
 ARGS=(-c "$CONFIG")
-[ -z "$CKPT" ] || ARGS+=(--ckpt_path "$CKPT")
+[ -z "$CKPT" ] || ARGS+=(--ckpt_file "$CKPT")
 [ -z "$DATA_DIR" ] || ARGS+=(--data_dir "$DATA_DIR")
 exec python validate.py "${ARGS[@]}" "${EXTRA[@]}"

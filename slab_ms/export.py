@@ -1,9 +1,11 @@
 """Export a SLAB model in its deploy form (every RepBN / PRepBN folded away) as MindIR, ONNX or AIR.
 
-    python export.py --model slab_deit_tiny --ckpt_file slab_deit_tiny.ckpt --file_format MINDIR
+    python -m slab_ms.export --model slab_deit_tiny --ckpt_file slab_deit_tiny.ckpt --file_format MINDIR
+
+(also ``python export.py`` in the repository, ``slab-export`` once installed.)
 
 Builds ``--model``, loads ``--ckpt_file`` strictly (a MindSpore ``.ckpt``, or an official ``.pth``
-through ``slab_ms.convert``), folds every foldable norm (``slab_ms.reparameterize_model``), exports,
+through ``slab_ms.weights``), folds every foldable norm (``slab_ms.reparameterize_model``), exports,
 reloads the written file (``mindspore.load`` + ``nn.GraphCell``; onnxruntime for ONNX) and compares
 its logits on a fixed random batch with the training-form model in eval mode. It succeeds only if
 max|Δ| ≤ 1e-4 · max(1, max|logit|) for both the deploy network and the reloaded file; a mismatch
@@ -14,7 +16,7 @@ temporary name and renamed only after the check, so a failed run leaves no outpu
 ``-c recipe.yaml`` (a train.py recipe) supplies ``model``, ``model_kwargs``, ``image_size`` and
 ``num_classes``, and the newest checkpoint in its ``ckpt_dir``; command-line options override it.
 With neither ``--ckpt_file`` nor ``-c`` the newest checkpoint of a demo run is exported: the newest
-``*.ckpt`` in the ``ckpt_dir`` of a ``configs/demo/*.yaml`` recipe (with that recipe), else under
+``*.ckpt`` in the ``ckpt_dir`` of a ``./configs/demo/*.yaml`` recipe (with that recipe), else under
 ``./output`` or ``./ckpt``. Without ``--model`` the model is read from a train.py checkpoint name
 (``<model>.ckpt``, ``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read
 from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``).
@@ -27,51 +29,49 @@ reloaded by MindSpore, so for AIR only the in-process deploy check is made.
 """
 import argparse
 import glob
-import json
 import os
 import re
 import sys
 
 import numpy as np
-import yaml
 import mindspore as ms
 from mindspore import nn, ops
 
-import slab_ms
-from slab_ms.models._factory import load_checkpoint
-from slab_ms.reparam import remaining_norms
+from . import cli
+from .cli import UsageError
+from .factory import create_model
+from .models import list_models
+from .reparam import remaining_norms, reparameterize_model
+from .training.config import read_recipe
+from .utils import atomic_output
+from .weights import load_checkpoint
+
+TOOL = "export.py"
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
-DEVICES = ("CPU", "GPU", "Ascend")
 RELATIVE_TOLERANCE = 1e-4
 CHECKPOINT_DIRS = ("output", "ckpt")  # where train.py runs write checkpoints (recipes' ckpt_dir)
-DEMO_RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo", "*.yaml")
+DEMO_RECIPES = os.path.join("configs", "demo", "*.yaml")  # the repository's, from where the demo ran
 RECIPE_KEYS = ("model", "model_kwargs", "image_size", "num_classes")
 TRAIN_CKPT_NAME = re.compile(r"^(?P<model>.+?)(-\d{4}_\d{6})?\.ckpt$")
 
 
-class ExportError(Exception):
-    """Bad input: one message, exit status 2."""
+class ExportMismatch(Exception):
+    """The exported file does not reproduce the training form (the file is not kept)."""
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("-c", "--config", default=None, help="train.py recipe (yaml) the checkpoint was trained with")
-    parser.add_argument("--model", default=None, help="registered model name, e.g. slab_deit_tiny (default: from "
-                        "the recipe or the checkpoint's file name)")
-    parser.add_argument("--ckpt_file", default="", help="MindSpore .ckpt or official .pth (default: the newest "
-                        "checkpoint of the recipe or of the demo run)")
-    parser.add_argument("--ema", action="store_true", help="load the ema.* weights of a train.py checkpoint")
-    parser.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
-    parser.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
-    parser.add_argument("--batch_size", default=1, type=int)
-    parser.add_argument("--image_size", default=None, type=int, help="default: the recipe's, else 224")
-    parser.add_argument("--num_classes", default=None, type=int, help="default: the recipe's, else the "
-                        "checkpoint's head")
-    parser.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
-    parser.add_argument("--model_kwargs", default=None, help='extra model arguments as JSON, e.g. \'{"depth": 6}\' '
-                        "(default: the recipe's)")
+    group = cli.add_model_args(parser)
+    group.add_argument("--batch_size", default=1, type=int)
+    cli.add_checkpoint_args(parser, "MindSpore .ckpt or official .pth (default: the newest checkpoint of the recipe "
+                            "or of the demo run)", ema_aliases=("--ema",))
+    group = parser.add_argument_group("output")
+    group.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
+    group.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
+    cli.add_device_args(parser)
     return parser.parse_args(argv)
 
 
@@ -82,83 +82,72 @@ def newest_checkpoint(folders=CHECKPOINT_DIRS):
     return max(paths, key=os.path.getmtime) if paths else None
 
 
-def read_recipe(path):
+def _read_recipe(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ExportError(f"cannot read recipe '{path}': {err}") from err
-    if not isinstance(recipe, dict):
-        raise ExportError(f"recipe '{path}' is not a mapping of option: value")
-    return recipe
+        return read_recipe(path)
+    except ValueError as err:
+        raise UsageError(f"recipe: {err}") from err
 
 
 def demo_checkpoint():
     """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
     found = []
     for path in glob.glob(DEMO_RECIPES):
-        recipe = read_recipe(path)
+        recipe = _read_recipe(path)
         ckpt = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
         if ckpt:
             found.append((os.path.getmtime(ckpt), ckpt, path, recipe))
     if found:
         _, ckpt, path, recipe = max(found)
-        print(f"export.py: no --ckpt_file given; using the demo checkpoint {ckpt} (recipe {path})")
+        print(f"{TOOL}: no --ckpt_file given; using the demo checkpoint {ckpt} (recipe {path})")
         return ckpt, recipe
     ckpt = newest_checkpoint()
     if ckpt is None:
-        raise ExportError("no --ckpt_file given and no checkpoint of a demo run (./output, ./ckpt). Pass "
-                          "--ckpt_file with a .ckpt written by train.py or slab_ms.convert, or an official "
-                          ".pth (https://github.com/xinghaochen/SLAB/releases), or -c with its train.py recipe.")
-    print(f"export.py: no --ckpt_file given; using the newest checkpoint {ckpt}")
+        raise UsageError("no --ckpt_file given and no checkpoint of a demo run (./output, ./ckpt). Pass "
+                         "--ckpt_file with a .ckpt written by train.py or slab_ms.convert, or an official "
+                         ".pth (https://github.com/xinghaochen/SLAB/releases), or -c with its train.py recipe.")
+    print(f"{TOOL}: no --ckpt_file given; using the newest checkpoint {ckpt}")
     return ckpt, None
 
 
 def check_args(args):
-    """Everything that can be checked before the model is built; raises ExportError."""
+    """Everything that can be checked before the model is built; raises UsageError."""
     if args.file_format not in FORMATS:
-        raise ExportError(f"unsupported --file_format '{args.file_format}'; choose one of {', '.join(FORMATS)}.")
-    if args.device_target not in DEVICES:
-        raise ExportError(f"unknown --device_target '{args.device_target}'; choose one of {', '.join(DEVICES)}.")
+        raise UsageError(f"unsupported --file_format '{args.file_format}'; choose one of {', '.join(FORMATS)}.")
     if args.file_format == "AIR" and args.device_target != "Ascend":
-        raise ExportError("AIR can only be exported on Ascend (it is compiled by Ascend's ATC); pass "
-                          "--device_target Ascend on an Ascend machine, or use --file_format MINDIR or ONNX.")
-    recipe = read_recipe(args.config) if args.config else None
+        raise UsageError("AIR can only be exported on Ascend (it is compiled by Ascend's ATC); pass "
+                         "--device_target Ascend on an Ascend machine, or use --file_format MINDIR or ONNX.")
+    recipe = _read_recipe(args.config) if args.config else None
     if not args.ckpt_file:
         if recipe is not None:
             args.ckpt_file = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
             if args.ckpt_file is None:
-                raise ExportError(f"no checkpoint in the ckpt_dir of '{args.config}' "
-                                  f"({recipe.get('ckpt_dir', './ckpt')}); train first or pass --ckpt_file.")
+                raise UsageError(f"no checkpoint in the ckpt_dir of '{args.config}' "
+                                 f"({recipe.get('ckpt_dir', './ckpt')}); train first or pass --ckpt_file.")
         else:
             args.ckpt_file, recipe = demo_checkpoint()
     for key in RECIPE_KEYS:  # the command line wins over the recipe
         if getattr(args, key) is None and recipe is not None and recipe.get(key) is not None:
-            value = recipe[key]
-            setattr(args, key, json.dumps(value) if key == "model_kwargs" else value)
-    args.image_size = 224 if args.image_size is None else args.image_size
+            setattr(args, key, recipe[key])
+    kwargs = dict(args.model_kwargs or {})
+    size = kwargs.pop("image_size", 224)  # the input size is --image_size's, else model_kwargs', else 224
+    args.image_size = size if args.image_size is None else args.image_size
     if args.batch_size < 1 or args.image_size < 1:
-        raise ExportError(f"--batch_size and --image_size must be positive, got {args.batch_size} and "
-                          f"{args.image_size}.")
-    try:
-        kwargs = json.loads(args.model_kwargs or "{}")
-    except json.JSONDecodeError as err:
-        raise ExportError(f"--model_kwargs is not valid JSON ({err}): {args.model_kwargs}") from err
-    if not isinstance(kwargs, dict):
-        raise ExportError(f"--model_kwargs must be a JSON object, got {args.model_kwargs}")
+        raise UsageError(f"--batch_size and --image_size must be positive, got {args.batch_size} and "
+                         f"{args.image_size}.")
     if not os.path.isfile(args.ckpt_file):
-        raise ExportError(f"checkpoint file not found: '{args.ckpt_file}'.")
+        raise UsageError(f"checkpoint file not found: '{args.ckpt_file}'.")
     if args.model is None:
         match = TRAIN_CKPT_NAME.match(os.path.basename(args.ckpt_file))
-        if not match or match.group("model") not in slab_ms.list_models():
-            raise ExportError(f"pass --model: the name of '{args.ckpt_file}' does not say which model it holds "
-                              f"(registered: {', '.join(slab_ms.list_models())}).")
+        if not match or match.group("model") not in list_models():
+            raise UsageError(f"pass --model: the name of '{args.ckpt_file}' does not say which model it holds "
+                             f"(registered: {', '.join(list_models())}).")
         args.model = match.group("model")
     if args.num_classes is None:
         args.num_classes = checkpoint_num_classes(args.ckpt_file)
     folder = os.path.dirname(os.path.abspath(output_path(args)))
     if not os.path.isdir(folder):
-        raise ExportError(f"the folder of --file_name does not exist: {folder}")
+        raise UsageError(f"the folder of --file_name does not exist: {folder}")
     return kwargs
 
 
@@ -175,7 +164,7 @@ def checkpoint_num_classes(path, default=1000):
     try:
         head = ms.load_checkpoint(path, choice_func=lambda name: name == "head.weight").get("head.weight")
     except (ValueError, RuntimeError) as err:
-        raise ExportError(f"'{path}' is not a readable MindSpore checkpoint ({err}).") from err
+        raise UsageError(f"'{path}' is not a readable MindSpore checkpoint ({err}).") from err
     return int(head.shape[0]) if head is not None else default
 
 
@@ -201,27 +190,17 @@ def replace_exact_gelu(net):
     return count
 
 
-def set_device(target):
-    if ms.get_context("device_target") == target:
-        return
-    try:
-        ms.set_device(target)
-    except RuntimeError as err:
-        raise ExportError(f"--device_target {target} is not usable with this MindSpore installation: "
-                          f"{str(err).strip().splitlines()[0]}") from err
-
-
 def build_model(args, kwargs):
-    if args.model not in slab_ms.list_models():
-        raise ExportError(f"unknown --model '{args.model}'; registered models: {', '.join(slab_ms.list_models())}.")
+    if args.model not in list_models():
+        raise UsageError(f"unknown --model '{args.model}'; registered models: {', '.join(list_models())}.")
     try:
-        net = slab_ms.create_model(args.model, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
+        net = create_model(args.model, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
     except (TypeError, ValueError) as err:
-        raise ExportError(f"cannot build {args.model} with --model_kwargs {args.model_kwargs}: {err}") from err
+        raise UsageError(f"cannot build {args.model} with --model_kwargs {args.model_kwargs}: {err}") from err
     try:
-        load_checkpoint(net, args.ckpt_file, ema=args.ema)
+        load_checkpoint(net, args.ckpt_file, ema=args.ckpt_ema)
     except (FileNotFoundError, ValueError) as err:
-        raise ExportError(str(err)) from err
+        raise UsageError(str(err)) from err
     return net.set_train(False)
 
 
@@ -235,27 +214,26 @@ def reload_logits(path, file_format, x):
 
 def export(args, kwargs):
     """Export and check; returns (output path or None, list of failed checks as text)."""
-    set_device(args.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
+    cli.set_context(args)
     net = build_model(args, kwargs)
     x = np.random.default_rng(0).standard_normal((args.batch_size, 3, args.image_size, args.image_size),
                                                  dtype=np.float32)
     reference = net(ms.Tensor(x)).asnumpy()
     tolerance = RELATIVE_TOLERANCE * max(1.0, float(np.abs(reference).max()))
 
-    deploy = slab_ms.reparameterize_model(net)
+    deploy = reparameterize_model(net)
     left = remaining_norms(deploy)
-    print(f"export.py: {args.model}: " + (f"{len(left)} norm(s) kept: " + ", ".join(
+    print(f"{TOOL}: {args.model}: " + (f"{len(left)} norm(s) kept: " + ", ".join(
         f"{name} ({kind})" for name, kind, _ in left) if left else "every norm folded"))
     if args.file_format == "ONNX":
-        print(f"export.py: ONNX: {replace_exact_gelu(deploy)} exact GELU(s) written without Erf")
+        print(f"{TOOL}: ONNX: {replace_exact_gelu(deploy)} exact GELU(s) written without Erf")
 
     failures = []
 
     def check(what, logits):
         err = float(np.abs(logits - reference).max())
         ok = err <= tolerance
-        print(f"export.py: {what} vs training form: max|diff| {err:.3g} (max|logit| "
+        print(f"{TOOL}: {what} vs training form: max|diff| {err:.3g} (max|logit| "
               f"{np.abs(reference).max():.4g}, tolerance {tolerance:.3g}) {'ok' if ok else 'MISMATCH'}")
         if not ok:
             failures.append(f"{what}: max|diff| {err:.3g} > tolerance {tolerance:.3g}")
@@ -267,41 +245,36 @@ def export(args, kwargs):
     final_path = output_path(args)
     ext = FORMATS[args.file_format]
     # Written under a temporary name in the same folder, renamed once checked: no partial output file.
-    temp_base = os.path.join(os.path.dirname(os.path.abspath(final_path)),
-                             f".{os.path.basename(final_path)[:-len(ext)]}.partial{os.getpid()}")
-    temp_path = temp_base + ext
     try:
-        try:
-            ms.export(deploy, ms.Tensor(x), file_name=temp_base, file_format=args.file_format)
-        except (RuntimeError, TypeError, ValueError) as err:
-            raise ExportError(f"MindSpore cannot write {args.model} as {args.file_format}: "
-                              f"{str(err).strip().splitlines()[0]}") from err
-        if args.file_format == "AIR":
-            print("export.py: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
-        else:
-            check(f"reloaded {args.file_format}", reload_logits(temp_path, args.file_format, x))
-        if failures:
-            return None, failures
-        os.replace(temp_path, final_path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+        with atomic_output(final_path, suffix=ext) as temp_path:
+            try:
+                ms.export(deploy, ms.Tensor(x), file_name=temp_path[:-len(ext)], file_format=args.file_format)
+            except (RuntimeError, TypeError, ValueError) as err:
+                raise UsageError(f"MindSpore cannot write {args.model} as {args.file_format}: "
+                                 f"{str(err).strip().splitlines()[0]}") from err
+            if args.file_format == "AIR":
+                print(f"{TOOL}: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
+            else:
+                check(f"reloaded {args.file_format}", reload_logits(temp_path, args.file_format, x))
+            if failures:
+                raise ExportMismatch()
+    except ExportMismatch:
+        return None, failures
     return final_path, failures
 
 
-def main(argv=None):
+def _export(argv):
     args = parse_args(argv)
-    try:
-        kwargs = check_args(args)
-        path, failures = export(args, kwargs)
-    except ExportError as err:
-        print(f"export.py: error: {err}", file=sys.stderr)
-        return 2
+    path, failures = export(args, check_args(args))
     if failures:
-        print("export.py: FAILED, nothing written: " + "; ".join(failures), file=sys.stderr)
+        print(f"{TOOL}: FAILED, nothing written: " + "; ".join(failures), file=sys.stderr)
         return 1
-    print(f"export.py: wrote {path}")
+    print(f"{TOOL}: wrote {path}")
     return 0
+
+
+def main(argv=None):
+    return cli.run(TOOL, _export, argv)
 
 
 if __name__ == "__main__":

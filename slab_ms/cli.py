@@ -1,0 +1,115 @@
+"""The one vocabulary of the command-line tools (train, validate, export, convert, benchmark).
+
+Each tool builds its parser from these groups, so a flag means the same thing everywhere and keeps the
+MindSpore model-zoo spelling users type (``--ckpt_file``, ``--file_name``, ``--file_format``,
+``--device_target``); earlier spellings stay as aliases. Bad input is one ``<tool>: error: ...`` line and
+exit status 2 in every tool (:func:`run`).
+"""
+import argparse
+import json
+import sys
+
+__all__ = ["UsageError", "str2bool", "json_dict", "optional", "add_model_args", "factory_kwargs", "add_checkpoint_args", "add_device_args",
+           "set_context", "run", "DEVICES"]
+
+DEVICES = ("CPU", "GPU", "Ascend")
+
+
+class UsageError(ValueError):
+    """Input the tool cannot work with: one message, exit status 2."""
+
+
+def str2bool(value):
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes", "y", "on"):
+        return True
+    if str(value).lower() in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got '{value}'")
+
+
+def json_dict(value):
+    """A dict from a yaml mapping or a JSON object string."""
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depth\": 1}}', got '{value}'") from err
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got '{value}'")
+    return parsed
+
+
+def optional(cast):
+    """``cast`` that also accepts 'none' / 'null' / '' for "not set"."""
+    def parse(value):
+        if value is None or str(value).lower() in ("none", "null", ""):
+            return None
+        return cast(value)
+    parse.__name__ = getattr(cast, "__name__", "value")
+    return parse
+
+
+def add_model_args(parser, model_default=None):
+    """``--model --num_classes --image_size --model_kwargs``."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=model_default, help="registered model name, e.g. slab_deit_tiny")
+    group.add_argument("--num_classes", type=optional(int), default=None,
+                       help="classifier outputs (default: the recipe's, the data's or the checkpoint's)")
+    group.add_argument("--image_size", type=optional(int), default=None, help="input height and width")
+    group.add_argument("--model_kwargs", type=json_dict, default=None,
+                       help='extra factory kwargs as JSON (or a yaml mapping in a recipe), e.g. \'{"depth": 6}\'')
+    return group
+
+
+def factory_kwargs(args):
+    """``--model_kwargs`` with ``--image_size`` over it when given (one dict for ``create_model``)."""
+    kwargs = dict(args.model_kwargs or {})
+    if args.image_size is not None:
+        kwargs["image_size"] = args.image_size
+    return kwargs
+
+
+def add_checkpoint_args(parser, help, aliases=(), ema_aliases=()):
+    """``--ckpt_file`` (the checkpoint the tool reads) and ``--ckpt_ema`` (read its ``ema.*`` weights)."""
+    group = parser.add_argument_group("checkpoint")
+    group.add_argument("--ckpt_file", *aliases, dest="ckpt_file", default="", help=help)
+    group.add_argument("--ckpt_ema", *ema_aliases, dest="ckpt_ema", type=str2bool, nargs="?", const=True,
+                       default=False, help="read the ema.* weights of a train.py checkpoint (trained with --ema True)")
+    return group
+
+
+def add_device_args(parser):
+    """``--device_target --mode --runtime_num_threads``."""
+    group = parser.add_argument_group("system")
+    group.add_argument("--device_target", default="CPU", choices=DEVICES)
+    group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
+    group.add_argument("--runtime_num_threads", type=optional(int), default=None,
+                       help="CPU threads of MindSpore's runtime (None: MindSpore's default)")
+    return group
+
+
+def set_context(args):
+    """Execution mode, device and CPU threads from :func:`add_device_args`' options."""
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE if args.mode == 0 else ms.PYNATIVE_MODE)
+    if ms.get_context("device_target") != args.device_target:
+        try:
+            ms.set_device(args.device_target)
+        except RuntimeError as err:
+            raise UsageError(f"--device_target {args.device_target} is not usable with this MindSpore installation: "
+                             f"{str(err).strip().splitlines()[0]}") from err
+    if args.runtime_num_threads:
+        ms.set_context(runtime_num_threads=args.runtime_num_threads)
+
+
+def run(tool, main, argv=None):
+    """``main(argv)`` of the tool ``tool`` ("export.py", ...); bad input (UsageError / ValueError /
+    FileNotFoundError) is one ``<tool>: error: ...`` line and exit status 2."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{tool}: error: {err}", file=sys.stderr, flush=True)
+        return 2

@@ -1,0 +1,56 @@
+"""Convert an official PyTorch SLAB checkpoint to a MindSpore ``.ckpt`` (torch is not needed).
+
+    python -m slab_ms.convert --model slab_deit_tiny --ckpt_file slab_deit_t.pth --file_name slab_deit_tiny.ckpt
+
+(``slab-convert`` once installed.) The model is built with ``--num_classes`` / ``--image_size`` /
+``--model_kwargs``, the checkpoint is mapped onto it strictly (``slab_ms.weights``) and written atomically.
+Bad input (unknown model, missing or foreign checkpoint) is one message and exit status 2.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from . import cli
+from .cli import UsageError
+from .factory import create_model
+from .models import list_models
+from .weights import load_official_checkpoint, save_checkpoint
+
+TOOL = "convert.py"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    group = cli.add_model_args(parser)
+    # Earlier spellings of this tool.
+    group.add_argument("--num-classes", dest="num_classes", type=cli.optional(int), help=argparse.SUPPRESS)
+    group.add_argument("--model-kwargs", dest="model_kwargs", type=cli.json_dict, help=argparse.SUPPRESS)
+    cli.add_checkpoint_args(parser, "official .pth (or .npz) file", aliases=("--src",), ema_aliases=("--ema",))
+    group = parser.add_argument_group("output")
+    group.add_argument("--file_name", "--dst", dest="file_name", default="", help="output .ckpt file")
+    return parser.parse_args(argv)
+
+
+def _convert(argv):
+    args = parse_args(argv)
+    if args.model not in list_models():
+        raise UsageError(f"unknown --model '{args.model}'; choose one of {', '.join(list_models())}")
+    if not args.ckpt_file or not args.file_name:
+        raise UsageError("pass --ckpt_file (the official .pth) and --file_name (the .ckpt to write)")
+    if os.path.isdir(args.file_name):
+        raise UsageError(f"--file_name '{args.file_name}' is a folder; give the path of the .ckpt to write")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    net = create_model(args.model, num_classes=args.num_classes or 1000, **cli.factory_kwargs(args))
+    load_official_checkpoint(net, args.ckpt_file, use_ema=args.ckpt_ema)
+    save_checkpoint(net, args.file_name)
+    print(f"wrote {args.file_name} ({sum(p.size for p in net.get_parameters()):,} values)")
+    return 0
+
+
+def main(argv=None):
+    return cli.run(TOOL, _convert, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
