@@ -5,8 +5,8 @@ import os
 import numpy as np
 import mindspore as ms
 
-from slab_ms.convert import load_official_checkpoint
-from slab_ms.layers import get_prepbn_schedule, set_prepbn_schedule
+from slab_ms.weights import load_official_checkpoint
+from slab_ms.layers import PRepBNSchedule
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -44,6 +44,19 @@ def random_official_state(shapes, rng, total_step, it=0):
         else:
             state[key] = rng.standard_normal(shape).astype(np.float32)
     return state
+
+
+def official_kwargs(kwargs):
+    """The reference's constructor kwargs with its ``in_chans`` under MindCV's name ``in_channels``."""
+    kwargs = dict(kwargs)
+    if "in_chans" in kwargs:
+        kwargs["in_channels"] = kwargs.pop("in_chans")
+    return kwargs
+
+
+def gamma_at(step, decay_steps, warmup_steps=0):
+    """γ at ``step`` of a schedule, as a Python float."""
+    return PRepBNSchedule(decay_steps, warmup_steps).gamma_value(step)
 
 
 def rel_err(actual, expected):
@@ -107,10 +120,9 @@ def check_parity(net, fixture, act_name_map=None):
     assert errors["features_eval"] <= 1e-4
 
     gamma = meta["train"]["gamma"]
-    schedule = get_prepbn_schedule(net)
     if gamma is not None:
-        decay = schedule["decay_steps"]
-        set_prepbn_schedule(net, step=round((1 - gamma) * decay), warmup_steps=0)
+        schedule = PRepBNSchedule.require(net)
+        schedule.set(step=round((1 - gamma) * schedule.state()["decay_steps"]), warmup_steps=0)
     net.set_train(True)
     train_logits = net(ms.Tensor(x)).asnumpy()
     net.set_train(False)

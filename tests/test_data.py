@@ -181,5 +181,5 @@ def test_train_py_stops_on_a_corrupt_image_before_writing(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--model", "slab_deit_tiny", "--data_dir", str(root),
                              "--ckpt_dir", str(ckpt_dir)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 corrupt or unreadable image file(s)")
+    assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: 1 corrupt or unreadable image file(s)")
     assert "cat/1.png" in result.stderr and not ckpt_dir.exists()

@@ -124,14 +124,14 @@ def test_train_validate_export_end_to_end(recipe):
 
 def test_validate_bad_input_is_one_message(recipe, tmp_path):
     _, config = recipe
-    missing = run([sys.executable, "validate.py", "-c", config, "--ckpt_path", str(tmp_path / "none.ckpt")])
-    assert missing.returncode == 2 and missing.stderr.strip().startswith("error: checkpoint not found")
+    missing = run([sys.executable, "validate.py", "-c", config, "--ckpt_file", str(tmp_path / "none.ckpt")])
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("validate.py: error: checkpoint not found")
     empty_val = tmp_path / "data"
     write_image_folder(str(empty_val), classes=2, train_per_class=1, val_per_class=1)
     os.remove(empty_val / "val" / "class1" / "0.png")
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"")
-    result = run([sys.executable, "validate.py", "-c", config, "--data_dir", str(empty_val), "--ckpt_path",
+    result = run([sys.executable, "validate.py", "-c", config, "--data_dir", str(empty_val), "--ckpt_file",
                   str(ckpt)])
     assert result.returncode == 2
     assert "error: 1 class folder(s)" in result.stderr and "class1" in result.stderr

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,19 +12,20 @@ import pytest
 import yaml
 from mindspore import Tensor, nn
 
-import export
+import slab_ms.export as export
 import slab_ms
-from slab_ms.models._factory import load_checkpoint
-from test_reparam import TINY, randomize, relative_error, tiny_input
+from slab_ms.weights import load_checkpoint
+from slab_ms.models import tiny_config
+from test_reparam import randomize, relative_error, tiny_input
 
 
 def _tiny_args(name):
-    kwargs = {k: v for k, v in TINY[name].items() if k != "image_size"}
-    return ["--image_size", str(TINY[name]["image_size"]), "--model_kwargs", json.dumps(kwargs)]
+    kwargs = tiny_config(name)
+    return ["--image_size", str(kwargs.pop("image_size")), "--model_kwargs", json.dumps(kwargs)]
 
 
 def _training_form(name, ckpt):
-    net = slab_ms.create_model(name, num_classes=10, **TINY[name])
+    net = slab_ms.create_model(name, num_classes=10, **tiny_config(name))
     return load_checkpoint(net, ckpt).set_train(False)
 
 
@@ -33,7 +35,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     paths = {}
     for seed, name in enumerate(["slab_deit_tiny", "pvt_tiny_prepbn", "slab_pvt_tiny"]):
-        net = randomize(slab_ms.create_model(name, num_classes=10, **TINY[name]), seed=seed)
+        net = randomize(slab_ms.create_model(name, num_classes=10, **tiny_config(name)), seed=seed)
         paths[name] = str(folder / f"{name}.ckpt")
         ms.save_checkpoint(net, paths[name])
     return paths
@@ -43,8 +45,11 @@ def _files(folder):
     return sorted(os.listdir(folder))
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _demo_recipe():
-    recipes = glob.glob(export.DEMO_RECIPES)
+    recipes = glob.glob(os.path.join(ROOT, export.DEMO_RECIPES))
     assert len(recipes) == 1, f"expected one demo recipe, found {recipes}"
     with open(recipes[0], encoding="utf-8") as f:
         return yaml.safe_load(f)
@@ -53,6 +58,7 @@ def _demo_recipe():
 def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatch, capsys):
     """``python export.py`` after the demo run: checkpoint, model, sizes and classes all come from the demo."""
     recipe = _demo_recipe()
+    shutil.copytree(os.path.join(ROOT, "configs", "demo"), tmp_path / "configs" / "demo")  # a checkout's
     monkeypatch.chdir(tmp_path)
     net = slab_ms.create_model(recipe["model"], num_classes=10, image_size=recipe["image_size"],
                                **recipe["model_kwargs"])
@@ -64,10 +70,10 @@ def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert ckpt in out and "every norm folded" in out
     mindir = f"{recipe['model']}.mindir"
-    assert _files(tmp_path) == sorted([os.path.normpath(recipe["ckpt_dir"]).split(os.sep)[0], mindir])
+    assert _files(tmp_path) == sorted([os.path.normpath(recipe["ckpt_dir"]).split(os.sep)[0], "configs", mindir])
     # Reload independently, on another input than the one export.py checked.
     x = Tensor(np.random.default_rng(7).standard_normal((1, 3, recipe["image_size"], recipe["image_size"]),
-                                                         dtype=np.float32))
+                                                        dtype=np.float32))
     expected = net(x).asnumpy()
     actual = nn.GraphCell(ms.load(mindir))(x).asnumpy()
     assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
@@ -122,7 +128,7 @@ def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeyp
         "AIR on CPU": ["--ckpt_file", ckpt, "--file_format", "AIR"],
         "unknown format": ["--ckpt_file", ckpt, "--file_format", "png"],
         "no checkpoint": ["--model", "slab_deit_tiny"],
-        "recipe without checkpoint": ["-c", glob.glob(export.DEMO_RECIPES)[0]],
+        "recipe without checkpoint": ["-c", glob.glob(os.path.join(ROOT, export.DEMO_RECIPES))[0]],
         "missing output folder": ["--ckpt_file", ckpt, "--file_name", "nowhere/net"],
     }[case]
     assert export.main(argv) == 2
@@ -153,7 +159,7 @@ def test_mismatch_exits_1_with_the_numbers_and_leaves_no_file(checkpoints, tmp_p
             deploy = fold(net)
             deploy.head.bias.set_data(Tensor(np.zeros(10, np.float32)))
             return deploy
-        monkeypatch.setattr(slab_ms, "reparameterize_model", broken_fold)
+        monkeypatch.setattr(export, "reparameterize_model", broken_fold)
     else:
         reload_logits = export.reload_logits
         monkeypatch.setattr(export, "reload_logits", lambda *args: reload_logits(*args) + 0.5)

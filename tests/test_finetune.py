@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import slab_ms
-from slab_ms.layers import get_prepbn_schedule, prepbn_gamma, set_prepbn_schedule
+from slab_ms.layers import PRepBNSchedule
+from parity_utils import gamma_at
 from slab_ms.training import ConfigError, GammaDecay, parse_args
-from slab_ms.training.checkpoint import load_train_checkpoint, save_train_checkpoint
+from slab_ms.weights.train_state import load_train_checkpoint, save_train_checkpoint
 from slab_ms.training.schedule import start_prepbn_schedule
 from test_schedule import ACCUM, T, WARM, _build, _observed_gammas, _probe_constants
 
@@ -34,7 +35,7 @@ def probe_data():
 
 
 def _args(**kw):
-    base = dict(model="probe", checkpoint_path="w.ckpt", prepbn_schedule="continue", prepbn_decay_steps=None,
+    base = dict(model="probe", ckpt_file="w.ckpt", prepbn_schedule="continue", prepbn_decay_steps=None,
                 prepbn_decay_ratio=None, prepbn_warmup_steps=0)
     base.update(kw)
     return types.SimpleNamespace(**base)
@@ -43,8 +44,9 @@ def _args(**kw):
 def _start(probe, optimizer, args, total_steps):
     """What train.py does after loading --checkpoint_path: plan, set, and watch the schedule."""
     start, note = start_prepbn_schedule(probe, args, total_steps)
-    set_prepbn_schedule(probe, step=start[0], decay_steps=start[1], warmup_steps=start[2])
-    gamma_decay = GammaDecay(probe, optimizer, total_steps, print_fn=lambda *_: None, start_step=start[0])
+    PRepBNSchedule.require(probe).set(step=start[0], decay_steps=start[1], warmup_steps=start[2])
+    gamma_decay = GammaDecay(probe, optimizer, total_steps, print_fn=lambda *_: None, start_step=start[0],
+                             in_graph=True)
     gamma_decay.on_train_begin()
     return start, note, gamma_decay
 
@@ -60,7 +62,7 @@ def _train(step, gamma_decay, data, optimizer_steps):
 
 def test_finished_checkpoint_trains_with_gamma_zero_in_every_step(probe_data):
     probe, optimizer, step = _build(probe_data[1])
-    set_prepbn_schedule(probe, step=FINISHED)  # as loaded from an end-of-training checkpoint
+    PRepBNSchedule.require(probe).set(step=FINISHED)  # as loaded from an end-of-training checkpoint
     start, note, gamma_decay = _start(probe, optimizer, _args(prepbn_decay_steps=2), total_steps=3)
     assert start == (FINISHED, T, WARM)
     assert "prepbn_schedule continue: its γ schedule is finished (step 7 ≥ warm-up 1 + T 3)" in note
@@ -68,14 +70,14 @@ def test_finished_checkpoint_trains_with_gamma_zero_in_every_step(probe_data):
     gammas = _train(step, gamma_decay, probe_data, 3)
     np.testing.assert_allclose(gammas, [0.0] * 3 * ACCUM, atol=1e-5)
     gamma_decay.on_train_end()
-    assert get_prepbn_schedule(probe) == {"step": FINISHED + 3, "decay_steps": T, "warmup_steps": WARM}
+    assert PRepBNSchedule.require(probe).state() == {"step": FINISHED + 3, "decay_steps": T, "warmup_steps": WARM}
 
 
 def test_mid_schedule_checkpoint_continues_the_decay_exactly_across_a_resume(probe_data, tmp_path):
     """From step 2 (γ = 2/3): one optimizer step, a resumable checkpoint, a fresh process's objects that
     derive the start step as prepbn_step − global_step, two more steps; γ = 0 exactly at the end."""
     probe, optimizer, step = _build(probe_data[1])
-    set_prepbn_schedule(probe, step=2)
+    PRepBNSchedule.require(probe).set(step=2)
     start, note, gamma_decay = _start(probe, optimizer, _args(prepbn_decay_steps=T), total_steps=3)
     assert start == (2, T, WARM)
     assert note.endswith("γ goes on from its step 2 (T=3, warm-up 1): γ = 0.6667 at the start, 0 after 2 of this "
@@ -86,23 +88,24 @@ def test_mid_schedule_checkpoint_continues_the_decay_exactly_across_a_resume(pro
     probe2, optimizer2, step2 = _build(probe_data[1])
     load_train_checkpoint(str(tmp_path / "probe-0000_000001.ckpt"), probe2, optimizer2, step2)
     global_step = int(optimizer2.global_step.asnumpy().reshape(()))
-    resumed_start = get_prepbn_schedule(probe2)["step"] - global_step
+    resumed_start = PRepBNSchedule.require(probe2).state()["step"] - global_step
     assert (global_step, resumed_start) == (1, 2)
     with pytest.raises(RuntimeError, match="out of step"):  # a resume that forgot the start step is caught
-        GammaDecay(probe2, optimizer2, 3, start_step=0).on_train_begin()
-    gamma_decay2 = GammaDecay(probe2, optimizer2, 3, print_fn=lambda *_: None, start_step=resumed_start)
+        GammaDecay(probe2, optimizer2, 3, start_step=0, in_graph=True).on_train_begin()
+    gamma_decay2 = GammaDecay(probe2, optimizer2, 3, print_fn=lambda *_: None, start_step=resumed_start,
+                              in_graph=True)
     second = _train(step2, gamma_decay2, probe_data, 2)
     gamma_decay2.on_train_end()
 
-    expected = [prepbn_gamma(2 + k // ACCUM, T, WARM) for k in range(3 * ACCUM)]
+    expected = [gamma_at(2 + k // ACCUM, T, WARM) for k in range(3 * ACCUM)]
     assert expected == [2 / 3, 2 / 3, 1 / 3, 1 / 3, 0.0, 0.0]
     np.testing.assert_allclose(first + second, expected, atol=1e-5)
-    assert get_prepbn_schedule(probe2)["step"] == 5
+    assert PRepBNSchedule.require(probe2).state()["step"] == 5
 
 
 def test_restart_starts_at_gamma_one_with_the_recipe_schedule(probe_data):
     probe, optimizer, step = _build(probe_data[1])
-    set_prepbn_schedule(probe, step=FINISHED)
+    PRepBNSchedule.require(probe).set(step=FINISHED)
     start, note, gamma_decay = _start(probe, optimizer, _args(prepbn_schedule="restart", prepbn_decay_steps=2),
                                       total_steps=2)
     assert start == (0, 2, 0)
@@ -114,8 +117,8 @@ def test_restart_starts_at_gamma_one_with_the_recipe_schedule(probe_data):
 
 def test_continue_refuses_what_would_not_end_at_gamma_zero_or_contradicts_the_checkpoint(probe_data):
     probe, optimizer, _ = _build(probe_data[1])
-    set_prepbn_schedule(probe, step=2)  # γ = 2/3, 2 steps of decay left
-    with pytest.raises(ConfigError, match=r"2 steps of γ decay are left, more than the 1 optimizer steps"):
+    PRepBNSchedule.require(probe).set(step=2)  # γ = 2/3, 2 steps of decay left
+    with pytest.raises(ConfigError, match=r"2 steps of decay left > 1 optimizer steps"):
         start_prepbn_schedule(probe, _args(), 1)
     with pytest.raises(ConfigError, match=r"at step 2 of its γ schedule \(T=3, warm-up 1, γ=0.6667\), but the "
                                           r"recipe asks for T = 5 \(prepbn_decay_ratio 0.5 × 10 steps\).*"
@@ -124,9 +127,9 @@ def test_continue_refuses_what_would_not_end_at_gamma_zero_or_contradicts_the_ch
     with pytest.raises(ConfigError, match="prepbn_warmup_steps 2.*--prepbn_warmup_steps 0"):
         start_prepbn_schedule(probe, _args(prepbn_warmup_steps=2), 10)
     assert start_prepbn_schedule(probe, _args(prepbn_decay_steps=T, prepbn_warmup_steps=WARM), 2)[0] == (2, T, WARM)
-    assert start_prepbn_schedule(probe, _args(checkpoint_path=""), 10) == ((0, T, 0), None)  # a new run
+    assert start_prepbn_schedule(probe, _args(ckpt_file=""), 10) == ((0, T, 0), None)  # a new run
     with pytest.raises(ValueError, match="longer than the run"):  # the callback checks the remaining decay too
-        GammaDecay(probe, optimizer, 1, start_step=2).on_train_begin()
+        GammaDecay(probe, optimizer, 1, start_step=2, in_graph=True).on_train_begin()
 
 
 def test_official_pth_fine_tunes_as_pure_repbn_with_its_paper_recipe():
@@ -136,7 +139,7 @@ def test_official_pth_fine_tunes_as_pure_repbn_with_its_paper_recipe():
     net = slab_ms.create_model("deit_small_prepbn", num_classes=10, image_size=64, embed_dim=48, depth=2,
                                num_heads=3, checkpoint_path=pth)
     argv = ["-c", os.path.join(ROOT, "configs", "deit", "deit_small_prepbn.yaml"), "--data_dir", "unused",
-            "--checkpoint_path", pth]
+            "--ckpt_file", pth]
     start, note = start_prepbn_schedule(net, parse_args(argv), 20)
     assert start == (300000, 300000, 0)
     assert "γ = 0.0000 at the start and throughout: pure RepBN fine-tuning" in note

@@ -4,8 +4,9 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor, nn, ops
 
-from slab_ms.layers import (PRepBN, RepBN, SimplifiedLinearAttention, get_prepbn_schedule, prepbn_gamma,
-                            set_prepbn_schedule, share_prepbn_schedule)
+from slab_ms.layers import (PRepBN, PRepBNSchedule, RepBN, SimplifiedLinearAttention, attach_prepbn_schedule, gamma,
+                            get_norm_layer)
+from parity_utils import gamma_at
 
 RNG = np.random.default_rng(0)
 
@@ -62,9 +63,10 @@ class _TwoNorms(nn.Cell):
 
     def __init__(self, dim, decay_steps, warmup_steps):
         super().__init__()
-        self.a = PRepBN(dim, decay_steps=decay_steps, warmup_steps=warmup_steps)
-        self.b = PRepBN(dim, decay_steps=decay_steps, warmup_steps=warmup_steps)
-        share_prepbn_schedule(self)
+        schedule = PRepBNSchedule(decay_steps, warmup_steps)
+        self.a = PRepBN(dim, schedule)
+        self.b = PRepBN(dim, schedule)
+        attach_prepbn_schedule(self)
 
     def construct(self, x):
         return self.b(self.a(x))
@@ -84,16 +86,19 @@ class _StepThenNorm(nn.Cell):
 
 
 def test_gamma_formula_matches_reference_sequence():
-    # Reference LinearNorm(warm=2, step=4): LN, LN, 1, 3/4, 2/4, 1/4, 0, 0 (SPEC §1.2).
-    assert [prepbn_gamma(s, 4, 2) for s in range(8)] == [1, 1, 1, 0.75, 0.5, 0.25, 0, 0]
-    assert prepbn_gamma(60000, 60000) == 0.0 and prepbn_gamma(59999, 60000) == pytest.approx(1 / 60000)
+    # Reference LinearNorm(warm=2, step=4): LN, LN, 1, 3/4, 2/4, 1/4, 0, 0.
+    assert [gamma_at(s, 4, 2) for s in range(8)] == [1, 1, 1, 0.75, 0.5, 0.25, 0, 0]
+    assert gamma_at(60000, 60000) == 0.0 and gamma_at(59999, 60000) == pytest.approx(1 / 60000)
+    # The same function evaluated on Tensors (as the layers do in-graph) gives the same values.
+    steps = Tensor(np.arange(8, dtype=np.float32))
+    np.testing.assert_allclose(gamma(steps, 4.0, 2.0).asnumpy(), [1, 1, 1, 0.75, 0.5, 0.25, 0, 0])
 
 
 def test_gamma_inside_compiled_graph_follows_the_step_counter():
     dim = 5
     net = _TwoNorms(dim, decay_steps=4, warmup_steps=2)
     assert [n for n, _ in net.parameters_and_names()][:3] == ["prepbn_step", "prepbn_decay_steps",
-                                                               "prepbn_warmup_steps"]
+                                                              "prepbn_warmup_steps"]
     norm = net.a
     norm.norm1.gamma.set_data(Tensor(RNG.uniform(0.5, 1.5, dim).astype(np.float32)))
     step_cell = _StepThenNorm(net)
@@ -104,22 +109,40 @@ def test_gamma_inside_compiled_graph_follows_the_step_counter():
     bn = (x - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5) + x  # RepBN with batch statistics, η = 1
     for step in range(8):
         out = step_cell(Tensor(x)).asnumpy()
-        g = prepbn_gamma(step, 4, 2)
+        g = gamma_at(step, 4, 2)
         np.testing.assert_allclose(out, g * ln + (1 - g) * bn, atol=1e-4, err_msg=f"step {step}")
-    assert get_prepbn_schedule(net) == {"step": 8, "decay_steps": 4, "warmup_steps": 2}
+    assert PRepBNSchedule.require(net).state() == {"step": 8, "decay_steps": 4, "warmup_steps": 2}
     # γ is exactly 0 once the decay has finished: the output is pure RepBN.
     norm.set_train(True)  # (set_train on the cell that is called: it sets that cell's compile phase)
     np.testing.assert_allclose(norm(Tensor(x)).asnumpy(), bn, atol=1e-4)
     # Evaluation is pure RepBN (running statistics) whatever the step.
-    set_prepbn_schedule(net, step=0)
+    PRepBNSchedule.require(net).set(step=0)
     norm.set_train(False)
     a, b = norm.affine()
     np.testing.assert_allclose(norm(Tensor(x)).asnumpy(), x * a + b, atol=1e-5)
 
 
-def test_prepbn_rejects_zero_decay_steps():
+def test_schedule_rejects_zero_decay_steps_and_prepbn_needs_a_decay_length():
     with pytest.raises(ValueError, match="norm='repbn'"):
-        PRepBN(4, decay_steps=0)
+        PRepBNSchedule(0)
+    with pytest.raises(ValueError, match="norm='repbn'"):
+        PRepBNSchedule(10).set(decay_steps=0)
+    with pytest.raises(ValueError, match="prepbn_decay_steps"):
+        get_norm_layer("prepbn")
+
+
+def test_schedule_checks_that_it_fits_the_run_and_that_it_finished():
+    schedule = PRepBNSchedule(8, warmup_steps=2)
+    assert schedule.check_fits(10) == 10
+    with pytest.raises(ValueError, match="longer than the run"):
+        schedule.check_fits(9)
+    schedule.advance(9)
+    assert schedule.check_fits(1) == 1 and schedule.gamma_value() == pytest.approx(1 / 8)
+    with pytest.raises(RuntimeError, match="expected γ = 0"):
+        schedule.verify_finished()
+    schedule.advance()
+    schedule.verify_finished(expected_step=10)
+    assert schedule.check_fits(0) == 0
 
 
 def _naive_sla(q, k, v, pos, heads, dwc_w, dwc_b, hw):

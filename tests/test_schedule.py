@@ -10,13 +10,17 @@ import types
 
 import numpy as np
 import mindspore as ms
+import mindspore.dataset as ds
 import pytest
 from mindspore import Tensor, nn
 
-from slab_ms.layers import PRepBN, get_prepbn_schedule, prepbn_gamma, set_prepbn_schedule, share_prepbn_schedule
+import slab_ms
+from slab_ms.layers import PRepBN, PRepBNSchedule, attach_prepbn_schedule
+from slab_ms.models import tiny_config
 from slab_ms.training import ConfigError, GammaDecay, TrainStep, build_optimizer
-from slab_ms.training.checkpoint import load_train_checkpoint, save_train_checkpoint
 from slab_ms.training.schedule import build_lr_schedule, resolve_prepbn_schedule, timm_cosine_lr
+from slab_ms.weights.train_state import load_train_checkpoint, save_train_checkpoint
+from parity_utils import gamma_at
 
 T, WARM, ACCUM = 3, 1, 2
 OPT_ARGS = types.SimpleNamespace(opt="adamw", beta1=0.9, beta2=0.999, weight_decay=0.05, momentum=0.9)
@@ -25,9 +29,9 @@ OPT_ARGS = types.SimpleNamespace(opt="adamw", beta1=0.9, beta2=0.999, weight_dec
 class GammaProbe(nn.Cell):
     def __init__(self, weight):
         super().__init__()
-        self.norm = PRepBN(4, decay_steps=T, warmup_steps=WARM, ln_eps=1e-6)
+        self.norm = PRepBN(4, PRepBNSchedule(T, WARM), ln_eps=1e-6)
         self.weight = Tensor(weight)
-        share_prepbn_schedule(self)
+        attach_prepbn_schedule(self)
 
     def construct(self, x, labels):
         return (self.norm(x) * self.weight).mean()
@@ -67,37 +71,37 @@ def test_gamma_in_graph_per_optimizer_step_with_accumulation_and_resume(tmp_path
     assert abs(a - b) > 0.1
 
     probe, optimizer, step = _build(weight)
-    gamma_decay = GammaDecay(probe, optimizer, total_steps=6, print_fn=lambda *_: None)
+    gamma_decay = GammaDecay(probe, optimizer, total_steps=6, print_fn=lambda *_: None, in_graph=True)
     gamma_decay.on_train_begin()
     first = []
     for _ in range(3):  # micro-batches 0..5 = optimizer steps 0..2
         first += _observed_gammas(step, x, ACCUM, a, b)
         gamma_decay.on_train_step_end()  # raises if prepbn_step and the optimizer's step disagree
-    assert get_prepbn_schedule(probe)["step"] == 3
+    assert PRepBNSchedule.require(probe).state()["step"] == 3
     assert int(optimizer.global_step.asnumpy().reshape(())) == 3
     save_train_checkpoint(str(tmp_path), "probe", probe, optimizer, step, epoch_num=0, step_num=3)
 
     probe2, optimizer2, step2 = _build(weight)  # a new process's objects: fresh graph, loaded state
-    assert get_prepbn_schedule(probe2)["step"] == 0
+    assert PRepBNSchedule.require(probe2).state()["step"] == 0
     assert load_train_checkpoint(str(tmp_path / "probe-0000_000003.ckpt"), probe2, optimizer2, step2) == (0, 3)
-    gamma_decay2 = GammaDecay(probe2, optimizer2, total_steps=6, print_fn=lambda *_: None)
+    gamma_decay2 = GammaDecay(probe2, optimizer2, total_steps=6, print_fn=lambda *_: None, in_graph=True)
     second = []
     for _ in range(3):
         second += _observed_gammas(step2, x, ACCUM, a, b)
         gamma_decay2.on_train_step_end()
     gamma_decay2.on_train_end()  # γ = 0 exactly at the end of the 6 steps
 
-    expected = [prepbn_gamma(k // ACCUM, T, WARM) for k in range(12)]
+    expected = [gamma_at(k // ACCUM, T, WARM) for k in range(12)]
     assert expected == [1.0, 1.0, 1.0, 1.0, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 0.0, 0.0, 0.0, 0.0]
     np.testing.assert_allclose(first + second, expected, atol=1e-5)
-    assert get_prepbn_schedule(probe2) == {"step": 6, "decay_steps": T, "warmup_steps": WARM}
+    assert PRepBNSchedule.require(probe2).state() == {"step": 6, "decay_steps": T, "warmup_steps": WARM}
 
 
 def test_gamma_decay_detects_a_desynchronised_schedule():
     probe, optimizer, _ = _build(np.ones((1, 1, 4), np.float32))
-    set_prepbn_schedule(probe, step=5)
+    PRepBNSchedule.require(probe).set(step=5)
     with pytest.raises(RuntimeError, match="out of step"):
-        GammaDecay(probe, optimizer, total_steps=6).on_train_step_end()
+        GammaDecay(probe, optimizer, total_steps=6, in_graph=True).on_train_step_end()
 
 
 def test_accumulated_step_equals_one_big_batch_step_with_clipping_and_ema():
@@ -156,7 +160,7 @@ def test_prepbn_schedule_from_steps_ratio_default_and_refusals():
 
 
 def test_lr_schedule_is_the_reference_per_step_cosine():
-    """8 devices × 128, 1251 steps/epoch, 300 + 10 epochs, 20 warm-up (SPEC §6.2): lrs ×1024/512."""
+    """8 devices × 128, 1251 steps/epoch, 300 + 10 epochs, 20 warm-up: lrs ×1024/512."""
     steps, total_batch = 1251, 1024
     lrs = build_lr_schedule(_args(), steps, total_batch)
     assert len(lrs) == 310 * steps
@@ -177,3 +181,41 @@ def test_lr_schedule_is_the_reference_per_step_cosine():
     mindcv = build_lr_schedule(_args(scheduler="cosine_decay", cooldown_epochs=0, epochs=10, warmup_epochs=2),
                                10, 512)
     assert len(mindcv) == 100 and mindcv[0] == pytest.approx(5e-7) and max(mindcv) == pytest.approx(5e-4, rel=0.02)
+
+
+def _tiny_prepbn_model(decay_steps):
+    net = slab_ms.create_model("slab_deit_tiny", num_classes=3, **dict(tiny_config("slab_deit_tiny"), image_size=16))
+    PRepBNSchedule.require(net).set(decay_steps=decay_steps)
+    return net
+
+
+def test_gamma_decay_decays_under_mindspore_model_train():
+    """``Model.train`` with a standard train cell never touches the schedule; the callback advances it once per
+    optimizer step (read from the optimizer), so the run ends at γ = 0 as the evaluation form assumes."""
+    net = _tiny_prepbn_model(decay_steps=3)
+    rng = np.random.default_rng(0)
+    data = ds.NumpySlicesDataset({"image": rng.standard_normal((8, 3, 16, 16)).astype(np.float32),
+                                  "label": rng.integers(0, 3, 8).astype(np.int32)}, shuffle=False).batch(2)
+    optimizer = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-3)
+    model = ms.Model(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"), optimizer)
+    gammas = []
+
+    class Record(ms.train.Callback):
+        def on_train_step_end(self, run_context):
+            gammas.append(gamma_decay.gamma)
+
+    gamma_decay = GammaDecay(net, optimizer, total_steps=4, print_fn=lambda *_: None)
+    model.train(1, data, callbacks=[gamma_decay, Record()], dataset_sink_mode=False)
+    assert gamma_decay.in_graph is False
+    assert PRepBNSchedule.require(net).state()["step"] == 4 and gammas == pytest.approx([2 / 3, 1 / 3, 0.0, 0.0])
+
+
+def test_gamma_decay_in_a_user_loop_counts_optimizer_steps_under_accumulation():
+    net = _tiny_prepbn_model(decay_steps=2)
+    gamma_decay = GammaDecay(net, total_steps=2, accumulate_steps=2, print_fn=lambda *_: None)
+    gamma_decay.on_train_begin()
+    seen = [gamma_decay.on_train_step_end() for _ in range(4)]  # 4 micro-batches = 2 optimizer steps
+    assert seen == pytest.approx([1.0, 0.5, 0.5, 0.0])
+    gamma_decay.on_train_end()
+    with pytest.raises(ValueError, match="longer than the run"):
+        GammaDecay(_tiny_prepbn_model(decay_steps=5), total_steps=4).on_train_begin()

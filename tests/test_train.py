@@ -24,7 +24,7 @@ from mindcv.utils.amp import auto_mixed_precision
 from PIL import Image
 
 import slab_ms
-from slab_ms.layers import get_prepbn_schedule, set_prepbn_schedule
+from slab_ms.layers import PRepBNSchedule
 from slab_ms.training import ConfigError, NetWithLoss, TrainStep, build_optimizer, param_groups, parse_args
 from slab_ms.training.recalib import BNRecalibration
 from slab_ms.training.schedule import resolve_prepbn_schedule
@@ -77,7 +77,7 @@ def _snapshot(folder):
 
 def _assert_all_readable(folder, net):
     for path in glob.glob(f"{folder}/*.ckpt"):
-        slab_ms.models._factory.load_checkpoint(net, path)  # strict: complete and for this model
+        slab_ms.weights.load_checkpoint(net, path)  # strict: complete and for this model
 
 
 def _tiny_net():
@@ -148,10 +148,10 @@ def test_finetune_continues_a_mid_schedule_checkpoint_and_resumes_exactly(recipe
     A run resumed from its step-2 checkpoint ends with the same weights (tolerance 1e-6; measured 0.0)."""
     _, config = recipe
     net = _tiny_net()
-    set_prepbn_schedule(net, step=2, decay_steps=6)
+    PRepBNSchedule.require(net).set(step=2, decay_steps=6)
     weights = str(tmp_path / "mid.ckpt")
     ms.save_checkpoint(net, weights)
-    extra = ["--checkpoint_path", weights, "--epochs", "1", "--bn_recalib_epochs", "0", "--ckpt_interval", "2",
+    extra = ["--ckpt_file", weights, "--epochs", "1", "--bn_recalib_epochs", "0", "--ckpt_interval", "2",
              "--val_split", "", "--ema", "false"]
     refused = _run(config, tmp_path / "refused", *extra)  # the recipe's prepbn_decay_ratio 0.5 means T = 2
     assert refused.returncode == 2 and "but the recipe asks for T = 2" in refused.stderr
@@ -247,7 +247,7 @@ def test_released_recipes_parse_and_fit_their_schedule(path):
 
 
 def test_recipe_numbers_follow_the_reference():
-    """A few rows of SPEC §6.1 / §1.3."""
+    """A few rows of the paper recipes and the released T."""
     expect = {"deit/deit_tiny_prepbn": (128, 0, 20, 5.0, 0.0, None), "pvt/pvt_medium_prepbn": (128, 10, 5, 1.0, 0.3, 300000),
               "pvt/pvt_small_prepbn": (64, 10, 5, None, 0.1, 300000), "swin/slab_swin_small": (128, 0, 20, 5.0, 0.3, 60000),
               "cswin/slab_cswin_tiny": (256, 10, 20, None, 0.1, 120000)}
@@ -258,7 +258,7 @@ def test_recipe_numbers_follow_the_reference():
 
 
 def test_weight_decay_groups_follow_the_reference():
-    """SPEC §6.3: 1-D (biases, norms, RepBN alpha) and pos_embed undecayed; SLA positional encoding decayed."""
+    """As the reference: 1-D (biases, norms, RepBN alpha) and pos_embed undecayed; SLA positional encoding decayed."""
     decay, no_decay = (set(p.name for p in g["params"]) for g in param_groups(_tiny_net(), 0.05)[:2])
     assert {"blocks.0.norm1.norm2.alpha", "blocks.0.attn.qkv.bias", "pos_embed", "norm.norm1.gamma"} <= no_decay
     assert {"blocks.0.attn.positional_encoding", "blocks.0.attn.qkv.weight", "head.weight",
@@ -270,7 +270,7 @@ def test_bn_recalibration_updates_only_bn_statistics_in_inference_mode():
     result does not depend on γ (PRepBN is pure RepBN) nor on chance (drop-path off)."""
     ms.set_seed(0)
     net = slab_ms.create_model(MODEL, num_classes=4, image_size=32, drop_path_rate=0.5, **TINY)
-    set_prepbn_schedule(net, step=0, decay_steps=10)  # γ = 1 if PRepBN were in training mode
+    PRepBNSchedule.require(net).set(step=0, decay_steps=10)  # γ = 1 if PRepBN were in training mode
     images = ms.Tensor(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32))
     before = {n: p.asnumpy().copy() for n, p in net.parameters_and_names()}
     recalib = BNRecalibration(net).prepare()
@@ -283,12 +283,12 @@ def test_bn_recalibration_updates_only_bn_statistics_in_inference_mode():
     for name, param in net.parameters_and_names():  # again from the same state, with γ = 0 instead
         if name in stats:
             ms.ops.assign(param, ms.Tensor(before[name]))
-    set_prepbn_schedule(net, step=10)
+    PRepBNSchedule.require(net).set(step=10)
     recalib.prepare()
     recalib(images)
     for name in stats:
         np.testing.assert_allclose(net.parameters_dict()[name].asnumpy(), after[name], atol=1e-6)
-    assert get_prepbn_schedule(net)["step"] == 10
+    assert PRepBNSchedule.require(net).state()["step"] == 10
 
 
 def test_model_without_prepbn_has_no_schedule(recipe):
