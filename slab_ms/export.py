@@ -10,8 +10,9 @@ reloads the written file (``mindspore.load`` + ``nn.GraphCell``; onnxruntime for
 its logits on a fixed random batch with the training-form model in eval mode. It succeeds only if
 max|Δ| ≤ 1e-4 · max(1, max|logit|) for both the deploy network and the reloaded file; a mismatch
 exits with status 1 and the numbers. Bad input (missing or foreign checkpoint, unknown model,
-unsupported format/device) exits with status 2 and one message. The file is written under a
-temporary name and renamed only after the check, so a failed run leaves no output file.
+unsupported format/device, a PRepBN checkpoint whose γ has not reached 0 without ``--allow_unfinished``)
+exits with status 2 and one message. The file is written under a temporary name and renamed only after
+the check, so a failed run leaves no output file.
 
 ``-c recipe.yaml`` (a train.py recipe) supplies ``model``, ``model_kwargs``, ``image_size`` and
 ``num_classes``, and the newest checkpoint in its ``ckpt_dir``; command-line options override it.
@@ -40,6 +41,7 @@ from mindspore import nn, ops
 from . import cli
 from .cli import UsageError
 from .factory import create_model
+from .layers import PRepBNSchedule
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
@@ -71,6 +73,9 @@ def parse_args(argv=None):
     group = parser.add_argument_group("output")
     group.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
     group.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
+    group.add_argument("--allow_unfinished", action="store_true",
+                       help="export a PRepBN checkpoint whose γ schedule has not reached 0 (as the pure RepBN it "
+                            "evaluates as)")
     cli.add_device_args(parser)
     return parser.parse_args(argv)
 
@@ -201,6 +206,11 @@ def build_model(args, kwargs):
         load_checkpoint(net, args.ckpt_file, ema=args.ckpt_ema)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
+    schedule = PRepBNSchedule.of(net)
+    unfinished = schedule.unfinished() if schedule else None
+    if unfinished and not args.allow_unfinished:
+        raise UsageError(f"'{args.ckpt_file}': {unfinished}. Train until γ = 0, or pass --allow_unfinished to "
+                         "export its pure-RepBN form anyway.")
     return net.set_train(False)
 
 

@@ -34,11 +34,13 @@ NORM_CELLS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.G
 def reparameterize_model(net, inplace=False):
     """The deploy form of ``net``: same eval outputs, every foldable norm folded, in eval state.
 
-    Works on a deep copy of ``net`` (the training form is left as it is) unless ``inplace``. Norms
+    Works on a deep copy of ``net`` (the training form is left as it is) unless ``inplace``. A model whose
+    γ schedule is unfinished (γ > 0) is folded as the pure RepBN it evaluates as, with a warning. Norms
     that cannot be folded are logged as a warning; ``remaining_norms(deploy)`` lists them. The
     deploy form's ``forward_features`` returns the tokens *before* the final norm (it lives in the
     head now); use the training form for features.
     """
+    PRepBNSchedule.warn_if_unfinished(net, "folding")
     deploy = net if inplace else copy.deepcopy(net)
     deploy.set_train(False)
     for _, cell in list(deploy.cells_and_names()):

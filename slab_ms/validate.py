@@ -22,6 +22,7 @@ import mindspore as ms
 from . import cli
 from .data import create_val_loader
 from .factory import create_model
+from .layers import PRepBNSchedule
 from .reparam import reparameterize_model
 from .training.config import ConfigError, build_parser, load_yaml_defaults
 
@@ -58,6 +59,7 @@ def build_network(args, num_classes):
     net = create_model(args.model, num_classes=args.num_classes or num_classes, image_size=args.image_size,
                        checkpoint_path=args.ckpt_file, ema=args.ckpt_ema, **args.model_kwargs)
     net.set_train(False)
+    PRepBNSchedule.warn_if_unfinished(net, "evaluating")
     if args.deploy:
         net = reparameterize_model(net)
     return net

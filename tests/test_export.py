@@ -15,6 +15,7 @@ from mindspore import Tensor, nn
 import slab_ms.export as export
 import slab_ms
 from slab_ms.weights import load_checkpoint
+from slab_ms.layers import PRepBNSchedule
 from slab_ms.models import tiny_config
 from test_reparam import randomize, relative_error, tiny_input
 
@@ -35,10 +36,18 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     paths = {}
     for seed, name in enumerate(["slab_deit_tiny", "pvt_tiny_prepbn", "slab_pvt_tiny"]):
-        net = randomize(slab_ms.create_model(name, num_classes=10, **tiny_config(name)), seed=seed)
+        net = finished(randomize(slab_ms.create_model(name, num_classes=10, **tiny_config(name)), seed=seed))
         paths[name] = str(folder / f"{name}.ckpt")
         ms.save_checkpoint(net, paths[name])
     return paths
+
+
+def finished(net):
+    """``net`` with its γ schedule at the end (γ = 0), as a trained checkpoint is."""
+    schedule = PRepBNSchedule.of(net)
+    if schedule:
+        schedule.set(step=schedule.end_step())
+    return net
 
 
 def _files(folder):
@@ -62,7 +71,7 @@ def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     net = slab_ms.create_model(recipe["model"], num_classes=10, image_size=recipe["image_size"],
                                **recipe["model_kwargs"])
-    randomize(net)
+    finished(randomize(net))
     os.makedirs(recipe["ckpt_dir"])
     ckpt = os.path.join(recipe["ckpt_dir"], f"{recipe['model']}.ckpt")
     ms.save_checkpoint(net, ckpt)
@@ -169,3 +178,16 @@ def test_mismatch_exits_1_with_the_numbers_and_leaves_no_file(checkpoints, tmp_p
     captured = capsys.readouterr()
     assert "MISMATCH" in captured.out and "FAILED, nothing written" in captured.err and "> tolerance" in captured.err
     assert _files(tmp_path) == []
+
+
+def test_unfinished_gamma_schedule_is_refused_unless_allowed(tmp_path, capsys):
+    """A checkpoint saved mid-decay (γ > 0) trained a LayerNorm/RepBN mixture; its deploy form is pure RepBN."""
+    net = randomize(slab_ms.create_model("slab_deit_tiny", num_classes=10, **tiny_config("slab_deit_tiny")))
+    ckpt = str(tmp_path / "mid.ckpt")
+    ms.save_checkpoint(net, ckpt)
+    argv = ["--model", "slab_deit_tiny", "--ckpt_file", ckpt, "--file_name", str(tmp_path / "net")]
+    argv += _tiny_args("slab_deit_tiny")
+    assert export.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "γ schedule is unfinished: step 1" in err and "--allow_unfinished" in err
+    assert export.main(argv + ["--allow_unfinished"]) == 0 and os.path.isfile(tmp_path / "net.mindir")

@@ -120,3 +120,14 @@ def test_full_size_fold(name):
     deploy = slab_ms.reparameterize_model(net)
     assert norm_cells(deploy) == []
     assert relative_error(deploy(x).asnumpy(), expected) <= 1e-4
+
+
+def test_folding_an_unfinished_schedule_warns_once_with_the_step_and_gamma(caplog, pynative):
+    net = tiny_model("slab_deit_tiny")  # step 1 of T = 60000: γ ≈ 1, trained as LayerNorm so far
+    with caplog.at_level("WARNING"):
+        slab_ms.reparameterize_model(net)
+        slab_ms.reparameterize_model(net)
+    warnings = [r.getMessage() for r in caplog.records if "unfinished" in r.getMessage()]
+    assert len(warnings) == 1 and "step 1 of warm-up 0 + T 60000, γ = 1.0000" in warnings[0]
+    PRepBNSchedule.of(net).set(step=60000)
+    assert PRepBNSchedule.of(net).unfinished() is None

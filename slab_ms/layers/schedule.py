@@ -6,6 +6,8 @@ int32 Parameters, owned by the model (so a checkpoint holds them once, under the
 below) and advanced inside a compiled train graph with ``ops.assign_add``, or on the host with
 :meth:`PRepBNSchedule.advance`. This module is the only one that knows the Parameters' names.
 """
+import logging
+
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, ops
@@ -13,6 +15,7 @@ from mindspore import Parameter, Tensor, ops
 __all__ = ["PRepBNSchedule", "gamma"]
 
 _NAMES = ("prepbn_step", "prepbn_decay_steps", "prepbn_warmup_steps")
+_logger = logging.getLogger(__name__)
 
 
 def gamma(step, decay_steps, warmup_steps):
@@ -130,6 +133,28 @@ class PRepBNSchedule:
                 f"{s['warmup_steps']}, from step {start}: {left} steps of decay left > {total_steps} optimizer "
                 "steps in this run. Training would end with γ > 0 while evaluation is pure RepBN.")
         return left
+
+    def unfinished(self):
+        """None when γ = 0, else a sentence with the step and γ: evaluation is pure RepBN, so such a model is
+        evaluated (and folded) in a form it was not trained in."""
+        value = self.gamma_value()
+        if value == 0.0:
+            return None
+        s = self.state()
+        return (f"its γ schedule is unfinished: step {s['step']} of warm-up {s['warmup_steps']} + T "
+                f"{s['decay_steps']}, γ = {value:.4f} (training forward = {value:.4f}·LayerNorm + "
+                f"{1 - value:.4f}·RepBN; evaluation and the deploy form are pure RepBN)")
+
+    @classmethod
+    def warn_if_unfinished(cls, net, doing):
+        """Log once per model (``doing``: "evaluating", "folding", ...) when ``net``'s schedule is unfinished;
+        returns the sentence, or None."""
+        schedule = cls.of(net)
+        reason = schedule.unfinished() if schedule else None
+        if reason and not getattr(net, "_warned_unfinished_prepbn", False):
+            _logger.warning("%s %s: %s", doing, type(net).__name__, reason)
+            object.__setattr__(net, "_warned_unfinished_prepbn", True)
+        return reason
 
     def verify_finished(self, expected_step=None):
         """Raise unless γ = 0 (and the step is ``expected_step`` when given): the model trained into the pure
