@@ -19,8 +19,8 @@ from mindspore import Parameter, Tensor, nn
 
 from .norm import PRepBN, TokenBatchNorm
 
-__all__ = ["ChannelAffine", "register_fold", "registered_fold", "fold_norm_into_consumers", "fold_norm_into_producer",
-           "keep_as_affine", "fold_final_norm"]
+__all__ = ["ChannelAffine", "register_fold", "registered_fold", "child_cell", "replace_cell", "can_absorb",
+           "fold_norm_into_consumers", "fold_norm_into_producer", "keep_as_affine", "fold_final_norm"]
 
 _FOLDS = {}
 
@@ -51,12 +51,14 @@ def registered_fold(cell):
     return _FOLDS.get(type(cell))
 
 
-def _child(parent, name):
+def child_cell(parent, name):
+    """The direct child cell ``parent.<name>``."""
     return parent.name_cells()[name]
 
 
-def _replace(parent, name, cell):
-    if cell is _child(parent, name):
+def replace_cell(parent, name, cell):
+    """Make ``cell`` the child ``parent.<name>`` (also inside a SequentialCell / CellList)."""
+    if cell is child_cell(parent, name):
         return
     if isinstance(parent, nn.SequentialCell):
         # SequentialCell.__setitem__ re-derives parameter-name prefixes from its children's first parameters
@@ -97,17 +99,27 @@ def _with_weights(cell, weight, bias):
                      has_bias=True, weight_init=weight, bias_init=bias, data_format=cell.data_format)
 
 
+def can_absorb(cell):
+    """True for a cell that can take a per-channel affine on its input exactly: a Dense without activation,
+    or an ungrouped Conv2d that never zero-pads (zeros would be shifted by b: a padded conv cannot)."""
+    if isinstance(cell, nn.Dense):
+        return not cell.activation_flag
+    if not isinstance(cell, nn.Conv2d) or cell.group != 1:
+        return False
+    pointwise = all(k == 1 for k in cell.kernel_size) and all(s == 1 for s in cell.stride)
+    return (cell.pad_mode == "valid" or (cell.pad_mode == "pad" and cell.padding == 0)
+            or (cell.pad_mode == "same" and pointwise))
+
+
 def _consumer_weights(cell, a, b):
     """Weight and bias of ``cell(a ⊙ u + b)`` as one cell: a Dense (W' = W·diag(a), c' = W b + c), or a
-    Conv2d without padding (zero padding would be shifted by b, so a padded conv cannot absorb the
-    norm in front of it)."""
+    Conv2d that never pads (c' = c + Σ W b)."""
+    if not can_absorb(cell):
+        raise TypeError(f"cannot fold a norm into a following {cell!r}")
     weight, bias = _weight_and_bias(cell)
-    if isinstance(cell, nn.Dense) and not cell.activation_flag:
+    if isinstance(cell, nn.Dense):
         return weight * a, weight @ b + bias
-    unpadded = cell.pad_mode == "valid" or (cell.pad_mode == "pad" and cell.padding == 0)
-    if isinstance(cell, nn.Conv2d) and cell.group == 1 and unpadded:
-        return weight * a[None, :, None, None], bias + np.einsum("oikl,i->o", weight, b)
-    raise TypeError(f"cannot fold a norm into a following {cell!r}")
+    return weight * a[None, :, None, None], bias + np.einsum("oikl,i->o", weight, b)
 
 
 def _producer_before_affine(conv, a, b):
@@ -123,42 +135,43 @@ def fold_norm_into_consumers(owner, norm_name, consumers):
 
     The norm becomes Identity. Returns False (and changes nothing) for a norm without a fixed map.
     """
-    affine = _eval_affine(_child(owner, norm_name))
+    affine = _eval_affine(child_cell(owner, norm_name))
     if affine is None:
         return False
-    folded = [(parent, name, _consumer_weights(_child(parent, name), *affine)) for parent, name in consumers]
+    folded = [(parent, name, _consumer_weights(child_cell(parent, name), *affine)) for parent, name in consumers]
     for parent, name, (weight, bias) in folded:  # written only once every consumer could take the fold
-        _replace(parent, name, _with_weights(_child(parent, name), weight, bias))
-    _replace(owner, norm_name, nn.Identity())
+        replace_cell(parent, name, _with_weights(child_cell(parent, name), weight, bias))
+    replace_cell(owner, norm_name, nn.Identity())
     return True
 
 
 def fold_norm_into_producer(owner, conv_name, norm_name):
     """Fold the norm ``owner.<norm_name>`` into the Conv2d ``owner.<conv_name>`` whose output it normalises."""
-    affine = _eval_affine(_child(owner, norm_name))
+    affine = _eval_affine(child_cell(owner, norm_name))
     if affine is None:
         return False
-    _replace(owner, conv_name, _producer_before_affine(_child(owner, conv_name), *affine))
-    _replace(owner, norm_name, nn.Identity())
+    replace_cell(owner, conv_name, _producer_before_affine(child_cell(owner, conv_name), *affine))
+    replace_cell(owner, norm_name, nn.Identity())
     return True
 
 
 def keep_as_affine(owner, norm_name):
     """Replace the norm ``owner.<norm_name>`` by its eval map as a ``ChannelAffine`` (nothing to fold it into)."""
-    affine = _eval_affine(_child(owner, norm_name))
+    affine = _eval_affine(child_cell(owner, norm_name))
     if affine is None:
         return False
-    _replace(owner, norm_name, ChannelAffine(*affine))
+    replace_cell(owner, norm_name, ChannelAffine(*affine))
     return True
 
 
-def fold_final_norm(model):
-    """Final norm → head through the pooling (mean over tokens or the class token: both linear).
+def fold_final_norm(model, head="head"):
+    """Final norm ``model.norm`` → the classifier ``model.<head>`` through the pooling (mean over tokens or
+    the class token: both linear).
 
     Without a Dense head (``num_classes=0``) the features are the output, so the norm stays as an
     exact ``ChannelAffine``.
     """
-    if isinstance(model.head, nn.Dense):
-        fold_norm_into_consumers(model, "norm", [(model, "head")])
+    if isinstance(child_cell(model, head), nn.Dense):
+        fold_norm_into_consumers(model, "norm", [(model, head)])
     else:
         keep_as_affine(model, "norm")

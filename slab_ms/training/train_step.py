@@ -166,13 +166,15 @@ class TrainStep(nn.Cell):
 
 def param_groups(net, weight_decay):
     """Two groups as the reference: no weight decay for 1-D parameters (biases, norm affines, RepBN
-    ``alpha``), names ending in ``.bias`` and names in ``net.no_weight_decay()``; everything else (incl. SLA
-    positional encodings) decays."""
+    ``alpha``), names ending in ``.bias``, names in ``net.no_weight_decay()`` and names containing one of
+    ``net.no_weight_decay_keywords()`` (MindCV's Swin defines it); everything else (incl. SLA positional
+    encodings) decays."""
     skip = set(net.no_weight_decay()) if hasattr(net, "no_weight_decay") else set()
+    keywords = tuple(net.no_weight_decay_keywords()) if hasattr(net, "no_weight_decay_keywords") else ()
     params = net.trainable_params()
     decay, no_decay = [], []
     for p in params:
-        if p.ndim <= 1 or p.name.endswith(".bias") or p.name in skip:
+        if p.ndim <= 1 or p.name.endswith(".bias") or p.name in skip or any(k in p.name for k in keywords):
             no_decay.append(p)
         else:
             decay.append(p)
