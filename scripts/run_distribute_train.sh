@@ -11,7 +11,7 @@ Usage:
       2 CPU worker processes, prints progress and the validation accuracy; checkpoints in ./output/demo/<time>/
   bash scripts/run_distribute_train.sh -n DEVICES -c CONFIG [-d DATA_DIR] [-o OUTPUT_DIR]
                                        [--nodes K --master_addr ADDR --node_rank R] [--master_port PORT]
-                                       [-- TRAIN_PY_ARGS ...]
+                                       [--dry_run] [-- TRAIN_PY_ARGS ...]
 Options:
   -n, --device_num N     worker processes (devices) on this node
   -c, --config PATH      train.py recipe, e.g. configs/deit/slab_deit_tiny.yaml
@@ -21,6 +21,7 @@ Options:
   --master_addr ADDR     address of node 0 (multi-node)
   --node_rank R          index of this node, 0 .. K-1 (multi-node; run the script on every node)
   --master_port PORT     default 8118
+  --dry_run              check the arguments, print the msrun command and exit
   -- ARGS                passed on to train.py, e.g. -- --device_target Ascend --epochs 100
 Example (8 Ascend devices on each of 2 nodes; on node 1 pass --node_rank 1):
   bash scripts/run_distribute_train.sh -n 8 -c configs/deit/slab_deit_tiny.yaml -d /data/imagenet \
@@ -48,14 +49,17 @@ if [ $# -eq 0 ]; then
     OUTPUT_DIR="./output/demo/$(date +%Y%m%d-%H%M%S)"
     NODES=1; MASTER_ADDR=""; NODE_RANK=""; MASTER_PORT=8118
     TRAIN_ARGS=()
+    DRY_RUN=0
 else
     DEMO=0
     DEVICE_NUM=""; CONFIG=""; DATA_DIR=""; OUTPUT_DIR=""
     NODES=1; MASTER_ADDR=""; NODE_RANK=""; MASTER_PORT=8118
     TRAIN_ARGS=()
+    DRY_RUN=0
     while [ $# -gt 0 ]; do
         case "$1" in
             -h|--help) usage; exit 0 ;;
+            --dry_run) DRY_RUN=1; shift ;;
             -n|--device_num|-c|--config|-d|--data_dir|-o|--output_dir|--nodes|--master_addr|--node_rank|--master_port)
                 [ $# -ge 2 ] || fail "$1 needs a value"
                 case "$1" in
@@ -90,6 +94,18 @@ else
     OUTPUT_DIR="${OUTPUT_DIR:-./output/$(basename "${CONFIG%.*}")}"
 fi
 
+DATA_ARGS=()
+[ -z "$DATA_DIR" ] || DATA_ARGS=(--data_dir "$DATA_DIR")
+MULTI_NODE=()
+[ "$NODES" -le 1 ] || MULTI_NODE=(--master_addr="$MASTER_ADDR" --node_rank="$NODE_RANK")
+MSRUN=(msrun --worker_num=$((DEVICE_NUM * NODES)) --local_worker_num="$DEVICE_NUM" --master_port="$MASTER_PORT"
+       "${MULTI_NODE[@]}" --log_dir="$OUTPUT_DIR/msrun_log" --join=True --tail_worker_log=0
+       python train.py -c "$CONFIG" --distribute True "${DATA_ARGS[@]}" --ckpt_dir "$OUTPUT_DIR" "${TRAIN_ARGS[@]}")
+if [ "$DRY_RUN" = 1 ]; then
+    echo "${MSRUN[*]}"
+    exit 0
+fi
+
 command -v msrun >/dev/null || { echo "error: msrun not found (it comes with MindSpore >= 2.3)" >&2; exit 2; }
 export GLOG_v="${GLOG_v:-3}"  # MindSpore's C++ log: errors only, so the progress lines stay readable
 
@@ -98,17 +114,11 @@ if [ "$DEMO" = 1 ]; then
     python -c "from slab_ms.data import prepare_demo_dataset as p; print('dataset:', p('$DATA_DIR'))"
 fi
 
-DATA_ARGS=()
-[ -z "$DATA_DIR" ] || DATA_ARGS=(--data_dir "$DATA_DIR")
-MULTI_NODE=()
-[ "$NODES" -le 1 ] || MULTI_NODE=(--master_addr="$MASTER_ADDR" --node_rank="$NODE_RANK")
 mkdir -p "$OUTPUT_DIR"
 echo "msrun: $((DEVICE_NUM * NODES)) workers ($DEVICE_NUM on this node), logs in $OUTPUT_DIR/msrun_log"
 START=$(date +%s)
 set +e
-msrun --worker_num=$((DEVICE_NUM * NODES)) --local_worker_num="$DEVICE_NUM" --master_port="$MASTER_PORT" \
-      "${MULTI_NODE[@]}" --log_dir="$OUTPUT_DIR/msrun_log" --join=True --tail_worker_log=0 \
-      python train.py -c "$CONFIG" --distribute True "${DATA_ARGS[@]}" --ckpt_dir "$OUTPUT_DIR" "${TRAIN_ARGS[@]}"
+"${MSRUN[@]}"
 STATUS=$?
 set -e
 echo "msrun finished with status $STATUS after $(( $(date +%s) - START )) s"

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from slab_ms.training.config import read_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4}
@@ -155,3 +158,24 @@ def test_scripts_print_usage_on_bad_arguments(script, args, message):
     result = run(["bash", os.path.join("scripts", script), *args])
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {message}") and "Usage:" in result.stderr
+
+
+@pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))))
+def test_every_recipe_header_shows_a_command_that_works(config, tmp_path):
+    """The 'bash scripts/...' line in each recipe's header comment parses (--dry_run: checked, not run) and
+    trains that recipe; the recipe itself is a valid train.py recipe."""
+    with open(config, encoding="utf-8") as f:
+        header = [line[1:].strip() for line in f if line.startswith("#")]
+    (command,) = [line[line.index("bash scripts/"):] for line in header if "bash scripts/" in line]
+    args = shlex.split(command.replace("/path/to/imagenet", str(tmp_path)).split(" (")[0])
+    if "--" in args:
+        args.insert(args.index("--"), "--dry_run")
+    elif len(args) > 2:
+        args.append("--dry_run")
+    else:  # the demo: no arguments
+        assert os.path.relpath(config, ROOT) == os.path.join("configs", "demo", "slab_deit_demo.yaml")
+        return
+    result = run(args)
+    assert result.returncode == 0, result.stderr
+    assert f"python train.py -c {os.path.relpath(config, ROOT)} --distribute True" in result.stdout
+    assert read_recipe(config)["model"] == os.path.splitext(os.path.basename(config))[0]

@@ -31,6 +31,14 @@ def tiny_input(name, batch=2, seed=1):
     return Tensor(np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32))
 
 
+def test_mindcv_lists_ours_under_their_own_module_names():
+    import mindcv
+    assert mindcv.list_models(module="slab") == MODELS
+    assert mindcv.list_models(module="slab_pvt") == ["pvt_medium_prepbn", "pvt_small_prepbn", "pvt_tiny_prepbn",
+                                                     "slab_pvt_tiny"]
+    assert not set(mindcv.list_models(module="pvt")) & set(MODELS)  # MindCV's own PVT models only
+
+
 def test_every_family_names_its_models_the_same_way():
     families = {family_of(name) for name in MODELS}
     assert {f.__name__.rsplit(".", 1)[-1] for f in families} == {"deit", "pvt", "swin", "cswin"}

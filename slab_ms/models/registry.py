@@ -11,6 +11,7 @@ import fnmatch
 import re
 import sys
 
+from mindcv.models import registry as _mindcv_registry
 from mindcv.models.registry import is_model
 from mindcv.models.registry import register_model as _mindcv_register
 
@@ -26,11 +27,23 @@ _MINDCV_DEFAULTS = {"in_channels": 3}
 
 
 def register_model(fn):
-    """Register ``fn`` in MindCV; a name that MindCV already has is refused, never shadowed."""
-    if is_model(fn.__name__) and fn.__name__ not in _SLAB_MODELS:
-        raise RuntimeError(f"model name '{fn.__name__}' already exists in MindCV; pick another name.")
-    _SLAB_MODELS[fn.__name__] = fn.__module__
-    return _mindcv_register(fn)
+    """Register ``fn`` in MindCV; a name that MindCV already has is refused, never shadowed.
+
+    MindCV files a model under the last part of its module name, and ``pvt`` is also MindCV's own PVT; ours
+    are filed under ``slab_<family>`` and all of them under ``slab``, so ``mindcv.list_models(module="slab")``
+    lists exactly the SLAB models and ``module="pvt"`` only MindCV's.
+    """
+    name = fn.__name__
+    if is_model(name) and name not in _SLAB_MODELS:
+        raise RuntimeError(f"model name '{name}' already exists in MindCV; pick another name.")
+    _SLAB_MODELS[name] = fn.__module__
+    _mindcv_register(fn)
+    family = fn.__module__.rsplit(".", 1)[-1]
+    _mindcv_registry._module_to_models[family].discard(name)  # pylint: disable=protected-access
+    for module in (f"slab_{family}", "slab"):
+        _mindcv_registry._module_to_models[module].add(name)  # pylint: disable=protected-access
+    _mindcv_registry._model_to_module[name] = f"slab_{family}"  # pylint: disable=protected-access
+    return fn
 
 
 def list_models(pattern="*"):
