@@ -219,3 +219,24 @@ def test_gamma_decay_in_a_user_loop_counts_optimizer_steps_under_accumulation():
     gamma_decay.on_train_end()
     with pytest.raises(ValueError, match="longer than the run"):
         GammaDecay(_tiny_prepbn_model(decay_steps=5), total_steps=4).on_train_begin()
+
+
+def test_gamma_decay_in_sink_mode_advances_by_the_steps_each_call_covers():
+    """With dataset sinking MindSpore calls the callback once per ``sink_size`` steps; ``cur_step_num`` says how
+    many steps were taken, and the schedule jumps to them (γ is then constant within a sink)."""
+    net = _tiny_prepbn_model(decay_steps=4)
+    gamma_decay = GammaDecay(net, total_steps=6, print_fn=lambda *_: None)
+
+    def context(step):
+        params = types.SimpleNamespace(cur_step_num=step, train_network=nn.Dense(2, 2))
+        return types.SimpleNamespace(original_args=lambda: params)
+
+    gamma_decay.on_train_begin(context(0))
+    assert gamma_decay.in_graph is False  # a standard train cell: the callback advances γ
+    assert [gamma_decay.on_train_step_end(context(s)) for s in (2, 4, 6)] == pytest.approx([0.5, 0.0, 0.0])
+    assert PRepBNSchedule.require(net).state()["step"] == 6
+    gamma_decay.on_train_end(context(6))
+    in_graph = GammaDecay(_tiny_prepbn_model(decay_steps=4), total_steps=6)
+    params = types.SimpleNamespace(cur_step_num=0, train_network=types.SimpleNamespace(has_schedule=True))
+    in_graph.on_train_begin(types.SimpleNamespace(original_args=lambda: params))
+    assert in_graph.in_graph is True  # this package's TrainStep advances γ itself: the callback only checks
