@@ -179,3 +179,26 @@ def test_every_recipe_header_shows_a_command_that_works(config, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"python train.py -c {os.path.relpath(config, ROOT)} --distribute True" in result.stdout
     assert read_recipe(config)["model"] == os.path.splitext(os.path.basename(config))[0]
+
+
+@pytest.mark.parametrize("readme", sorted(glob.glob(os.path.join(ROOT, "configs", "*", "README.md"))))
+def test_family_readme_commands_are_accepted_by_their_tools(readme, tmp_path, monkeypatch):
+    """Every command of a configs/<family>/README.md: scripts dry-run, the Python tools parse their arguments."""
+    import importlib
+    with open(readme, encoding="utf-8") as f:
+        blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+    commands = [line for block in blocks for line in block.strip().splitlines()]
+    assert len(commands) == 4
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        args = shlex.split(command.replace("/path/to/imagenet", str(tmp_path)))
+        if args[0] == "bash":
+            args.insert(args.index("--"), "--dry_run")
+            assert run(args).returncode == 0, command
+            continue
+        module = args[2] if args[1] == "-m" else "slab_ms." + args[1][:-len(".py")]
+        argv = [a.replace("configs/", os.path.join(ROOT, "configs") + "/") for a in args[(3 if args[1] == "-m" else 2):]]
+        for value in argv[argv.index("--ckpt_file") + 1:argv.index("--ckpt_file") + 2]:
+            open(value, "wb").close()  # the checkpoint the command reads
+        parsed = importlib.import_module(module).parse_args(argv)
+        assert parsed.ckpt_file and (parsed.model or parsed.config), command
