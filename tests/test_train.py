@@ -28,6 +28,7 @@ from slab_ms.layers import PRepBNSchedule
 from slab_ms.training import ConfigError, NetWithLoss, TrainStep, build_optimizer, param_groups, parse_args
 from slab_ms.training.recalib import BNRecalibration
 from slab_ms.training.schedule import resolve_prepbn_schedule
+from slab_ms.training.config import read_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -324,3 +325,24 @@ def test_amp_o2_with_fixed_loss_scale_matches_float32():
     assert results["O2"][0] != results["O0"][0]  # fp16 really ran
     np.testing.assert_allclose(results["O2"][:2], results["O0"][:2], rtol=2e-2)
     np.testing.assert_allclose(results["O2"][2], results["O0"][2], atol=1e-4)
+
+
+MINDCV_RECIPES = os.path.join(ROOT, "tests", "fixtures", "mindcv_recipes")  # copies of MindCV's configs/
+
+
+@pytest.mark.parametrize("name, epochs, jitter", [("swin_tiny_ascend", 600, 0.4), ("vit_b32_224_ascend", 300, None)])
+def test_mindcv_recipe_keys_mean_what_they_mean_in_mindcv(name, epochs, jitter, tmp_path):
+    with open(os.path.join(MINDCV_RECIPES, f"{name}.yaml"), encoding="utf-8") as f:
+        text = f.read()
+    with pytest.raises(ConfigError, match="'ckpt_save_policy: top_k' \\(MindCV\\) has no equivalent here"):
+        read_recipe(os.path.join(MINDCV_RECIPES, f"{name}.yaml"))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text.replace('"top_k"', '"latest_k"'))
+    recipe = read_recipe(str(path))
+    assert recipe["epochs"] == epochs and recipe["image_size"] == 224 and recipe["ckpt_dir"] == "./ckpt"
+    assert recipe["dataset"] == "imagefolder" and recipe.get("color_jitter") == jitter
+    if name == "vit_b32_224_ascend":  # warmup_factor 0.01 of lr 1.6e-3
+        assert recipe["warmup_lr"] == pytest.approx(1.6e-5)
+    path.write_text(text.replace('"top_k"', '"latest_k"') + "\nweight_decay_filter: disable\n")
+    with pytest.raises(ConfigError, match="weight_decay_filter: disable.*1-D parameters and biases"):
+        read_recipe(str(path))

@@ -11,6 +11,7 @@ import os
 import yaml
 
 from ..cli import UsageError, add_checkpoint_args, add_device_args, json_dict, optional, str2bool
+from .mindcv_recipe import translate_mindcv_keys
 
 __all__ = ["build_parser", "parse_args", "read_recipe", "ConfigError"]
 
@@ -163,7 +164,7 @@ def load_yaml_defaults(parser, path):
     """The recipe's values as parser defaults; unknown keys are an error naming the closest options.
 
     A key is an option's name without the dashes; an option's older spellings (e.g. ``checkpoint_path`` for
-    ``ckpt_file``) are accepted as keys too.
+    ``ckpt_file``) are accepted as keys too, and so are MindCV's recipe keys (``training.mindcv_recipe``).
     """
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: '{path}'")
@@ -176,6 +177,9 @@ def load_yaml_defaults(parser, path):
         raise ConfigError(f"{path}: a recipe is a flat mapping of option: value")
     by_dest = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     actions = {opt[2:]: a for a in by_dest.values() for opt in a.option_strings if opt.startswith("--")}
+    recipe, refused = translate_mindcv_keys(recipe, set(actions), path)
+    if refused:
+        raise ConfigError("\n".join(refused))
     unknown = [k for k in recipe if k not in actions]
     if unknown:
         lines = []
