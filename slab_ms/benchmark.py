@@ -365,10 +365,11 @@ class Child:
 
 # ------------------------------------------------------------------------------------- the driver
 def torch_available():
+    """Whether torch and timm import (timm may fail at import with a mismatched torchvision)."""
     try:
         import timm  # noqa: F401
         import torch  # noqa: F401
-    except ImportError:
+    except Exception:  # noqa: BLE001  (any import failure means: no PyTorch comparison)
         return False
     return True
 
