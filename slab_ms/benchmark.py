@@ -40,6 +40,15 @@ import tempfile
 import time
 
 import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from . import create_model, reparameterize_model
+from .layers.attention import Attention, SimplifiedLinearAttention
+from .layers.patch_embed import PatchConv2d, PatchEmbed
+from .models.cswin import LePEAttention, stripe_window
+from .models.pvt import SpatialReductionAttention
+from .models.swin import WindowAttention
 
 __all__ = ["FAMILIES", "FORMS", "main", "count_flops"]
 
@@ -90,14 +99,6 @@ def count_flops(net, image_size):
 
     Runs one batch-1 forward in PyNative mode with forward hooks; restores GRAPH_MODE afterwards.
     """
-    import mindspore as ms
-    from mindspore import nn
-    from .layers.attention import Attention, SimplifiedLinearAttention
-    from .layers.patch_embed import PatchConv2d, PatchEmbed
-    from .models.cswin import LePEAttention, stripe_window
-    from .models.pvt import SpatialReductionAttention
-    from .models.swin import WindowAttention
-
     total = [0.0]
 
     def conv(cell, inputs, output):
@@ -166,32 +167,20 @@ def count_flops(net, image_size):
 
 
 # ------------------------------------------------------------------------------- child processes
-def _set_threads(threads):
-    import mindspore as ms
-    ms.device_context.cpu.op_tuning.threads_num(threads)
+class GemmChain(nn.Cell):
+    """The GEMM reference: ``GEMM_DEPTH`` chained (1568×192)·(192×768) and (1568×768)·(768×192) matmuls."""
 
+    def __init__(self):
+        super().__init__()
+        _, k, n = GEMM_SHAPE
+        rng = np.random.default_rng(0)
+        self.up = ms.Tensor(rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k))
+        self.down = ms.Tensor(rng.standard_normal((n, k), dtype=np.float32) / np.sqrt(n))
 
-class GemmChain:
-    """The GEMM reference: ``GEMM_DEPTH`` chained (1568×192)·(192×768) matmuls (and back) in one graph."""
-
-    def __new__(cls):
-        import mindspore as ms
-        from mindspore import nn, ops
-
-        class Chain(nn.Cell):
-            def __init__(self):
-                super().__init__()
-                m, k, n = GEMM_SHAPE
-                rng = np.random.default_rng(0)
-                self.up = ms.Tensor(rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k))
-                self.down = ms.Tensor(rng.standard_normal((n, k), dtype=np.float32) / np.sqrt(n))
-
-            def construct(self, x):
-                for i in range(GEMM_DEPTH):
-                    x = ops.matmul(x, self.up) if i % 2 == 0 else ops.matmul(x, self.down)
-                return x
-
-        return Chain()
+    def construct(self, x):
+        for i in range(GEMM_DEPTH):
+            x = ops.matmul(x, self.up) if i % 2 == 0 else ops.matmul(x, self.down)
+        return x
 
 
 def gemm_flops():
@@ -201,8 +190,6 @@ def gemm_flops():
 
 def _build(spec, quick, with_flops):
     """The network of a (family, form) spec, or the GEMM chain; returns (net, image size, FLOPs per image or None)."""
-    import mindspore as ms
-    from . import create_model, reparameterize_model
     if spec == GEMM:
         return GemmChain(), None, gemm_flops()
     family, form = spec
@@ -221,8 +208,6 @@ def _build(spec, quick, with_flops):
 
 def _train_step(net):
     """One SGD step of ``net`` on (images, labels), compiled once."""
-    import mindspore as ms
-    from mindspore import nn
     loss_fn = nn.CrossEntropyLoss()
     optimizer = nn.SGD(net.trainable_params(), learning_rate=1e-4, momentum=0.9)
 
@@ -246,11 +231,10 @@ def _worker(conn, spec, threads, jit_level, quick, flops):
     ``flops`` (per image) is counted here when None.
     """
     try:
-        import mindspore as ms
         ms.set_context(mode=ms.GRAPH_MODE)
         if jit_level:
             ms.set_context(jit_config={"jit_level": jit_level})
-        _set_threads(threads)
+        ms.device_context.cpu.op_tuning.threads_num(threads)
         net, image_size, counted = _build(spec, quick, flops is None)
         conn.send(("ready", counted if flops is None else flops))
         inputs, train = {}, {}
@@ -313,11 +297,10 @@ def _torch_worker(conn, model_name, threads):
 def _profile(net, x, top=12):
     """Per-op-type time (ms per call) of ``net(x)`` from MindSpore's profiler, largest first."""
     import glob
-    from mindspore import Profiler
     net(x).asnumpy()
     folder = tempfile.mkdtemp(prefix="slab_profile_")
     try:
-        profiler = Profiler(output_path=folder)
+        profiler = ms.Profiler(output_path=folder)
         calls = 3
         for _ in range(calls):
             net(x).asnumpy()
@@ -497,7 +480,6 @@ def _stats(values):
 
 
 def summarise(args, samples, train_samples, peaks, flops, profiles, load_start, load_end, use_torch):
-    import mindspore as ms
     results = []
     for family in args.families:
         forms = args.forms + (["torch"] if use_torch and FAMILIES[family][1] else [])

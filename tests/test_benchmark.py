@@ -2,7 +2,6 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 
 from slab_ms import benchmark, create_model
@@ -32,7 +31,7 @@ def test_json_has_every_form_with_positive_numbers(quick_run):
     for row in result["results"]:
         assert row["family"] == "deit" and row["batch_size"] == 1
         assert isinstance(row["model"], str) and isinstance(row["deploy"], bool)
-        assert len(row["samples_ms"]) == 1
+        assert len(row["samples_ms"]) == (2 if row["form"] == "ln" else 1)  # the baseline runs in both groups
         for key in ("median_ms", "min_ms", "max_ms", "images_per_s", "baseline_median_ms", "speedup_vs_baseline",
                     "gflop_per_image", "gflop_per_s", "gemm_gflop_per_s", "gemm_fraction", "peak_rss_mb"):
             assert isinstance(row[key], float) and row[key] > 0, key
@@ -86,4 +85,3 @@ def test_flop_count_of_sla_uses_the_linear_formula():
     dense = 2 * n * c * 3 * c + 2 * n * c * c + 2 * 2 * n * c * 4 * c
     expected = 2 * n * c * 3 * 16 * 16 + depth * (dense + attention) + 2 * c * classes
     assert benchmark.count_flops(net, 64) == pytest.approx(expected)
-    assert np.isfinite(expected)
