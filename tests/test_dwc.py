@@ -63,19 +63,34 @@ def test_matmul_form_has_the_conv_gradients():
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
+def conv_per_head(conv, tokens, hw, heads):
+    """The shared conv applied to each head's channel block of (B, N, heads·c) tokens."""
+    c = tokens.shape[-1] // heads
+    return np.concatenate([conv_on_tokens(conv, tokens[:, :, i * c:(i + 1) * c], hw).asnumpy() for i in range(heads)],
+                          axis=-1)
+
+
 def test_attention_uses_matmuls_on_its_grid_and_the_conv_elsewhere():
     sla = SimplifiedLinearAttention(12, 2, (4, 6))
     sla.dwc.weight.set_data(random_conv(6, 5, seed=5).weight.value())
     sla.dwc.bias.set_data(Tensor(np.random.default_rng(6).normal(0, 1, 6).astype(np.float32)))
     rng = np.random.default_rng(7)
-    on_grid, off_grid = (Tensor(rng.standard_normal((4, n, 6), dtype=np.float32)) for n in (24, 15))
-    expected_on, expected_off = conv_on_tokens(sla.dwc, on_grid, (4, 6)), conv_on_tokens(sla.dwc, off_grid, (3, 5))
+    on_grid, off_grid = (Tensor(rng.standard_normal((2, n, 12), dtype=np.float32)) for n in (24, 15))
+    expected_on, expected_off = conv_per_head(sla.dwc, on_grid, (4, 6), 2), conv_per_head(sla.dwc, off_grid, (3, 5), 2)
     conv_calls = []
     sla.dwc.register_forward_hook(lambda cell, inputs, output: conv_calls.append(output.shape))
-    np.testing.assert_allclose(sla._dwc_tokens(on_grid, (4, 6)).asnumpy(), expected_on.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(sla._dwc_tokens(on_grid, (4, 6)).asnumpy(), expected_on, atol=1e-5)
     assert conv_calls == []
-    np.testing.assert_allclose(sla._dwc_tokens(off_grid, (3, 5)).asnumpy(), expected_off.asnumpy(), atol=1e-5)
-    assert conv_calls == [(4, 6, 3, 5)]  # the other grid ran the Conv2d
+    np.testing.assert_allclose(sla._dwc_tokens(off_grid, (3, 5)).asnumpy(), expected_off, atol=1e-5)
+    assert conv_calls == [(4, 6, 3, 5)]  # the other grid ran the Conv2d, one image per (batch, head)
+
+
+def test_matmul_form_shares_the_filters_between_channel_blocks():
+    """Tokens with g·c channels and c filters: block i of the channels is convolved with the same c filters."""
+    conv = random_conv(4, 5, seed=8)
+    tokens = Tensor(np.random.default_rng(9).standard_normal((2, 35, 12), dtype=np.float32))
+    np.testing.assert_allclose(matmuls_on_tokens(conv, tokens, (5, 7)).asnumpy(), conv_per_head(conv, tokens, (5, 7), 3),
+                               rtol=0, atol=1e-5)
 
 
 def test_attention_checkpoint_names_are_unchanged():

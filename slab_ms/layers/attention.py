@@ -5,10 +5,15 @@ SLA for one image or window, with q, k, v of shape (B, N, C), C = heads · head_
     k ← k + P                                   (learnable positional encoding, on k only)
     out_i = Σ_j (ReLU(q_i)·ReLU(k_j)) v_j / (ReLU(q_i)·Σ_j ReLU(k_j) + 1e-6)  +  DWC(v)
 
-The association order is chosen by cost: (K^T V) first when N > head_dim, (Q K^T) first
-otherwise; both give the same numbers. The normaliser and products run in float32 even under
-mixed precision. One depth-wise convolution ``dwc`` over head_dim channels is shared by all heads;
-on the grid the cell was built for it is computed as two matmuls (``_dwc_tokens``).
+Layout: q, k, v stay in the (B, N, h·d) layout the projections produce. With N > head_dim the
+per-head products Kᵀ V are one (B, C, C) batched matmul masked to its h diagonal d×d blocks (the
+other blocks would mix heads), the normaliser of every (token, head) is one matmul of Q with the
+per-head sums of K, and Q (Kᵀ V) lands back in (B, N, C): no split/merge transposes of q, k, v and
+no reduction kernels, at the price of h× the flops of the two small products. With N ≤ head_dim
+(Q Kᵀ) V per head is cheaper and q, k, v are split into heads. Both give the reference's numbers
+to float rounding. The normaliser and products run in float32 even under mixed precision. One
+depth-wise convolution ``dwc`` over head_dim channels is shared by all heads; on the grid the cell
+was built for it is computed as two matmuls (``depthwise_conv_as_matmuls``).
 ``SimplifiedLinearAttention.attend`` is the single implementation; the PVT, Swin and CSwin
 attentions call it.
 """
@@ -19,7 +24,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from .helpers import dense, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
-           "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls"]
+           "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls", "head_block_mask",
+           "head_indicator"]
 
 
 def split_heads(x, num_heads):
@@ -32,6 +38,17 @@ def merge_heads(x, num_heads):
     """(B·h, N, d) -> (B, N, h·d)."""
     bh, n, d = x.shape
     return x.reshape(bh // num_heads, num_heads, n, d).transpose(0, 2, 1, 3).reshape(bh // num_heads, n, num_heads * d)
+
+
+def head_indicator(num_heads, head_dim):
+    """(h·d, h) float32 0/1 matrix: entry [c, i] is 1 when channel c belongs to head i."""
+    return np.kron(np.eye(num_heads, dtype=np.float32), np.ones((head_dim, 1), np.float32))
+
+
+def head_block_mask(num_heads, head_dim):
+    """(h·d, h·d) float32 0/1 matrix, 1 on the h diagonal d×d blocks (channel pairs of one head)."""
+    indicator = head_indicator(num_heads, head_dim)
+    return indicator @ indicator.T
 
 
 def resize_token_grid(tokens, src_hw, dst_hw):
@@ -73,24 +90,27 @@ def row_shift_matrix(height, kernel_size):
 def depthwise_conv_as_matmuls(tokens, weight, bias, hw, column_index, row_shifts):
     """A stride-1, zero-padded k×k depth-wise convolution of (B, H·W, C) row-major tokens, as two matmuls.
 
-    The conv is the sum over kernel rows a of a 1-D conv along the width by that row, shifted by
-    a − k//2 rows. Per channel, all k 1-D convs are one matmul with a banded (W, k·W) matrix gathered
-    from the weights (``banded_column_index``); the shifted sum is one matmul with the constant
-    ``row_shifts`` (``row_shift_matrix``). Same numbers as the conv to float rounding; on MindSpore's
-    CPU backend 5-10x faster than its depth-wise Conv2d, forward and backward, at every SLAB grid size
-    (7² to 56²). The price is memory: the k row convolutions and the broadcast row matrix are each
-    k times the size of the input.
+    ``weight`` (c, 1, k, k) and ``bias`` (c,) have c channels; C may be a multiple g·c of them, the
+    channel blocks [i·c, (i+1)·c) sharing the same c filters (SLA's heads share one conv). The conv is
+    the sum over kernel rows a of a 1-D conv along the width by that row, shifted by a − k//2 rows.
+    Per channel, all k 1-D convs are one matmul with a banded (W, k·W) matrix gathered from the
+    weights (``banded_column_index``); the shifted sum is one matmul with the constant ``row_shifts``
+    (``row_shift_matrix``). Same numbers as the conv to float rounding; on MindSpore's CPU backend
+    5-10x faster than its depth-wise Conv2d, forward and backward, at every SLAB grid size (7² to 56²).
+    The price is memory: the k row convolutions and the broadcast row matrix are each k times the
+    size of the input.
     """
-    b, n, c = tokens.shape
+    b, n, channels = tokens.shape
     h, w = hw
-    k = weight.shape[-1]
+    c, k = weight.shape[0], weight.shape[-1]
+    groups = channels // c
     taps = ops.concat((weight.reshape(c, k * k), ops.zeros((c, 1), weight.dtype)), axis=1)
-    banded = ops.gather(taps, column_index, 1)  # (C, W, k·W)
-    by_channel = tokens.transpose(2, 0, 1).reshape(c, b * h, w)
-    row_convs = ops.bmm(by_channel, banded).reshape(c * b, h * k, w)  # [(c, b), (y', a), x]
+    banded = ops.gather(taps, column_index, 1)  # (c, W, k·W)
+    by_channel = tokens.reshape(b, n, groups, c).transpose(3, 2, 0, 1).reshape(c, groups * b * h, w)
+    row_convs = ops.bmm(by_channel, banded).reshape(c * groups * b, h * k, w)  # [(c, g, b), (y', a), x]
     # An explicit broadcast + bmm: MindSpore's broadcasting matmul is ~2x slower here.
-    out = ops.bmm(ops.broadcast_to(row_shifts, (c * b, h, h * k)), row_convs)  # (C·B, H, W)
-    return out.reshape(c, b, n).transpose(1, 2, 0) + bias
+    out = ops.bmm(ops.broadcast_to(row_shifts, (c * groups * b, h, h * k)), row_convs)  # (c·g·B, H, W)
+    return (out.reshape(c, groups, b, n).transpose(2, 3, 1, 0) + bias).reshape(b, n, channels)
 
 
 class Attention(nn.Cell):
@@ -150,6 +170,8 @@ class SimplifiedLinearAttention(nn.Cell):
         # Constants of the matmul form of ``dwc`` on this grid (not parameters; see ``_dwc_tokens``).
         self.dwc_column_index = Tensor(banded_column_index(self.grid_size[1], kernel_size))
         self.dwc_row_shifts = Tensor(row_shift_matrix(self.grid_size[0], kernel_size))
+        self.head_mask = Tensor(head_block_mask(num_heads, self.head_dim))
+        self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
         if with_proj:
             self.proj = dense(dim, dim)
             self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
@@ -159,30 +181,46 @@ class SimplifiedLinearAttention(nn.Cell):
         out_dtype = v.dtype
         q, k, v = q.astype(ms.float32), k.astype(ms.float32), v.astype(ms.float32)
         k = k + resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
-        q = split_heads(ops.relu(q), self.num_heads)
-        k = split_heads(ops.relu(k), self.num_heads)
-        v = split_heads(v, self.num_heads)
-        n, d = q.shape[1], q.shape[2]
-        # Divide by the normaliser instead of multiplying by z = 1/(...): the same numbers to rounding,
-        # and MindSpore's ONNX exporter has no Reciprocal.
-        normaliser = (q * k.sum(axis=1, keepdims=True)).sum(axis=-1, keepdims=True) + self.eps
-        if n > d:
-            out = ops.bmm(q, ops.bmm(k.transpose(0, 2, 1), v)) / normaliser
+        q, k = ops.relu(q), ops.relu(k)
+        if q.shape[1] > self.head_dim:
+            out = self._kv_first(q, k, v)
         else:
-            out = ops.bmm(ops.bmm(q, k.transpose(0, 2, 1)), v) / normaliser
-        out = out + self._dwc_tokens(v, hw)
-        return merge_heads(out, self.num_heads).astype(out_dtype)
+            out = self._qk_first(q, k, v)
+        return (out + self._dwc_tokens(v, hw)).astype(out_dtype)
+
+    def _kv_first(self, q, k, v):
+        """Q (Kᵀ V) / (Q Σ_j K_j) per head, every product batched over all heads in (B, N, C)."""
+        b, n, c = q.shape
+        kv = ops.bmm(k.transpose(0, 2, 1), v)  # (B, C, C); its diagonal blocks are the heads' Kᵀ V
+        if self.num_heads > 1:
+            kv = kv * self.head_mask
+        # Σ_j K_j as a matmul with ones: MindSpore's CPU ReduceSum over the token axis is ~4x slower.
+        k_sum = ops.bmm(ops.ones((b, 1, n), k.dtype), k)  # (B, 1, C)
+        normaliser = ops.bmm(q, k_sum.reshape(b, c, 1) * self.head_indicator) + self.eps  # (B, N, h)
+        # ones / z rather than 1.0 / z: MindSpore exports the latter as Reciprocal, which ONNX export lacks.
+        scale = ops.ones_like(normaliser) / normaliser
+        out = ops.bmm(q, kv).reshape(b, n, self.num_heads, self.head_dim) * scale.expand_dims(-1)
+        return out.reshape(b, n, c)
+
+    def _qk_first(self, q, k, v):
+        """(Q Kᵀ) V / (Q Kᵀ 1) per head: cheaper than Kᵀ V when the grid has at most head_dim tokens."""
+        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
+        attn = ops.bmm(q, k.transpose(0, 2, 1))
+        # Divide instead of multiplying by z = 1/(...): MindSpore's ONNX exporter has no Reciprocal.
+        out = ops.bmm(attn, v) / (attn.sum(axis=-1, keepdims=True) + self.eps)
+        return merge_heads(out, self.num_heads)
 
     def _dwc_tokens(self, v, hw):
-        """``dwc`` on the (B·h, N, d) tokens laid out on ``hw``: as matmuls on the grid the cell was built for
-        (same numbers, 5-10x faster on CPU, training and deploy form alike), as the Conv2d itself on any
-        other grid (other input sizes)."""
+        """``dwc`` on the (B, N, C) values laid out on ``hw``, one conv per head: as matmuls on the grid the
+        cell was built for (same numbers, 5-10x faster on CPU, training and deploy form alike), as the
+        Conv2d itself on any other grid (other input sizes)."""
         if tuple(hw) == self.grid_size:
             return depthwise_conv_as_matmuls(v, self.dwc.weight.astype(v.dtype), self.dwc.bias.astype(v.dtype), hw,
                                              self.dwc_column_index, self.dwc_row_shifts)
-        bh, _, d = v.shape
-        grid = v.reshape(bh, hw[0], hw[1], d).transpose(0, 3, 1, 2)
-        return self.dwc(grid).transpose(0, 2, 3, 1).reshape(bh, hw[0] * hw[1], d)
+        b, n, c = v.shape
+        grid = v.reshape(b, hw[0], hw[1], self.num_heads, self.head_dim).transpose(0, 3, 4, 1, 2)
+        out = self.dwc(grid.reshape(b * self.num_heads, self.head_dim, hw[0], hw[1]))
+        return out.reshape(b, c, n).transpose(0, 2, 1)
 
     def construct(self, x, hw):
         q, k, v = ops.split(self.qkv(x), self.dim, axis=-1)

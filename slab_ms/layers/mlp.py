@@ -1,9 +1,25 @@
 """Transformer MLP: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
-from mindspore import nn
+from mindspore import nn, ops
 
 from .helpers import dense
 
-__all__ = ["Mlp"]
+__all__ = ["Mlp", "GELU"]
+
+SQRT_HALF = 0.7071067811865476
+
+
+class GELU(nn.GELU):
+    """Exact (erf) GELU, x · (1 + erf(x · √½)) / 2.
+
+    An ``nn.GELU(approximate=False)`` with the same numbers to float rounding; ``ops.gelu`` divides by
+    √2 on MindSpore's CPU backend, and its Div is one of the slowest element-wise kernels there.
+    """
+
+    def __init__(self):
+        super().__init__(approximate=False)
+
+    def construct(self, x):
+        return x * (ops.erf(x * SQRT_HALF) + 1.0) * 0.5
 
 
 class Mlp(nn.Cell):
@@ -12,7 +28,7 @@ class Mlp(nn.Cell):
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         self.fc1 = dense(in_features, hidden_features)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.fc2 = dense(hidden_features, out_features)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 

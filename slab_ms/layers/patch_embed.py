@@ -23,24 +23,46 @@ class PatchConv2d(nn.Conv2d):
     """Conv2d with kernel = stride and no padding, computed as one matmul over flattened patches.
 
     Same parameters (``weight`` (out, in, p, p), ``bias``) and outputs as ``nn.Conv2d``; MindSpore's CPU
-    convolution kernel is 30-60x slower for this shape than the equivalent matmul.
+    convolution kernel is 30-60x slower for this shape than the equivalent matmul. ``tokens`` returns
+    the output as (B, H/p · W/p, out) tokens without going through the (B, out, H/p, W/p) map, and
+    ``tokens_from_tokens`` takes a (B, H·W, in) token map as input.
     """
 
     def __init__(self, in_channels, out_channels, patch_size):
         super().__init__(in_channels, out_channels, patch_size, stride=patch_size, pad_mode="valid", has_bias=True)
 
-    def construct(self, x):
+    def tokens(self, x):
+        """(B, C, H, W) -> (B, H/p · W/p, out) row-major tokens and the grid (H/p, W/p)."""
         b, c, h, w = x.shape
         ph, pw = self.kernel_size
         hp, wp = h // ph, w // pw
-        patches = x[:, :, :hp * ph, :wp * pw].reshape(b, c, hp, ph, wp, pw).transpose(0, 2, 4, 1, 3, 5)
-        out = ops.matmul(patches.reshape(b * hp * wp, c * ph * pw), self.weight.reshape(self.out_channels, -1).T)
-        out = out + self.bias
-        return out.reshape(b, hp, wp, self.out_channels).transpose(0, 3, 1, 2)
+        if h != hp * ph or w != wp * pw:  # a valid conv ignores the last rows / columns (a slice is slow: skip it)
+            x = x[:, :, :hp * ph, :wp * pw]
+        patches = x.reshape(b, c, hp, ph, wp, pw).transpose(0, 2, 4, 1, 3, 5).reshape(b * hp * wp, c * ph * pw)
+        out = ops.matmul(patches, self.weight.reshape(self.out_channels, -1).T) + self.bias
+        return out.reshape(b, hp * wp, self.out_channels), (hp, wp)
+
+    def tokens_from_tokens(self, x, hw):
+        """(B, H·W, C) row-major tokens on the grid ``hw`` -> (B, H/p · W/p, out) tokens and (H/p, W/p)."""
+        b, _, c = x.shape
+        ph, pw = self.kernel_size
+        hp, wp = hw[0] // ph, hw[1] // pw
+        grid = x.reshape(b, hw[0], hw[1], c)
+        if hw[0] != hp * ph or hw[1] != wp * pw:
+            grid = grid[:, :hp * ph, :wp * pw]
+        patches = grid.reshape(b, hp, ph, wp, pw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b * hp * wp, ph * pw * c)
+        weight = self.weight.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)  # patch order (row, col, channel)
+        out = ops.matmul(patches, weight.T) + self.bias
+        return out.reshape(b, hp * wp, self.out_channels), (hp, wp)
+
+    def construct(self, x):
+        out, (hp, wp) = self.tokens(x)
+        return out.reshape(out.shape[0], hp, wp, self.out_channels).transpose(0, 3, 1, 2)
 
 
 class PatchEmbed(nn.Cell):
-    """Image (B, C, H, W) -> tokens (B, H/p · W/p, D) and the token grid (H/p, W/p)."""
+    """Image (B, C, H, W), or a (B, H·W, C) token map with its grid ``hw``, -> tokens (B, H/p · W/p, D) and
+    the token grid (H/p, W/p)."""
 
     def __init__(self, patch_size=16, in_channels=3, embed_dim=768, norm_layer=None):
         super().__init__()
@@ -48,11 +70,12 @@ class PatchEmbed(nn.Cell):
         self.proj = PatchConv2d(in_channels, embed_dim, self.patch_size)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
-    def construct(self, x):
-        x = self.proj(x)
-        b, c, h, w = x.shape
-        x = x.reshape(b, c, h * w).transpose(0, 2, 1)
-        return self.norm(x), (h, w)
+    def construct(self, x, hw=None):
+        if hw is None:
+            x, hw = self.proj.tokens(x)
+        else:
+            x, hw = self.proj.tokens_from_tokens(x, hw)
+        return self.norm(x), hw
 
 
 @register_fold(PatchEmbed)

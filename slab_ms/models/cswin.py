@@ -26,6 +26,7 @@ from mindspore import nn, ops
 from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
                       fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer, merge_heads,
                       register_fold, split_heads, to_2tuple)
+from ..layers.flops import register_flops, sla_flops, softmax_flops
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["CSWinTransformer", "slab_cswin_tiny"]
@@ -184,9 +185,12 @@ class CSWinBlock(nn.Cell):
         if self.num_branches == 1:
             out = self.attns[0](q, k, v, hw)
         else:
+            # ops.split, not slicing: MindSpore's CPU StridedSlice is ~15x slower than Split
             half = self.dim // 2
-            out = ops.concat((self.attns[0](q[:, :, :half], k[:, :, :half], v[:, :, :half], hw),
-                              self.attns[1](q[:, :, half:], k[:, :, half:], v[:, :, half:], hw)), axis=-1)
+            q0, q1 = ops.split(q, half, axis=-1)
+            k0, k1 = ops.split(k, half, axis=-1)
+            v0, v1 = ops.split(v, half, axis=-1)
+            out = ops.concat((self.attns[0](q0, k0, v0, hw), self.attns[1](q1, k1, v1, hw)), axis=-1)
         x = x + self.drop_path(self.proj_drop(self.proj(out)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -351,6 +355,20 @@ class CSWinTransformer(nn.Cell):
 
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
+
+
+@register_flops(LePEAttention)
+def _lepe_flops(cell, inputs, output):
+    b, n, c = inputs[0].shape
+    window = stripe_window(cell.stripe, cell.split, inputs[3])
+    return softmax_flops(b, n, window[0] * window[1], c)
+
+
+@register_flops(SLALePEAttention)
+def _sla_lepe_flops(cell, inputs, output):
+    b, n, c = inputs[0].shape
+    window = stripe_window(cell.stripe, cell.split, inputs[3])
+    return sla_flops(cell, b, n, c, window[0] * window[1])
 
 
 @register_fold(CSWinBlock)

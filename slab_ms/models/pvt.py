@@ -23,6 +23,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
                       check_input, dense, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
                       merge_heads, register_fold, resize_token_grid, split_heads, to_2tuple)
+from ..layers.flops import register_flops, softmax_flops
 from .registry import build_model, default_cfg, register_model
 
 __all__ = ["PyramidVisionTransformer", "pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn",
@@ -57,11 +58,10 @@ class SpatialReductionAttention(nn.Cell):
             self.norm = norm_layer(dim)
 
     def construct(self, x, hw):
-        b, _, c = x.shape
+        c = x.shape[-1]
         q = split_heads(self.q(x), self.num_heads)
         if self.sr_ratio > 1:
-            reduced = self.sr(x.transpose(0, 2, 1).reshape(b, c, hw[0], hw[1]))
-            x = self.norm(reduced.reshape(b, c, -1).transpose(0, 2, 1))
+            x = self.norm(self.sr.tokens_from_tokens(x, hw)[0])
         k, v = ops.split(self.kv(x), c, axis=-1)
         k, v = split_heads(k, self.num_heads), split_heads(v, self.num_heads)
         attn = ops.softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), axis=-1)
@@ -168,24 +168,21 @@ class PyramidVisionTransformer(nn.Cell):
         """Empty: the reference recipe weight-decays ``pos_embed{s}`` (its exclusion list names a missing cls_token)."""
         return set()
 
-    def _stage(self, x, patch_embed, pos_embed, blocks, grid, last=False):
-        """One stage on a (B, C, H, W) map: tokens out of the last stage, a map for the next one otherwise."""
-        x, hw = patch_embed(x)
+    def _stage(self, x, hw, patch_embed, pos_embed, blocks, grid):
+        """One stage: the image (``hw`` None) or the previous stage's tokens on ``hw`` -> tokens and their grid."""
+        x, hw = patch_embed(x, hw)
         x = self.pos_drop(x + resize_token_grid(pos_embed, grid, hw))
         for blk in blocks:
             x = blk(x, hw)
-        if last:
-            return x
-        b, _, c = x.shape
-        return x.reshape(b, hw[0], hw[1], c).transpose(0, 3, 1, 2)
+        return x, hw
 
     def forward_features(self, x):
         """Image -> stage-4 tokens (B, N, C) (there is no final norm)."""
         check_input(x, self.in_channels, self.total_stride, type(self).__name__)
-        x = self._stage(x, self.patch_embed1, self.pos_embed1, self.block1, self.grid_sizes[0])
-        x = self._stage(x, self.patch_embed2, self.pos_embed2, self.block2, self.grid_sizes[1])
-        x = self._stage(x, self.patch_embed3, self.pos_embed3, self.block3, self.grid_sizes[2])
-        return self._stage(x, self.patch_embed4, self.pos_embed4, self.block4, self.grid_sizes[3], last=True)
+        x, hw = self._stage(x, None, self.patch_embed1, self.pos_embed1, self.block1, self.grid_sizes[0])
+        x, hw = self._stage(x, hw, self.patch_embed2, self.pos_embed2, self.block2, self.grid_sizes[1])
+        x, hw = self._stage(x, hw, self.patch_embed3, self.pos_embed3, self.block3, self.grid_sizes[2])
+        return self._stage(x, hw, self.patch_embed4, self.pos_embed4, self.block4, self.grid_sizes[3])[0]
 
     def forward_head(self, x, pre_logits=False):
         x = x.mean(axis=1)
@@ -193,6 +190,16 @@ class PyramidVisionTransformer(nn.Cell):
 
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
+
+
+@register_flops(SpatialReductionAttention)
+def _sra_flops(cell, inputs, output):
+    """Softmax over the keys of the map shrunk sr×sr, plus the reduction conv (a patch matmul)."""
+    b, n, c = inputs[0].shape
+    if cell.sr_ratio == 1:
+        return softmax_flops(b, n, n, c)
+    keys = n // cell.sr_ratio ** 2
+    return softmax_flops(b, n, keys, c) + 2.0 * b * keys * c * c * cell.sr_ratio ** 2
 
 
 @register_fold(Block)

@@ -27,6 +27,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule, check_input,
                       dense, fold_final_norm, fold_norm_into_consumers, get_norm_layer, register_fold, to_2tuple)
+from ..layers.flops import register_flops, softmax_flops
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["SwinTransformer", "swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small"]
@@ -64,6 +65,20 @@ def cyclic_shift(x, shift):
     sh, sw = shift % h, shift % w
     x = ops.concat((x[:, h - sh:], x[:, :h - sh]), axis=1)
     return ops.concat((x[:, :, w - sw:], x[:, :, :w - sw]), axis=2)
+
+
+def window_order(resolution, window_size, shift):
+    """(H·W,) int32: the row-major token that lands at each position of ``window_partition(cyclic_shift(x, −shift))``.
+
+    Gathering the tokens in this order does the shift and the partition in one pass (one Gather instead
+    of four slices, two concats and a transpose: ~3x faster on MindSpore's CPU backend); gathering in
+    the inverse order (``np.argsort``) undoes both.
+    """
+    h, w = resolution
+    tokens = Tensor(np.arange(h * w, dtype=np.int32).reshape(1, h, w, 1))
+    if shift:
+        tokens = cyclic_shift(tokens, -shift)
+    return window_partition(tokens, window_size).asnumpy().reshape(-1)
 
 
 def relative_position_index(window_size):
@@ -106,7 +121,7 @@ class WindowAttention(nn.Cell):
         """x: (B·nW, N, C) windows; mask: (nW, N, N) or None. Returns (B·nW, N, C)."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = ops.unstack(qkv, 0)  # indexing qkv[0] is a StridedSlice: ~15x slower on MindSpore's CPU
         attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))
         bias = ops.gather(self.relative_position_bias_table, self.relative_position_index, 0)
         attn = attn + bias.reshape(n, n, self.num_heads).transpose(2, 0, 1).expand_dims(0)
@@ -149,23 +164,28 @@ class SwinTransformerBlock(nn.Cell):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        # Shift + window partition (and their inverse) as one token gather; None: one window, no shift.
+        self.window_index = self.window_inverse = None
+        if (window_size, window_size) != self.input_resolution or shift_size:
+            order = window_order(self.input_resolution, window_size, shift_size)
+            self.window_index = Tensor(order, ms.int32)
+            self.window_inverse = Tensor(np.argsort(order).astype(np.int32))
 
     def construct(self, x):
         b, n, c = x.shape
-        h, w = self.input_resolution
         ws = self.window_size
-        y = self.norm1(x).reshape(b, h, w, c)
-        if self.shift_size:
-            y = cyclic_shift(y, -self.shift_size)
-        windows = window_partition(y, ws)
+        y = self.norm1(x)
+        if self.window_index is not None:
+            y = ops.gather(y, self.window_index, 1)
+        windows = y.reshape(-1, ws * ws, c)
         if self.kind == "L":
             windows = self.attn(windows, (ws, ws))
         else:
             windows = self.attn(windows, self.attn_mask)
-        y = window_reverse(windows, ws, h, w)
-        if self.shift_size:
-            y = cyclic_shift(y, self.shift_size)
-        x = x + self.drop_path(y.reshape(b, n, c))
+        y = windows.reshape(b, n, c)
+        if self.window_inverse is not None:
+            y = ops.gather(y, self.window_inverse, 1)
+        x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -302,6 +322,12 @@ class SwinTransformer(nn.Cell):
 
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
+
+
+@register_flops(WindowAttention)
+def _window_flops(cell, inputs, output):
+    b, n, c = inputs[0].shape  # windows × tokens per window
+    return softmax_flops(b, n, n, c)
 
 
 @register_fold(SwinTransformerBlock)

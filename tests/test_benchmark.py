@@ -1,0 +1,88 @@
+"""The benchmark runs end to end on tiny models and writes the documented JSON / CSV; no timing assertions."""
+import csv
+import json
+
+import pytest
+
+from slab_ms import benchmark, create_model
+from slab_ms.layers.flops import count_flops
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    paths = {"json": str(folder / "out.json"), "csv": str(folder / "out.csv")}
+    benchmark.main(["--quick", "--families", "deit", "--batch_sizes", "1", "--repeats", "1",
+                    "--json", paths["json"], "--csv", paths["csv"]])
+    with open(paths["json"]) as f:
+        result = json.load(f)
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    return result, rows
+
+
+def test_json_has_every_form_with_positive_numbers(quick_run):
+    result, _ = quick_run
+    meta = result["meta"]
+    assert meta["batch_sizes"] == [1] and meta["repeats"] == 1 and meta["quick"] is True
+    assert isinstance(meta["threads"], int) and meta["threads"] >= 1
+    assert len(meta["load_average_start"]) == 3 and len(meta["load_average_end"]) == 3
+    assert meta["gemm"]["gflop"] > 0
+    assert [r["form"] for r in result["results"]] == list(benchmark.FORMS)
+    for row in result["results"]:
+        assert row["family"] == "deit" and row["batch_size"] == 1
+        assert isinstance(row["model"], str) and isinstance(row["deploy"], bool)
+        assert len(row["samples_ms"]) == (2 if row["form"] == "ln" else 1)  # the baseline runs in both groups
+        for key in ("median_ms", "min_ms", "max_ms", "images_per_s", "baseline_median_ms", "speedup_vs_baseline",
+                    "gflop_per_image", "gflop_per_s", "gemm_gflop_per_s", "gemm_fraction", "peak_rss_mb"):
+            assert isinstance(row[key], float) and row[key] > 0, key
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+    baseline = result["results"][0]
+    assert baseline["form"] == "ln" and baseline["speedup_vs_baseline"] == 1.0
+
+
+def test_csv_has_one_row_per_model_and_batch_size(quick_run):
+    result, rows = quick_run
+    assert [r["form"] for r in rows] == [r["form"] for r in result["results"]]
+    assert all(float(r["median_ms"]) > 0 and float(r["gflop_per_s"]) > 0 for r in rows)
+
+
+def test_table_names_every_form(quick_run):
+    text = benchmark.table(quick_run[0])
+    for label in ("LayerNorm + softmax", "PRepBN, deploy form", "SLAB, deploy form", "GEMM reference"):
+        assert label in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch_sizes", "0"], "--batch_sizes must be positive"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--families", "vgg"], "invalid choice"),
+    (["--json", "/no/such/folder/out.json"], "its folder does not exist"),
+])
+def test_bad_input_is_one_message_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_flop_count_is_the_reference_formula_on_a_tiny_deit():
+    c, n, depth, classes, patch = 32, 16, 2, 10, 16
+    net = create_model("deit_tiny_prepbn", num_classes=classes, image_size=64, embed_dim=c, depth=depth,
+                       num_heads=2, norm="ln").set_train(False)
+    tokens = n + 1  # class token
+    per_block = 2 * tokens * c * 3 * c + 2 * tokens * c * c + 2 * 2 * tokens * c * 4 * c + 4 * tokens * tokens * c
+    expected = 2 * n * c * 3 * patch * patch + depth * per_block + 2 * c * classes
+    assert count_flops(net, 64) == pytest.approx(expected)
+
+
+def test_flop_count_of_sla_uses_the_linear_formula():
+    c, n, depth, classes = 32, 16, 1, 10
+    net = create_model("slab_deit_tiny", num_classes=classes, image_size=64, embed_dim=c, depth=depth,
+                       num_heads=2).set_train(False)
+    d = c // 2  # n = 16 tokens, head_dim 16: (Q Kᵀ) V order
+    attention = 4 * n * c * min(n, d) + 2 * n * c + 2 * n * c * 25
+    dense = 2 * n * c * 3 * c + 2 * n * c * c + 2 * 2 * n * c * 4 * c
+    expected = 2 * n * c * 3 * 16 * 16 + depth * (dense + attention) + 2 * c * classes
+    assert count_flops(net, 64) == pytest.approx(expected)

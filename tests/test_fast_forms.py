@@ -1,0 +1,97 @@
+"""The faster formulations equal the straightforward ones they replace (numpy references or MindSpore ops)."""
+import math
+
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import Tensor, nn, ops
+
+from slab_ms.layers import SimplifiedLinearAttention
+from slab_ms.layers.attention import head_block_mask, head_indicator
+from slab_ms.layers.mlp import GELU
+from slab_ms.layers.patch_embed import PatchConv2d
+from slab_ms.models.swin import cyclic_shift, window_order, window_partition, window_reverse
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def pynative():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def test_gelu_is_the_exact_erf_gelu():
+    x = np.concatenate([np.linspace(-8, 8, 2001), RNG.normal(0, 3, 1000)]).astype(np.float32)
+    expected = np.array([v * (1 + math.erf(v / math.sqrt(2))) / 2 for v in x.astype(np.float64)])
+    got = GELU()(Tensor(x)).asnumpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got, nn.GELU(approximate=False)(Tensor(x)).asnumpy(), rtol=1e-6, atol=1e-7)
+    assert isinstance(GELU(), nn.GELU)  # ONNX export swaps nn.GELU cells for an Erf-free form
+
+
+@pytest.mark.parametrize("hw", [(8, 12), (9, 13)], ids=["divisible", "cropped"])
+def test_patch_matmul_tokens_equal_the_conv(hw):
+    conv = PatchConv2d(3, 5, 4)
+    conv.bias.set_data(Tensor(RNG.normal(size=5).astype(np.float32)))
+    x = RNG.normal(size=(2, 3) + hw).astype(np.float32)
+    reference = nn.Conv2d(3, 5, 4, stride=4, pad_mode="valid", has_bias=True, weight_init=conv.weight.value(),
+                          bias_init=conv.bias.value())(Tensor(x)).asnumpy()
+    expected = reference.reshape(2, 5, -1).transpose(0, 2, 1)
+    tokens, grid = conv.tokens(Tensor(x))
+    assert grid == (hw[0] // 4, hw[1] // 4)
+    np.testing.assert_allclose(tokens.asnumpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(conv(Tensor(x)).asnumpy(), reference, atol=1e-5)
+    token_map = Tensor(x.reshape(2, 3, -1).transpose(0, 2, 1).copy())
+    from_tokens, grid = conv.tokens_from_tokens(token_map, hw)
+    assert grid == (hw[0] // 4, hw[1] // 4)
+    np.testing.assert_allclose(from_tokens.asnumpy(), expected, atol=1e-5)
+
+
+def test_head_masks():
+    indicator = head_indicator(3, 2)
+    assert indicator.shape == (6, 3) and (indicator.sum(axis=0) == 2).all() and (indicator.sum(axis=1) == 1).all()
+    mask = head_block_mask(3, 2)
+    assert mask.shape == (6, 6) and mask.sum() == 12 and mask[1, 0] == 1 and mask[2, 1] == 0
+
+
+def _per_head_sla(q, k, v, pos, heads):
+    """ReLU(Q)(ReLU(K)ᵀ V) / (ReLU(Q) Σ ReLU(K) + 1e-6) head by head in float64 (no depth-wise conv)."""
+    k = k + pos
+    b, n, c = q.shape
+    d = c // heads
+    out = np.zeros((b, n, c))
+    for i in range(heads):
+        sl = slice(i * d, (i + 1) * d)
+        qh, kh, vh = np.maximum(q[:, :, sl], 0), np.maximum(k[:, :, sl], 0), v[:, :, sl]
+        out[:, :, sl] = qh @ (kh.transpose(0, 2, 1) @ vh) / (qh @ kh.sum(axis=1)[:, :, None] + 1e-6)
+    return out
+
+
+@pytest.mark.parametrize("heads", [1, 3, 4])
+def test_block_diagonal_sla_equals_per_head_sla(heads):
+    hw, dim = (5, 6), 8 * heads  # 30 tokens > head_dim 8: the Kᵀ V-first path
+    sla = SimplifiedLinearAttention(dim, heads, hw)
+    pos = RNG.normal(0, 0.3, (1, 30, dim)).astype(np.float32)
+    sla.positional_encoding.set_data(Tensor(pos))
+    q, k, v = (RNG.normal(size=(2, 30, dim)).astype(np.float32) for _ in range(3))
+    got = sla._kv_first(ops.relu(Tensor(q)), ops.relu(Tensor(k + pos)), Tensor(v)).asnumpy()
+    np.testing.assert_allclose(got, _per_head_sla(q, k, v, pos, heads), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("resolution, window, shift", [((8, 8), 4, 0), ((8, 8), 4, 2), ((12, 8), 4, 2), ((6, 6), 6, 3)])
+def test_window_order_is_shift_then_partition(resolution, window, shift):
+    h, w = resolution
+    x = RNG.normal(size=(2, h, w, 3)).astype(np.float32)
+    shifted = cyclic_shift(Tensor(x), -shift) if shift else Tensor(x)
+    expected = window_partition(shifted, window).asnumpy()
+    order = window_order(resolution, window, shift)
+    tokens = x.reshape(2, h * w, 3)
+    np.testing.assert_array_equal(tokens[:, order].reshape(expected.shape), expected)
+    back = tokens[:, order][:, np.argsort(order)]
+    np.testing.assert_array_equal(back, tokens)
+    reversed_ = window_reverse(Tensor(expected), window, h, w)
+    if shift:
+        reversed_ = cyclic_shift(reversed_, shift)
+    np.testing.assert_array_equal(reversed_.asnumpy(), x)
