@@ -26,7 +26,7 @@ def load_checkpoint(net, path, ema=False, exclude=()):
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: '{path}'. Pass the path of a .ckpt written by "
                                 f"train.py / slab_ms.convert, or of an official .pth.")
-    if path.endswith((".pth", ".pt", ".npz")):
+    if path.endswith((".pth", ".pt", ".npz", ".safetensors")):
         return load_official_checkpoint(net, path, use_ema=ema, exclude=exclude)
     try:
         ckpt = ms.load_checkpoint(path)
