@@ -9,7 +9,8 @@ import re
 __all__ = ["atomic_output", "default_file_mode", "remove_stale_temporaries", "check_writable_folder", "RunLock",
            "FolderInUseError"]
 
-# The temporary names atomic_output writes: ".<name>.tmp<pid><suffix>".
+# The temporary names atomic_output writes, ".<name>.tmp<pid><suffix>", and the ".<name>.tmp<pid>.tmp" that
+# MindSpore's checkpoint writer makes of one ending in ".ckpt" while it writes.
 _TEMPORARY = re.compile(r"^\..+\.tmp(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
 
 
@@ -42,8 +43,10 @@ def atomic_output(path, suffix=""):
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        # MindSpore's checkpoint writer first writes "<name without .ckpt>.tmp" itself, then renames it
+        for leftover in (tmp, tmp[:-len(suffix)] + ".tmp" if suffix else None):
+            if leftover and os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def _alive(pid):

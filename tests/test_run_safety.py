@@ -316,7 +316,8 @@ def test_convert_into_an_existing_folder_is_one_message(tmp_path, capsys):
 def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = [tmp_path / f".m.ckpt.tmp{dead.pid}.ckpt", tmp_path / f".net.mindir.tmp{dead.pid}.mindir"]
+    stale = [tmp_path / f".m.ckpt.tmp{dead.pid}.ckpt", tmp_path / f".net.mindir.tmp{dead.pid}.mindir",
+             tmp_path / f".m.ckpt.tmp{dead.pid}.tmp"]  # the last: MindSpore's own name while it writes ours
     keep = [tmp_path / f".m.ckpt.tmp{os.getpid()}.ckpt", tmp_path / "m.ckpt", tmp_path / f"m.tmp{dead.pid}"]
     for path in stale + keep:
         path.write_text("x")
