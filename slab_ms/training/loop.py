@@ -40,7 +40,7 @@ from ..utils import RunLock, check_writable_folder, remove_stale_temporaries
 from ..weights.checkpoint import UnreadableCheckpointError
 from ..layers import PRepBNSchedule
 from ..models import list_models
-from ..weights.train_state import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
+from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints,
                                    save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
@@ -173,7 +173,7 @@ class Trainer:
         self.last_checkpoint = None  # the newest checkpoint whose weights gave a finite loss (or the run ended)
         self.pending = None  # (path, written by this run): saved, its weights not yet through a forward pass
         self.epoch_num, self.step_num = self._resume()
-        if schedule_note and self.last_checkpoint is None:  # a resumed run logs where it resumed instead
+        if schedule_note and self.pending is None:  # a resumed run logs where it resumed instead
             self.log(schedule_note)
 
     def close(self, failed=False):
