@@ -172,6 +172,12 @@ def test_torch_layout_with_numpy_values_and_shared_storage_loads(tmp_path):
     with pytest.raises(CheckpointFormatError, match="reaches element 9 of a storage of 6"):
         read_pth(_torch_zip(tmp_path / "oob.pth", buffer.getvalue(), {"0": values.tobytes()}))
 
+    state["a"] = Tensor("0", 0, (2 ** 20, 2 ** 20), (0, 0))  # 4 TiB out of one element: refused, not allocated
+    buffer = io.BytesIO()
+    P(buffer, protocol=2).dump({"model": state})
+    with pytest.raises(CheckpointFormatError, match="refusing to allocate"):
+        read_pth(_torch_zip(tmp_path / "bomb.pth", buffer.getvalue(), {"0": values.tobytes()}))
+
 
 def test_garbage_data_pkl_random_npz_and_missing_safetensors_are_one_clear_message(tmp_path, monkeypatch):
     garbage = _torch_zip(tmp_path / "garbage.pth", os.urandom(300))

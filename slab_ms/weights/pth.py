@@ -42,6 +42,8 @@ _TORCH_DTYPES = {
 # A compressed zip member may not expand beyond this (torch.save stores members uncompressed): a zip bomb
 # would otherwise fill the memory before any check.
 _MAX_EXPANSION, _SMALL_MEMBER = 100, 1 << 20
+# A tensor with stride 0 may repeat a small storage; beyond this many bytes that is a memory bomb, not a weight.
+_MAX_EXPANDED_BYTES = 1 << 30
 # Standard modules whose globals have no place in a checkpoint: refused when named, even without a call.
 _REFUSED_MODULES = {
     "builtins", "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "importlib", "runpy", "pty",
@@ -115,6 +117,10 @@ def _rebuild_tensor(storage, offset, size, stride, *args):
                                     f"{last} of a storage of {storage.size} elements (truncated archive?)")
     if not size:
         return storage[offset].copy()
+    count = int(np.prod(size, dtype=object))
+    if count > storage.size and count * storage.itemsize > _MAX_EXPANDED_BYTES:
+        raise CheckpointFormatError(f"a tensor of size {size} repeats its {storage.size}-element storage (stride "
+                                    f"{stride}) into {count * storage.itemsize} bytes; refusing to allocate it")
     flat = storage[offset:]
     return np.lib.stride_tricks.as_strided(flat, shape=size, strides=[s * flat.itemsize for s in stride]).copy()
 
