@@ -11,9 +11,10 @@ setup(
     python_requires=">=3.9",
     install_requires=["mindspore>=2.3,<2.11", "mindcv==0.3.0", "numpy>=1.26.4,<2", "pyyaml", "pillow"],
     extras_require={
-        "test": ["pytest", "scikit-learn", "onnxruntime"],
+        "test": ["pytest", "scikit-learn", "onnxruntime", "safetensors"],
         "demo": ["scikit-learn"],
         "onnx": ["onnxruntime"],
+        "safetensors": ["safetensors"],
     },
     entry_points={"console_scripts": [
         f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]},

@@ -10,7 +10,7 @@ import json
 import sys
 
 __all__ = ["UsageError", "str2bool", "json_dict", "optional", "add_model_args", "factory_kwargs", "add_checkpoint_args", "add_device_args",
-           "set_context", "run", "DEVICES"]
+           "set_context", "check_image_size", "run", "DEVICES"]
 
 DEVICES = ("CPU", "GPU", "Ascend")
 
@@ -103,6 +103,23 @@ def set_context(args):
                              f"{str(err).strip().splitlines()[0]}") from err
     if args.runtime_num_threads:
         ms.set_context(runtime_num_threads=args.runtime_num_threads)
+
+
+def check_image_size(net, image_size, error=UsageError):
+    """Raise ``error`` when ``image_size`` does not fit ``net``'s patch embedding / total stride or the size it
+    was built for (a graph-mode model would otherwise fail only at compilation, with an IR dump)."""
+    multiple = getattr(net, "total_stride", None) or getattr(net, "patch_size", None) or 1
+    multiple = max(multiple) if isinstance(multiple, (tuple, list)) else int(multiple)
+    if image_size is None:
+        return
+    if image_size < 1 or image_size % multiple:
+        low = max(image_size // multiple, 1) * multiple
+        raise error(f"--image_size {image_size} does not fit {type(net).__name__}: it must be a multiple of "
+                    f"{multiple} (the patch size / total stride), e.g. {low} or {low + multiple}")
+    built = getattr(net, "img_size", None)
+    if isinstance(built, (tuple, list)) and tuple(built) != (image_size, image_size):
+        raise error(f"--image_size {image_size} differs from the {built[0]}x{built[1]} {type(net).__name__} was "
+                    "built for; pass the same size to the model (image_size in model_kwargs) and the tool")
 
 
 def run(tool, main, argv=None):

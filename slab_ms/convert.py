@@ -4,7 +4,8 @@
 
 (``slab-convert`` once installed.) The model is built with ``--num_classes`` / ``--image_size`` /
 ``--model_kwargs``, the checkpoint is mapped onto it strictly (``slab_ms.weights``) and written atomically.
-Bad input (unknown model, missing or foreign checkpoint) is one message and exit status 2.
+Bad input (unknown model, missing, damaged or foreign checkpoint, a pickle that asks to run code) is one
+message and exit status 2; the written file gets the usual mode (0644 under umask 022).
 """
 import argparse
 import logging
@@ -15,6 +16,7 @@ from . import cli
 from .cli import UsageError
 from .factory import create_model
 from .models import list_models
+from .utils import remove_stale_temporaries
 from .weights import load_official_checkpoint, save_checkpoint
 
 TOOL = "convert.py"
@@ -26,7 +28,7 @@ def parse_args(argv=None):
     # Earlier spellings of this tool.
     group.add_argument("--num-classes", dest="num_classes", type=cli.optional(int), help=argparse.SUPPRESS)
     group.add_argument("--model-kwargs", dest="model_kwargs", type=cli.json_dict, help=argparse.SUPPRESS)
-    cli.add_checkpoint_args(parser, "official .pth (or .npz) file", aliases=("--src",), ema_aliases=("--ema",))
+    cli.add_checkpoint_args(parser, "official .pth (or .safetensors / .npz) file", aliases=("--src",), ema_aliases=("--ema",))
     group = parser.add_argument_group("output")
     group.add_argument("--file_name", "--dst", dest="file_name", default="", help="output .ckpt file")
     return parser.parse_args(argv)
@@ -40,6 +42,9 @@ def _convert(argv):
         raise UsageError("pass --ckpt_file (the official .pth) and --file_name (the .ckpt to write)")
     if os.path.isdir(args.file_name):
         raise UsageError(f"--file_name '{args.file_name}' is a folder; give the path of the .ckpt to write")
+    folder = os.path.dirname(os.path.abspath(args.file_name))
+    for stale in remove_stale_temporaries(folder):
+        print(f"{TOOL}: removed '{stale}', a temporary file left by a killed run")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     net = create_model(args.model, num_classes=args.num_classes or 1000, **cli.factory_kwargs(args))
     load_official_checkpoint(net, args.ckpt_file, use_ema=args.ckpt_ema)

@@ -49,6 +49,13 @@ _DEMO_MARKER = "digits_demo.txt"
 _DEMO_DESCRIPTION = (f"scikit-learn load_digits(): 1797 images, 10 classes, 8x8 upsampled to "
                      f"{DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} RGB PNG; val = every {DEMO_VAL_EVERY}th image of each digit\n")
 
+
+
+class DemoFolderError(FileExistsError, ValueError):
+    """``dataset: digits`` pointed at a folder that holds something else: bad input (exit status 2), and
+    still the FileExistsError it always was for callers that catch that."""
+
+
 _checked_splits = {}  # split folder -> (class names, file extensions, images verified); once per process
 
 
@@ -64,8 +71,8 @@ def prepare_demo_dataset(root):
     if _is_demo_dataset(root):
         return root
     if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
-        raise FileExistsError(f"'{root}' exists but is not the digits demo dataset; remove it or choose "
-                              f"another data_dir (nothing was overwritten).")
+        raise DemoFolderError(f"'{root}' exists but is not the digits demo dataset; remove it or choose "
+                              f"another data_dir, or pass --dataset imagefolder to read it (nothing was overwritten).")
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp", dir=parent)

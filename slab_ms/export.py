@@ -10,9 +10,11 @@ reloads the written file (``mindspore.load`` + ``nn.GraphCell``; onnxruntime for
 its logits on a fixed random batch with the training-form model in eval mode. It succeeds only if
 max|Δ| ≤ 1e-4 · max(1, max|logit|) for both the deploy network and the reloaded file; a mismatch
 exits with status 1 and the numbers. Bad input (missing or foreign checkpoint, unknown model,
-unsupported format/device, a PRepBN checkpoint whose γ has not reached 0 without ``--allow_unfinished``)
-exits with status 2 and one message. The file is written under a temporary name and renamed only after
-the check, so a failed run leaves no output file.
+unsupported format/device, an existing output file without ``--overwrite``, an input size the model
+cannot take, a PRepBN checkpoint whose γ has not reached 0 without ``--allow_unfinished``) exits with
+status 2 and one message. The file is written under a temporary name and renamed only after the check,
+so a failed run leaves no output file; it gets the usual file mode (0644 under umask 022) and the
+output folder's mode is left as it was.
 
 ``-c recipe.yaml`` (a train.py recipe) supplies ``model``, ``model_kwargs``, ``image_size`` and
 ``num_classes``, and the newest checkpoint in its ``ckpt_dir``; command-line options override it.
@@ -45,7 +47,7 @@ from .layers import PRepBNSchedule
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
-from .utils import atomic_output
+from .utils import atomic_output, check_writable_folder, remove_stale_temporaries
 from .weights import load_checkpoint
 
 TOOL = "export.py"
@@ -73,7 +75,9 @@ def parse_args(argv=None):
     group = parser.add_argument_group("output")
     group.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
     group.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
-    group.add_argument("--allow_unfinished", action="store_true",
+    group.add_argument("--overwrite", type=cli.str2bool, nargs="?", const=True, default=False,
+                       help="replace an existing output file (default: refuse)")
+    group.add_argument("--allow_unfinished", type=cli.str2bool, nargs="?", const=True, default=False,
                        help="export a PRepBN checkpoint whose γ schedule has not reached 0 (as the pure RepBN it "
                             "evaluates as)")
     cli.add_device_args(parser)
@@ -122,6 +126,12 @@ def check_args(args):
     if args.file_format == "AIR" and args.device_target != "Ascend":
         raise UsageError("AIR can only be exported on Ascend (it is compiled by Ascend's ATC); pass "
                          "--device_target Ascend on an Ascend machine, or use --file_format MINDIR or ONNX.")
+    if args.file_format == "ONNX":
+        try:
+            import onnxruntime  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        except ImportError:
+            raise UsageError("ONNX export checks the written file with onnxruntime, which is not installed: pip "
+                             "install onnxruntime (or slab-ms[onnx]), or use --file_format MINDIR.") from None
     recipe = _read_recipe(args.config) if args.config else None
     if not args.ckpt_file:
         if recipe is not None:
@@ -150,9 +160,21 @@ def check_args(args):
         args.model = match.group("model")
     if args.num_classes is None:
         args.num_classes = checkpoint_num_classes(args.ckpt_file)
-    folder = os.path.dirname(os.path.abspath(output_path(args)))
+    path = output_path(args)
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"the folder of --file_name does not exist: {folder}")
+    if os.path.isdir(path):
+        raise UsageError(f"--file_name '{path}' is a folder; give the path of the file to write")
+    if os.path.exists(path) and not args.overwrite:
+        raise UsageError(f"'{path}' exists; pass --overwrite to replace it, or choose another --file_name "
+                         "(nothing was written)")
+    try:
+        check_writable_folder(folder, "the folder of --file_name", create=False)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    for stale in remove_stale_temporaries(folder):
+        print(f"{TOOL}: removed '{stale}', a temporary file left by a killed export")
     return kwargs
 
 
@@ -202,6 +224,7 @@ def build_model(args, kwargs):
         net = create_model(args.model, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
     except (TypeError, ValueError) as err:
         raise UsageError(f"cannot build {args.model} with --model_kwargs {args.model_kwargs}: {err}") from err
+    cli.check_image_size(net, args.image_size)
     try:
         load_checkpoint(net, args.ckpt_file, ema=args.ckpt_ema)
     except (FileNotFoundError, ValueError) as err:
@@ -254,6 +277,8 @@ def export(args, kwargs):
 
     final_path = output_path(args)
     ext = FORMATS[args.file_format]
+    folder = os.path.dirname(os.path.abspath(final_path))
+    folder_mode = os.stat(folder).st_mode & 0o7777  # MindSpore's ONNX writer chmods the folder to 0700
     # Written under a temporary name in the same folder, renamed once checked: no partial output file.
     try:
         with atomic_output(final_path, suffix=ext) as temp_path:
@@ -262,6 +287,9 @@ def export(args, kwargs):
             except (RuntimeError, TypeError, ValueError) as err:
                 raise UsageError(f"MindSpore cannot write {args.model} as {args.file_format}: "
                                  f"{str(err).strip().splitlines()[0]}") from err
+            finally:
+                if os.stat(folder).st_mode & 0o7777 != folder_mode:
+                    os.chmod(folder, folder_mode)
             if args.file_format == "AIR":
                 print(f"{TOOL}: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
             else:

@@ -24,7 +24,8 @@ from .data import create_val_loader
 from .factory import create_model
 from .layers import PRepBNSchedule
 from .reparam import reparameterize_model
-from .training.config import ConfigError, build_parser, load_yaml_defaults
+from .weights import load_checkpoint
+from .training.config import ConfigError, build_parser, check_ranges, load_yaml_defaults
 
 TOOL = "validate.py"
 
@@ -44,6 +45,7 @@ def parse_args(argv=None):
             recipe.pop(key, None)
         parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
+    check_ranges(args)
     if not args.model:
         raise ConfigError("no model: set 'model' in the recipe or pass --model NAME")
     if not args.data_dir:
@@ -57,7 +59,9 @@ def parse_args(argv=None):
 
 def build_network(args, num_classes):
     net = create_model(args.model, num_classes=args.num_classes or num_classes, image_size=args.image_size,
-                       checkpoint_path=args.ckpt_file, ema=args.ckpt_ema, **args.model_kwargs)
+                       **args.model_kwargs)
+    cli.check_image_size(net, args.image_size, ConfigError)  # before the checkpoint's shapes are compared
+    load_checkpoint(net, args.ckpt_file, ema=args.ckpt_ema)
     net.set_train(False)
     PRepBNSchedule.warn_if_unfinished(net, "evaluating")
     if args.deploy:

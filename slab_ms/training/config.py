@@ -6,6 +6,7 @@ naming the key and the closest valid ones (a typo would otherwise silently train
 """
 import argparse
 import difflib
+import math
 import os
 
 import yaml
@@ -13,7 +14,7 @@ import yaml
 from ..cli import UsageError, add_checkpoint_args, add_device_args, json_dict, optional, str2bool
 from .mindcv_recipe import translate_mindcv_keys
 
-__all__ = ["build_parser", "parse_args", "read_recipe", "ConfigError"]
+__all__ = ["build_parser", "parse_args", "read_recipe", "check_args", "check_ranges", "ConfigError"]
 
 
 class ConfigError(UsageError):
@@ -211,8 +212,64 @@ def parse_args(argv=None):
     return args
 
 
+# Numeric options and their valid ranges (checked at parse time, so a bad value is one message, not a crash
+# in the data pipeline or after an epoch): name -> (low, high, low_open, high_open); None: unbounded. The
+# γ schedule, accumulation, epochs, loss scale, clipping and checkpoint intervals have their own messages in
+# check_args.
+_RANGES = {
+    "image_size": (1, None, False, False), "batch_size": (1, None, False, False),
+    "val_batch_size": (1, None, False, False), "num_parallel_workers": (1, None, False, False),
+    "num_classes": (1, None, False, False), "seed": (0, 2 ** 32 - 1, False, False),
+    "runtime_num_threads": (1, None, False, False),
+    "cooldown_epochs": (0, None, False, False), "warmup_epochs": (0, None, False, False),
+    "lr": (0, None, False, False), "min_lr": (0, None, False, False), "warmup_lr": (0, None, False, False),
+    "weight_decay": (0, None, False, False), "momentum": (0, 1, False, True), "beta1": (0, 1, False, True),
+    "beta2": (0, 1, False, True), "label_smoothing": (0, 1, False, True), "ema_decay": (0, 1, False, False),
+    "drop_rate": (0, 1, False, True), "drop_path_rate": (0, 1, False, True), "hflip": (0, 1, False, False),
+    "re_prob": (0, 1, False, False), "color_jitter": (0, None, False, False), "crop_pct": (0, 1, True, False),
+    "mixup": (0, None, False, False), "cutmix": (0, None, False, False), "mixup_prob": (0, 1, False, False),
+    "scale_lr_batch": (0, None, False, False),
+    "val_interval": (1, None, False, False),
+}
+# Options that take several numbers: name -> (low, low_open) for each of them.
+_LIST_RANGES = {"scale": (0, True), "ratio": (0, True), "std": (0, True)}
+
+
+def _in_range(value, low, high, low_open, high_open):
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if low is not None and (value < low or (low_open and value == low)):
+        return False
+    return high is None or (value < high if high_open else value <= high)
+
+
+def _range_text(low, high, low_open, high_open):
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def check_ranges(args):
+    """Every numeric option within its range (None, where allowed, means "not set"); raises ConfigError."""
+    for name, bounds in _RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not _in_range(value, *bounds):
+            raise ConfigError(f"{name} must be {_range_text(*bounds)}, got {value}")
+    for name, (low, low_open) in _LIST_RANGES.items():
+        values = getattr(args, name, None)
+        if values is not None and not all(_in_range(v, low, None, low_open, False) for v in values):
+            raise ConfigError(f"{name} values must be {_range_text(low, None, low_open, False)}, got {values}")
+    for name in ("scale", "ratio"):
+        values = getattr(args, name, None)
+        if values is not None and values[0] > values[1]:
+            raise ConfigError(f"{name} is a range (low high), got {values}")
+    if getattr(args, "scale", None) is not None and args.scale[1] > 1:
+        raise ConfigError(f"scale is a fraction of the image area, at most 1, got {args.scale}")
+
+
 def check_args(args):
-    """Cross-key checks that need no data or model."""
+    """Cross-key checks that need no data or model, after every numeric option's range."""
+    check_ranges(args)
     if not args.model:
         raise ConfigError("no model: set 'model' in the recipe or pass --model NAME")
     if not args.data_dir:

@@ -10,6 +10,15 @@ EMA, BN statistics) is state in Parameters, saved and restored with the checkpoi
 What is not restored: the internal random streams of in-graph random ops (dropout, drop-path) restart
 from the seed after a resume, so with ``drop_path_rate > 0`` a resumed run is statistically, not
 bitwise, the same as an uninterrupted one.
+
+Safety of the checkpoint folder: rank 0 (the only writer) first checks that ``ckpt_dir`` is writable
+(a probe file), then holds an OS lock on it for the whole run (``utils.RunLock``: a second run into
+the same folder exits at once naming the holder; a lock left by a killed run is released by the
+kernel), and removes the temporaries of killed writers. A checkpoint is written only if every
+parameter is finite, and it is called good only once the loss computed with its weights (the next
+step's) is finite too; one whose weights gave a non-finite loss is moved aside (``*.nonfinite``) so
+that ``--resume auto`` resumes from the last good one. ``--resume auto`` skips an unreadable (torn)
+newest checkpoint with a warning.
 """
 import copy
 import difflib
@@ -25,10 +34,13 @@ from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
+from ..cli import check_image_size
 from ..factory import create_model
+from ..utils import RunLock, check_writable_folder, remove_stale_temporaries
+from ..weights.checkpoint import UnreadableCheckpointError
 from ..layers import PRepBNSchedule
 from ..models import list_models
-from ..weights.train_state import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
+from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints,
                                    save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
@@ -40,7 +52,13 @@ __all__ = ["train", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient norm became NaN/inf; nothing was saved after it."""
+    """The loss, the gradient norm or the parameters became NaN/inf; nothing was saved after it."""
+
+
+def _non_finite_names(params):
+    """Names of the parameters holding NaN or inf."""
+    return [p.name for p in params if p.dtype in (ms.float16, ms.float32, ms.float64, ms.bfloat16)
+            and not np.isfinite(p.asnumpy().astype(np.float32)).all()]
 
 
 class Evaluator(nn.Cell):
@@ -96,6 +114,23 @@ class Trainer:
         self.create_loaders = create_loaders
         self.rank_id, self.rank_size = _setup_context(args)
         self.log = functools.partial(print, flush=True) if self.rank_id == 0 else (lambda *a, **k: None)
+        self.lock, self.created_dir = None, False
+        if self.rank_id == 0:  # the only rank that writes: probe, lock, clean the folder before anything else
+            self.created_dir = check_writable_folder(args.ckpt_dir, "ckpt_dir")
+            try:
+                self.lock = RunLock(args.ckpt_dir).acquire()
+            except BaseException:
+                self._remove_created_dir()
+                raise
+            for path in remove_stale_temporaries(args.ckpt_dir):
+                self.log(f"removed '{path}', a temporary file left by a killed run")
+        try:
+            self._build(args, create_loaders)
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def _build(self, args, create_loaders):
         ms.set_seed(args.seed)  # identical initial weights on every rank
 
         self.loaders_epoch = 0
@@ -117,6 +152,7 @@ class Trainer:
                                 drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
                                 checkpoint_path=args.ckpt_file, ema=args.ckpt_ema,
                                 checkpoint_exclude=args.ckpt_exclude, **args.model_kwargs)
+        check_image_size(self.net, args.image_size, ConfigError)  # before any graph is compiled
         # (step, T, warm-up) at optimizer step 0: a new schedule, or the checkpoint's continued (prepbn_schedule)
         self.schedule, schedule_note = start_prepbn_schedule(self.net, args, self.total_steps)
         if self.schedule:
@@ -134,24 +170,58 @@ class Trainer:
         self.progress = ProgressLogger(self.total_steps, self.steps_per_epoch, self.images_per_step,
                                        args.log_interval, self.lrs, print_fn=self.log)
         self.evaluator = Evaluator(self.net) if self.val_loader is not None else None
-        self.last_checkpoint = None
+        self.last_checkpoint = None  # the newest checkpoint whose weights gave a finite loss (or the run ended)
+        self.pending = None  # (path, written by this run): saved, its weights not yet through a forward pass
         self.epoch_num, self.step_num = self._resume()
-        if schedule_note and self.last_checkpoint is None:  # a resumed run logs where it resumed instead
+        if schedule_note and self.pending is None:  # a resumed run logs where it resumed instead
             self.log(schedule_note)
+
+    def close(self, failed=False):
+        """Release the run lock; after a failed start also remove the ckpt_dir this run created (if empty)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if failed:
+            self._remove_created_dir()
+
+    def _remove_created_dir(self):
+        if not self.created_dir:
+            return
+        lock = os.path.join(self.args.ckpt_dir, RunLock.NAME)
+        try:
+            if set(os.listdir(self.args.ckpt_dir)) <= {RunLock.NAME}:
+                if os.path.exists(lock):
+                    os.remove(lock)
+                os.rmdir(self.args.ckpt_dir)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ resume
     def _resume(self):
         args = self.args
         path = args.resume
         if args.resume == "auto":
-            path = find_latest(args.ckpt_dir, args.model)
-            if path is None:
-                self.log(f"resume auto: no checkpoint of {args.model} in '{args.ckpt_dir}', starting a new run")
-        elif not args.resume and (list_resumable(args.ckpt_dir, args.model) or os.path.exists(self.final_path)):
+            return self._resume_auto()
+        if not args.resume and (list_resumable(args.ckpt_dir, args.model) or os.path.exists(self.final_path)):
             raise ConfigError(f"'{args.ckpt_dir}' already holds checkpoints of {args.model}; pass --resume auto to "
                               "continue that run, or choose another --ckpt_dir (nothing is overwritten)")
         if not path:
             return 0, 0
+        return self._resume_from(path)
+
+    def _resume_auto(self):
+        """The newest readable checkpoint of this model in ckpt_dir; unreadable (torn) newer ones are skipped."""
+        args = self.args
+        for _, _, path in reversed(list_resumable(args.ckpt_dir, args.model)):
+            try:
+                return self._resume_from(path)
+            except UnreadableCheckpointError as err:
+                self.log(f"resume auto: warning: skipping '{path}': {err}")
+        self.log(f"resume auto: no readable checkpoint of {args.model} in '{args.ckpt_dir}', starting a new run")
+        return 0, 0
+
+    def _resume_from(self, path):
+        args = self.args
         epoch_num, step_num = load_train_checkpoint(path, self.net, self.optimizer, self.train_step)
         global_step = int(self.optimizer.global_step.asnumpy().reshape(()))
         expected = min(epoch_num * self.steps_per_epoch + step_num, self.total_steps)
@@ -169,7 +239,7 @@ class Trainer:
                                   f"step {s['step']} after {global_step} optimizer steps; this run computes T={decay}, "
                                   f"warm-up {warmup}, step {start + global_step}: resume with the same recipe "
                                   "(and the --ckpt_file / prepbn_schedule the run started with)")
-        self.last_checkpoint = path
+        self.pending = (path, False)
         self.log(f"resumed from '{path}': epoch {epoch_num}, step {step_num} of the epoch, optimizer step "
                  f"{global_step}, lr {self.lrs[min(global_step, self.total_steps - 1)]:.3e}")
         return epoch_num, step_num
@@ -202,21 +272,55 @@ class Trainer:
             iterator.stop()
 
     # ------------------------------------------------------------------ phases
+    def _check_finite(self, where):
+        """Refuse to save (or go on from) parameters holding NaN / inf."""
+        bad = _non_finite_names(list(self.net.get_parameters()) + self.train_step.ema_parameters())
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite parameters {where} ({len(bad)}, e.g. {bad[0]}): training stopped, not saved; the last "
+                f"good checkpoint is {self._last_good()}. Lower lr, set clip_grad, or (with amp_level O2/O3) lower "
+                "loss_scale.")
+
+    def _confirm(self):
+        """A finite loss was computed with the weights of the pending checkpoint: it is good."""
+        if self.pending is not None:
+            self.last_checkpoint = self.pending[0]
+            self.pending = None
+
+    def _last_good(self):
+        return self.last_checkpoint or "none (no checkpoint with finite weights and loss was written yet)"
+
     def _save(self, epoch_num, step_num):
         if self.rank_id != 0:
             return
+        self._check_finite(f"after optimizer step {self.optimizer_step()}")
         path = save_train_checkpoint(self.args.ckpt_dir, self.args.model, self.net, self.optimizer,
                                      self.train_step, epoch_num, step_num)
-        prune_checkpoints(self.args.ckpt_dir, self.args.model, self.args.keep_checkpoint_max)
-        self.last_checkpoint = path
+        prune_checkpoints(self.args.ckpt_dir, self.args.model, self.args.keep_checkpoint_max,
+                          protect=[self.last_checkpoint] if self.last_checkpoint else [])
+        if self.pending is not None and not self.pending[1]:
+            self.last_checkpoint = self.pending[0]  # a resumed-from checkpoint nothing showed to be bad
+        self.pending = (path, True)
         self.log(f"saved checkpoint {path}")
 
+    def optimizer_step(self):
+        return int(self.optimizer.global_step.asnumpy().reshape(()))
+
     def _non_finite(self, what, value, epoch, global_step):
-        last = self.last_checkpoint or "none (no checkpoint was written yet)"
+        aside = ""
+        if self.pending is not None:  # the weights of that checkpoint gave this non-finite value
+            path, ours = self.pending
+            self.pending = None
+            if ours and self.rank_id == 0 and os.path.isfile(path):
+                os.replace(path, path + ".nonfinite")
+                aside = (f" The checkpoint written just before it ({path}) holds the weights that gave it: moved "
+                         f"to {path}.nonfinite, so --resume auto resumes from the good one.")
+            elif not ours:
+                aside = f" The weights of {path}, which this run resumed from, gave it."
         raise NonFiniteLossError(
             f"non-finite {what} ({value}) in epoch {epoch + 1} at optimizer step {global_step + 1}: training "
-            f"stopped, nothing saved after it; the last good checkpoint is {last}. Lower lr, set clip_grad, or "
-            f"(with amp_level O2/O3) lower loss_scale.")
+            f"stopped, nothing saved after it; the last good checkpoint is {self._last_good()}.{aside} Lower lr, "
+            f"set clip_grad, or (with amp_level O2/O3) lower loss_scale.")
 
     def train_loop(self):
         args = self.args
@@ -235,6 +339,7 @@ class Trainer:
                 loss = float(loss.asnumpy())
                 if not math.isfinite(loss):
                     self._non_finite("loss", loss, epoch, global_step)
+                self._confirm()
                 losses.append(loss)
                 if len(losses) < self.accum:
                     continue
@@ -298,11 +403,13 @@ class Trainer:
                  f"then {self.args.bn_recalib_epochs} BN re-calibration epochs")
         self.train_loop()
         self.recalibrate_bn()
+        self._confirm()  # the run ended: nothing showed the newest checkpoint's weights to be bad
         result = {"checkpoint": self.last_checkpoint, "top1": None}
         if self.evaluator:
             result["top1"] = self.validate()
             self.log(f"final validation top-1: {result['top1']:.2%}")
         if self.rank_id == 0:
+            self._check_finite("at the end of training")
             result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
                                                                self.train_epochs + self.args.bn_recalib_epochs)
             self.log(f"saved final weights {result['final_checkpoint']}")
@@ -327,4 +434,8 @@ class Trainer:
 
 def train(args):
     """Train as ``args`` (from :func:`slab_ms.training.config.parse_args`) says; returns a summary dict."""
-    return Trainer(args).run()
+    trainer = Trainer(args)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

@@ -95,8 +95,9 @@ def resolve_prepbn_schedule(net, args, total_steps):
     try:
         PRepBNSchedule(decay, warmup).check_fits(total_steps, source=source)
     except ValueError as err:
-        fix = (f"Set prepbn_decay_steps <= {total_steps - warmup} or prepbn_decay_ratio (e.g. 0.8)"
-               if warmup < total_steps else f"Set prepbn_warmup_steps < {total_steps}")
+        room = total_steps - warmup  # steps left for the decay after the warm-up
+        fix = (f"Set prepbn_decay_steps <= {room} or prepbn_decay_ratio <= {math.floor(room / total_steps * 1000) / 1000:g}"
+               if room > 0 else f"Set prepbn_warmup_steps < {total_steps}")
         raise ConfigError(f"{err} {fix}.") from err
     return decay, warmup
 

@@ -8,11 +8,15 @@ from ..utils import atomic_output
 from .official import load_official_checkpoint
 from .strict import is_excluded, mismatch_message
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint", "UnreadableCheckpointError"]
 
 # Scalars a MindSpore training checkpoint carries next to the weights.
 _TRAIN_STATE_KEYS = ("global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
                      "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num")
+
+
+class UnreadableCheckpointError(ValueError):
+    """A ``.ckpt`` MindSpore cannot read (torn, truncated or another format)."""
 
 
 def load_checkpoint(net, path, ema=False, exclude=()):
@@ -26,13 +30,17 @@ def load_checkpoint(net, path, ema=False, exclude=()):
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: '{path}'. Pass the path of a .ckpt written by "
                                 f"train.py / slab_ms.convert, or of an official .pth.")
-    if path.endswith((".pth", ".pt", ".npz")):
+    if path.endswith((".pth", ".pt", ".npz", ".safetensors")):
         return load_official_checkpoint(net, path, use_ema=ema, exclude=exclude)
     try:
         ckpt = ms.load_checkpoint(path)
-    except Exception as err:  # the loader raises several types for foreign files
-        raise ValueError(f"'{path}' is not a readable MindSpore checkpoint ({err}). An official PyTorch "
-                         f"checkpoint must end in .pth.") from err
+    except Exception as err:  # the loader raises several types for foreign or torn files
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        hint = (" It is a zip file: an official PyTorch checkpoint must end in .pth." if zipped else
+                " It may be truncated (a copy or a write that did not finish).")
+        raise UnreadableCheckpointError(f"'{path}' is not a readable MindSpore checkpoint "
+                                        f"({' '.join(str(err).split())[:300]}).{hint}") from None
     if ema:
         ckpt = {k[len("ema."):]: v for k, v in ckpt.items() if k.startswith("ema.")}
         if not ckpt:

@@ -1,8 +1,9 @@
 """Official PyTorch SLAB checkpoints -> MindSpore parameters (a generic walker: it imports no family).
 
 Accepts an official ``.pth`` (a dict with ``model`` and maybe ``state_dict_ema``; read without
-torch), a plain state dict, or an ``.npz`` of name -> array (keys starting with ``__`` are
-skipped). Target parameters are mapped by the type of the MindSpore cell that owns them
+torch and without running anything its pickle names), a plain state dict, a ``.safetensors`` file
+(with the optional ``safetensors`` package) or an ``.npz`` of name -> array (keys starting with ``__``
+are skipped). Target parameters are mapped by the type of the MindSpore cell that owns them
 (LayerNorm/BatchNorm affines and statistics are renamed, Dense/Conv weights keep their layout).
 The mapping is strict: a missing, unexpected or mis-shaped key is one error that lists them.
 BatchNorm's ``num_batches_tracked`` is dropped; the family's ``checkpoint_filter`` drops what its
@@ -12,6 +13,7 @@ counters (``warm``, ``iter``, ``total_step``) set the model's one γ schedule.
 import logging
 import os
 import re
+import zipfile
 
 import numpy as np
 import mindspore as ms
@@ -20,7 +22,7 @@ from mindspore import nn
 from ..layers.norm import prepbn_layers
 from ..layers.schedule import PRepBNSchedule
 from ..models.registry import drop_keys, family_of
-from .pth import read_pth
+from .pth import CheckpointFormatError, describe_error, read_pth
 from .strict import is_excluded, mismatch_message
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names"]
@@ -40,24 +42,55 @@ _COUNTERS = re.compile(r"^(.*)\.(warm|iter|total_step)$")
 
 
 def read_state_dict(src, use_ema=False):
-    """Name -> numpy array from an official ``.pth``, an ``.npz`` or an in-memory dict."""
+    """Name -> numpy array from an official ``.pth``, a ``.safetensors``, an ``.npz`` or an in-memory dict.
+
+    A file that cannot be read is one :class:`CheckpointFormatError` (a ValueError) naming it; a ``.pth``
+    whose pickle asks to run code is refused without running it (``weights/pth.py``).
+    """
     if isinstance(src, (str, os.PathLike)):
         src = os.fspath(src)
         if not os.path.isfile(src):
             raise FileNotFoundError(f"Checkpoint file not found: '{src}'.")
         if src.endswith(".npz"):
-            with np.load(src, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files if not k.startswith("__")}
+            return _read_npz(src)
+        if src.endswith(".safetensors"):
+            return _read_safetensors(src)
         obj = read_pth(src)
     else:
         obj = src
     if not isinstance(obj, dict):
-        raise ValueError(f"Expected a checkpoint dict, got {type(obj).__name__}.")
+        raise CheckpointFormatError(f"Expected a checkpoint dict, got {type(obj).__name__}.")
     key = "state_dict_ema" if use_ema else "model"
     if use_ema and key not in obj:
         raise ValueError("The checkpoint has no 'state_dict_ema'; convert without EMA.")
     state = obj.get(key, obj)
-    return {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray) or np.isscalar(v)}
+    if not isinstance(state, dict):
+        raise CheckpointFormatError(f"The checkpoint's '{key}' entry is a {type(state).__name__}, not a state dict.")
+    return {k: np.asarray(v) for k, v in state.items()
+            if isinstance(k, str) and (isinstance(v, np.ndarray) or np.isscalar(v))}
+
+
+def _read_npz(path):
+    if not zipfile.is_zipfile(path):
+        raise CheckpointFormatError(f"'{path}' is not an .npz archive (numpy.savez writes a zip file; this one is "
+                                    "not a zip, or it is truncated).")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files if not k.startswith("__")}
+    except Exception as err:  # zipfile / zlib / numpy format errors for a damaged archive
+        raise CheckpointFormatError(f"'{path}' is not a readable .npz archive of arrays ({describe_error(err)}).") from None
+
+
+def _read_safetensors(path):
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise CheckpointFormatError(f"reading '{path}' needs the safetensors package: pip install safetensors "
+                                    "(or pip install slab-ms[safetensors])") from None
+    try:
+        return dict(load_file(path))
+    except Exception as err:  # SafetensorError, a header that is no JSON, an unsupported dtype ...
+        raise CheckpointFormatError(f"'{path}' is not a readable .safetensors file ({describe_error(err)}).") from None
 
 
 # -------------------------------------------------------------------------------------- conversion
@@ -87,9 +120,17 @@ def _schedule_from(state):
     for key, value in state.items():
         match = _COUNTERS.match(key)
         if match:
-            layers.setdefault(match.group(1), {})[match.group(2)] = int(np.asarray(value))
+            value = np.asarray(value)
+            if value.size != 1 or value.dtype.kind not in "iu":
+                raise CheckpointFormatError(f"PRepBN counter '{key}' is not one integer (shape {value.shape}, "
+                                            f"{value.dtype}): a damaged or foreign checkpoint")
+            layers.setdefault(match.group(1), {})[match.group(2)] = int(value.reshape(()))
     if not layers:
         return None, []
+    incomplete = sorted(name for name, counters in layers.items() if not {"iter", "total_step"} <= set(counters))
+    if incomplete:
+        raise CheckpointFormatError(f"PRepBN counters incomplete (each layer has iter and total_step) in "
+                                    f"{', '.join(incomplete[:5])}: a damaged or foreign checkpoint")
     totals = {v.get("total_step") for v in layers.values()}
     iters = {v.get("iter") for v in layers.values()}
     warms = {v.get("warm", 0) for v in layers.values()}

@@ -62,10 +62,13 @@ def save_final_checkpoint(path, model, train_step, epoch_num):
     return save_checkpoint(entries, path, append_dict={"epoch_num": epoch_num, "step_num": 0})
 
 
-def prune_checkpoints(ckpt_dir, model_name, keep):
-    """Delete all but the newest ``keep`` resumable checkpoints of this model."""
+def prune_checkpoints(ckpt_dir, model_name, keep, protect=()):
+    """Delete all but the newest ``keep`` resumable checkpoints of this model, and never those in ``protect``
+    (train.py's last known-good checkpoint while a newer one is not yet shown to be good)."""
+    protect = {os.path.abspath(p) for p in protect}
     for _, _, path in list_resumable(ckpt_dir, model_name)[:-keep]:
-        os.remove(path)
+        if os.path.abspath(path) not in protect:
+            os.remove(path)
 
 
 def load_train_checkpoint(path, model, optimizer, train_step):

@@ -1,0 +1,336 @@
+"""No run loses another's results and every bad input is one message: the ckpt_dir run lock, the start-up
+write probe, finite checkpoints after a NaN, file modes, stale temporaries, --resume auto past a torn
+checkpoint, and exit status 2 with one line for bad options, recipes, data folders and input sizes."""
+import glob
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import mindspore as ms
+import pytest
+import yaml
+from PIL import Image
+
+import slab_ms
+from slab_ms.convert import main as convert_main
+from slab_ms.export import main as export_main
+from slab_ms.train import main as train_main
+from slab_ms.training import ConfigError, parse_args
+from slab_ms.training.schedule import resolve_prepbn_schedule
+from slab_ms.utils import FolderInUseError, RunLock, atomic_output, remove_stale_temporaries
+from slab_ms.validate import main as validate_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "official_small_deit_prepbn.pth")
+MODEL = "slab_deit_tiny"
+TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4}
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """A 1-epoch run of 4 optimizer steps on 32x32 images (no validation, no BN re-calibration)."""
+    root = tmp_path_factory.mktemp("safety")
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        folder = root / "data" / "train" / f"class{c}"
+        os.makedirs(folder)
+        for i in range(16):
+            img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+            img[:, :, c] += 120
+            Image.fromarray(img).save(folder / f"{i}.png")
+    cfg = {"model": MODEL, "model_kwargs": TINY, "data_dir": str(root / "data"), "image_size": 32, "batch_size": 8,
+           "num_parallel_workers": 1, "check_images": False, "val_split": "", "epochs": 1, "warmup_epochs": 0,
+           "lr": 1e-3, "min_lr": 1e-5, "prepbn_decay_steps": 2, "ckpt_interval": 1, "keep_checkpoint_max": 10,
+           "log_interval": 1, "runtime_num_threads": 2}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, str(path)
+
+
+def _run(config, ckpt_dir, *extra, cwd=ROOT):
+    return subprocess.run([sys.executable, TRAIN_PY, "-c", config, "--ckpt_dir", str(ckpt_dir), *extra],
+                          capture_output=True, text=True, cwd=cwd, timeout=TIMEOUT,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def _one_error(result, tool="train.py"):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines and lines[-1].startswith(f"{tool}: error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(recipe):
+    root, config = recipe
+    result = _run(config, root / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run"
+
+
+def _tiny_net():
+    return slab_ms.create_model(MODEL, num_classes=2, image_size=32, **TINY)
+
+
+# ------------------------------------------------------------------------------ 2: the run lock
+def test_a_second_run_into_a_locked_ckpt_dir_exits_2_naming_the_holder(recipe, tmp_path):
+    _, config = recipe
+    ckpt_dir = tmp_path / "busy"
+    os.makedirs(ckpt_dir)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from slab_ms.utils import RunLock; "
+                               f"RunLock({str(ckpt_dir)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        start = time.time()
+        line = _one_error(_run(config, ckpt_dir))
+        assert f"is in use by another run (pid {holder.pid}" in line
+        assert time.time() - start < 60  # at start, before data and model
+        assert os.listdir(ckpt_dir) == [RunLock.NAME]
+        with pytest.raises(FolderInUseError, match=f"pid {holder.pid}"):
+            RunLock(ckpt_dir).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with RunLock(ckpt_dir):  # the killed holder's lock file is left behind and blocks nothing
+        assert open(ckpt_dir / RunLock.NAME).read().strip() == str(os.getpid())
+
+
+# ------------------------------------------------------------------------------ 3: finite checkpoints
+def test_checkpoint_whose_weights_give_a_nan_is_not_called_good_and_resume_skips_it(recipe, trained, tmp_path):
+    """Resumed from the 1-epoch checkpoint with an absurd lr: step 5's update makes the weights huge (finite),
+    its checkpoint is written, step 6's loss is NaN. The message names the step-4 checkpoint (finite weights,
+    finite logits), the step-5 one is moved aside, and --resume auto then takes the good one. Also: the newest
+    checkpoint torn (--resume auto warns and skips it) and a killed writer's temporary file (removed)."""
+    _, config = recipe
+    ckpt_dir = tmp_path / "nan"
+    os.makedirs(ckpt_dir)
+    good = ckpt_dir / f"{MODEL}-0001_000000.ckpt"
+    good.write_bytes((trained / good.name).read_bytes())
+    torn = ckpt_dir / f"{MODEL}-0001_000003.ckpt"
+    torn.write_bytes(good.read_bytes()[:5000])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = ckpt_dir / f".{MODEL}-0001_000002.ckpt.tmp{dead.pid}.ckpt"
+    stale.write_bytes(b"half a checkpoint")
+    live = ckpt_dir / f".{MODEL}-0001_000002.ckpt.tmp{os.getpid()}.ckpt"
+    live.write_bytes(b"a live writer's file")
+
+    result = _run(config, ckpt_dir, "--epochs", "2", "--resume", "auto", "--lr", "1e30", "--min_lr", "1e30")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"skipping '{torn}'" in result.stdout and "may be truncated" in result.stdout
+    assert f"resumed from '{good}'" in result.stdout
+    assert f"removed '{stale}'" in result.stdout and not stale.exists() and live.exists()
+    assert "non-finite loss" in result.stderr and f"the last good checkpoint is {good}." in result.stderr
+    bad = ckpt_dir / f"{MODEL}-0001_000001.ckpt"
+    assert not bad.exists() and os.path.exists(f"{bad}.nonfinite")
+    assert slab_ms.weights.train_state.find_latest(str(ckpt_dir), MODEL) in (str(torn), str(good))
+
+    net = slab_ms.weights.load_checkpoint(_tiny_net(), str(good)).set_train(False)
+    logits = net(ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32))).asnumpy()
+    assert np.isfinite(logits).all()
+    os.rename(f"{bad}.nonfinite", tmp_path / "bad.ckpt")
+    huge = ms.load_checkpoint(str(tmp_path / "bad.ckpt"))["head.weight"].asnumpy()
+    assert np.abs(huge).max() > 1e20  # what it would have called good before
+
+
+def test_non_finite_parameters_are_never_saved(recipe, trained, tmp_path):
+    """lr 1e39 is inf in float32: the first update makes the weights NaN/inf; the checkpoint due right after
+    it is refused before it is written."""
+    _, config = recipe
+    ckpt_dir = tmp_path / "inf"
+    os.makedirs(ckpt_dir)
+    good = ckpt_dir / f"{MODEL}-0001_000000.ckpt"
+    good.write_bytes((trained / good.name).read_bytes())
+    result = _run(config, ckpt_dir, "--epochs", "2", "--resume", "auto", "--lr", "1e39", "--min_lr", "1e39")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "non-finite parameters after optimizer step 5" in result.stderr and "not saved" in result.stderr
+    assert f"the last good checkpoint is {good}." in result.stderr
+    assert sorted(os.listdir(ckpt_dir)) == [RunLock.NAME, good.name]
+
+
+# ------------------------------------------------------------------------------ 4: unwritable ckpt_dir
+def test_ckpt_dir_through_a_file_is_one_message_at_start(recipe, tmp_path):
+    _, config = recipe
+    (tmp_path / "file").write_text("x")
+    line = _one_error(_run(config, tmp_path / "file" / "ckpt"))
+    assert "ckpt_dir" in line and "cannot be created" in line and "is a file" in line
+    line = _one_error(_run(config, tmp_path / "file"))
+    assert "exists and is not a folder" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_read_only_ckpt_dir_is_one_message_at_start(recipe, tmp_path):
+    _, config = recipe
+    folder = tmp_path / "ro"
+    os.makedirs(folder)
+    os.chmod(folder, 0o555)
+    try:
+        assert "is not writable" in _one_error(_run(config, folder))
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_probe_and_failed_start_leave_no_new_folder(recipe, tmp_path):
+    """A run refused after the probe (here: an input size the patch does not divide) removes the ckpt_dir it
+    created, and never reaches graph compilation (no rank_0/om/analyze_fail.ir in the working directory)."""
+    _, config = recipe
+    line = _one_error(_run(config, tmp_path / "new", "--image_size", "30", cwd=str(tmp_path)))
+    assert "--image_size 30 does not fit VisionTransformer: it must be a multiple of 4" in line
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+# ------------------------------------------------------------------------------ 5: permissions, overwrite
+def test_written_files_get_the_usual_mode_and_export_keeps_the_folder_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        dst = tmp_path / "deit.ckpt"
+        assert convert_main(["--model", "deit_small_prepbn", "--ckpt_file", FIXTURE, "--file_name", str(dst),
+                             "--num_classes", "10", "--model_kwargs",
+                             '{"image_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3}']) == 0
+        assert stat.S_IMODE(os.stat(dst).st_mode) == 0o644
+        with atomic_output(str(tmp_path / "x.ckpt"), suffix=".ckpt") as tmp:
+            ms.save_checkpoint(_tiny_net(), tmp)  # MindSpore leaves it 0400
+        assert stat.S_IMODE(os.stat(tmp_path / "x.ckpt").st_mode) == 0o644
+
+        out = tmp_path / "out"
+        os.makedirs(out, mode=0o755)
+        os.chmod(out, 0o755)
+        argv = ["--model", MODEL, "--ckpt_file", str(tmp_path / "x.ckpt"), "--num_classes", "2",
+                "--image_size", "32", "--model_kwargs", json.dumps(TINY), "--file_format", "ONNX",
+                "--file_name", str(out / "net")]
+        pytest.importorskip("onnxruntime")
+        assert export_main(argv) == 0
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o755
+        assert stat.S_IMODE(os.stat(out / "net.onnx").st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_export_refuses_to_overwrite_without_the_flag(tmp_path, capsys):
+    ckpt = tmp_path / f"{MODEL}.ckpt"
+    ms.save_checkpoint(_tiny_net(), str(ckpt))
+    existing = tmp_path / "net.mindir"
+    existing.write_bytes(b"keep me")
+    argv = ["--ckpt_file", str(ckpt), "--num_classes", "2", "--image_size", "32", "--model_kwargs", json.dumps(TINY),
+            "--file_name", str(tmp_path / "net")]
+    assert export_main(argv) == 2
+    assert "net.mindir' exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert existing.read_bytes() == b"keep me"
+    assert export_main(argv + ["--overwrite"]) == 0
+    assert existing.read_bytes() != b"keep me"
+    assert stat.S_IMODE(os.stat(existing).st_mode) == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------------ 6: one message, exit 2
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch_size", "-1", "batch_size must be >= 1, got -1"),
+    ("--val_interval", "0", "val_interval must be >= 1, got 0"),
+    ("--lr", "nan", "lr must be >= 0, got nan"),
+    ("--mixup_prob", "1.5", "mixup_prob must be in [0, 1], got 1.5"),
+    ("--num_parallel_workers", "0", "num_parallel_workers must be >= 1"),
+])
+def test_numeric_options_out_of_range_are_refused_at_parse_time(recipe, option, value, message, capsys):
+    _, config = recipe
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        parse_args(["-c", config, option, value])
+    assert train_main(["-c", config, option, value]) == 2
+    assert validate_main(["-c", config, option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"train.py: error: {message}" in err and f"validate.py: error: {message}" in err
+
+
+def test_invalid_yaml_is_one_message_in_train_and_validate(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\nlr: 1\n")
+    assert train_main(["-c", str(bad)]) == 2 and validate_main(["-c", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("not a readable yaml recipe" in line for line in err)
+
+
+def test_digits_into_a_foreign_folder_is_one_message(recipe, tmp_path):
+    _, config = recipe
+    data = tmp_path / "mine"
+    os.makedirs(data)
+    (data / "notes.txt").write_text("my files")
+    line = _one_error(_run(config, tmp_path / "ckpt", "--dataset", "digits", "--data_dir", str(data)))
+    assert "is not the digits demo dataset" in line
+    assert os.listdir(data) == ["notes.txt"] and not os.path.exists(tmp_path / "ckpt")
+
+
+def test_onnx_export_without_onnxruntime_is_one_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    ckpt = tmp_path / f"{MODEL}.ckpt"
+    ckpt.write_bytes(b"unused")
+    assert export_main(["--ckpt_file", str(ckpt), "--file_format", "ONNX", "--file_name", str(tmp_path / "n")]) == 2
+    assert "pip install onnxruntime" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == [ckpt.name]
+
+
+def test_image_size_the_patch_does_not_divide_is_one_message_in_export_and_validate(recipe, tmp_path, capsys):
+    root, config = recipe
+    ckpt = tmp_path / f"{MODEL}.ckpt"
+    ms.save_checkpoint(_tiny_net(), str(ckpt))
+    assert export_main(["--ckpt_file", str(ckpt), "--num_classes", "2", "--image_size", "30", "--model_kwargs",
+                        json.dumps(TINY), "--file_name", str(tmp_path / "net")]) == 2
+    assert validate_main(["-c", config, "--ckpt_file", str(ckpt), "--image_size", "30", "--val_split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--image_size 30 does not fit VisionTransformer: it must be a multiple of 4") == 2
+    assert not glob.glob(str(tmp_path / "net*"))
+
+
+def test_garbage_data_pkl_is_one_message_in_convert_export_and_train(recipe, tmp_path, capsys):
+    _, config = recipe
+    garbage = tmp_path / "garbage.pth"
+    with zipfile.ZipFile(garbage, "w") as archive:
+        archive.writestr("archive/data.pkl", os.urandom(256))
+    assert convert_main(["--model", MODEL, "--ckpt_file", str(garbage), "--file_name", str(tmp_path / "o.ckpt")]) == 2
+    assert export_main(["--model", MODEL, "--ckpt_file", str(garbage), "--file_name", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("is not a readable PyTorch checkpoint" in line for line in err), err
+    line = _one_error(_run(config, tmp_path / "ckpt", "--ckpt_file", str(garbage)))
+    assert "is not a readable PyTorch checkpoint" in line and not os.path.exists(tmp_path / "ckpt")
+
+
+def test_convert_into_an_existing_folder_is_one_message(tmp_path, capsys):
+    assert convert_main(["--model", MODEL, "--ckpt_file", FIXTURE, "--file_name", str(tmp_path)]) == 2
+    assert "is a folder; give the path of the .ckpt to write" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ 7: leftovers and words
+def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [tmp_path / f".m.ckpt.tmp{dead.pid}.ckpt", tmp_path / f".net.mindir.tmp{dead.pid}.mindir",
+             tmp_path / f".m.ckpt.tmp{dead.pid}.tmp"]  # the last: MindSpore's own name while it writes ours
+    keep = [tmp_path / f".m.ckpt.tmp{os.getpid()}.ckpt", tmp_path / "m.ckpt", tmp_path / f"m.tmp{dead.pid}"]
+    for path in stale + keep:
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(str(tmp_path))) == sorted(map(str, stale))
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_warmup_longer_than_the_run_gives_a_fix_that_can_be_applied(recipe):
+    _, config = recipe
+    net = _tiny_net()
+    for warmup, fix in ((20, "Set prepbn_warmup_steps < 12."),
+                        (11, "Set prepbn_decay_steps <= 1 or prepbn_decay_ratio <= 0.083."),
+                        (3, "Set prepbn_decay_steps <= 9 or prepbn_decay_ratio <= 0.75.")):
+        args = parse_args(["-c", config, "--prepbn_warmup_steps", str(warmup), "--prepbn_decay_steps", "10"])
+        with pytest.raises(ConfigError) as err:
+            resolve_prepbn_schedule(net, args, 12)
+        assert fix in str(err.value) and "<= -" not in str(err.value), str(err.value)
