@@ -39,7 +39,7 @@ from ..layers import (PRepBNSchedule, attach_prepbn_schedule, fold_norm_into_con
 from .registry import drop_keys
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",
-           "CONFIGS", "create_llama", "generate", "official_names", "checkpoint_filter", "test_configs"]
+           "CONFIGS", "CausalLMLoss", "create_llama", "generate", "official_names", "checkpoint_filter", "test_configs"]
 
 _NEG = float(np.finfo(np.float32).min)
 
@@ -326,6 +326,18 @@ class LlamaForCausalLM(nn.Cell):
             new_k.append(k)
             new_v.append(v)
         return self.logits(self.model.final_norm(x)), ops.stack(new_k), ops.stack(new_v)
+
+
+class CausalLMLoss(nn.Cell):
+    """Mean next-token cross entropy of (B, T, V) logits against (B, T) labels (already shifted by one)."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.ce = nn.CrossEntropyLoss()
+
+    def construct(self, logits, labels):
+        return self.ce(logits.reshape(-1, self.vocab_size), labels.reshape(-1))
 
 
 class _CachedStep(nn.Cell):
