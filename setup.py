@@ -16,6 +16,7 @@ setup(
         "onnx": ["onnxruntime"],
     },
     entry_points={"console_scripts": [
-        f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]},
+        f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]
+        + ["slab-lm-demo=slab_ms.experiments.lm_demo:main"]},
     license="Apache-2.0",
 )

@@ -1,7 +1,8 @@
 """PRepBN LLaMA: parity with the reference modelling file (tests/fixtures/small_llama_prepbn.npz, made by
 tests/fixtures/make_llama_fixture.py), mask-aware BatchNorm statistics, the strict converter, the fold and
 cached generation, and the corpus demo's quick mode."""
-import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from slab_ms.models.llama import CONFIGS, LlamaConfig, create_llama, generate, o
 from slab_ms.reparam import remaining_norms
 from slab_ms.weights.llama import convert_llama_state_dict, load_official_llama
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = "small_llama_prepbn.npz"
 TOL = 1e-4
 
@@ -262,8 +264,6 @@ def test_fold_of_a_tied_head_unties_it():
     assert _no_norm_left(deploy) and not deploy.tie_word_embeddings
     assert rel(deploy(ids).asnumpy(), logits) < TOL
     np.testing.assert_array_equal(deploy.model.embed_tokens.embedding_table.asnumpy(), table)
-    prompt = ids.asnumpy()[:, :3]
-    np.testing.assert_array_equal(generate(net, prompt, 6), generate(deploy, prompt, 6))
 
 
 def test_rmsnorm_model_keeps_its_norms():
@@ -275,9 +275,12 @@ def test_rmsnorm_model_keeps_its_norms():
 
 
 # ------------------------------------------------------------------------------------------- demo
-def test_demo_quick_runs_and_reports(capsys):
-    assert lm_demo.main(["--quick"]) == 0
-    out = capsys.readouterr().out
+def test_demo_quick_runs_and_reports():
+    """The one command, in its own process (the demo sets MindSpore's CPU thread count, a per-process setting)."""
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_lm_demo.sh"), "--quick"], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
     summary = out[out.index("summary:"):]
     for norm in ("rmsnorm", "prepbn"):
         line = next(l for l in summary.splitlines() if l.strip().startswith(norm))

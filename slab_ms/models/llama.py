@@ -302,16 +302,18 @@ class LlamaForCausalLM(nn.Cell):
 
     # ------------------------------------------------------------------------------------- cached decoding
     def init_cache(self, batch_size, length):
-        """Zero key and value caches (layers, B, heads, length, head_dim) for ``length`` positions."""
+        """Zero key and value caches for ``length`` positions: two tuples of one (B, heads, length, head_dim) Tensor
+        per layer (a tuple, so a decoding call passes each layer's cache through without stacking or slicing)."""
         c = self.config
-        shape = (c.num_hidden_layers, batch_size, c.num_attention_heads, length, c.hidden_size // c.num_attention_heads)
-        return ops.zeros(shape, ms.float32), ops.zeros(shape, ms.float32)
+        shape = (batch_size, c.num_attention_heads, length, c.hidden_size // c.num_attention_heads)
+        zeros = [ops.zeros(shape, ms.float32) for _ in range(2 * c.num_hidden_layers)]
+        return tuple(zeros[:c.num_hidden_layers]), tuple(zeros[c.num_hidden_layers:])
 
     def forward_cached(self, input_ids, position, k_cache, v_cache):
         """Evaluation with a key/value cache: ``input_ids`` (B, S) are the tokens at positions ``position`` ..
-        ``position`` + S − 1 (``position`` an int32 scalar Tensor, so one graph serves every step). Returns the
-        logits (B, S, V) and the updated caches."""
-        s, m = input_ids.shape[1], k_cache.shape[3]
+        ``position`` + S − 1 (``position`` an int32 scalar Tensor, so one graph serves every step); ``k_cache`` and
+        ``v_cache`` are tuples from :meth:`init_cache`. Returns the logits (B, S, V) and the updated caches."""
+        s, m = input_ids.shape[1], k_cache[0].shape[2]
         positions = position + ops.arange(s, dtype=ms.int32)
         cos = ops.gather(self.model.cos, positions, 0)
         sin = ops.gather(self.model.sin, positions, 0)
@@ -320,12 +322,12 @@ class LlamaForCausalLM(nn.Cell):
         keep = (1.0 - select.sum(axis=0)).expand_dims(1)  # (M, 1)
         allowed = slots.expand_dims(0) <= positions.expand_dims(1)  # (S, M)
         x = self.model.embed_tokens(input_ids.astype(ms.int32))
-        new_k, new_v = [], []
+        new_k, new_v = (), ()
         for i, layer in enumerate(self.model.layers):
             x, k, v = layer.cached(x, cos, sin, allowed, select, keep, k_cache[i], v_cache[i])
-            new_k.append(k)
-            new_v.append(v)
-        return self.logits(self.model.final_norm(x)), ops.stack(new_k), ops.stack(new_v)
+            new_k = new_k + (k,)
+            new_v = new_v + (v,)
+        return self.logits(self.model.final_norm(x)), new_k, new_v
 
 
 class CausalLMLoss(nn.Cell):
@@ -371,8 +373,10 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True, return_stats=Fal
     With ``use_cache`` a key/value cache of P + ``max_new_tokens`` positions is filled by one pass over the prompt,
     then one token per call; without it every step runs the decoder over the whole (B, P + N) buffer, whose unwritten
     positions cannot reach earlier ones through causal attention. Returns the ids (B, P + N) as numpy int32, and with
-    ``return_stats`` also ``dict(seconds, tokens_per_s, last_logits)`` where the time covers the calls after the
-    first one (the first compiles), i.e. the decoding of N − 1 tokens (batch × that per second).
+    ``return_stats`` also ``dict(seconds, timed_tokens, tokens_per_s, last_logits)``: the calls that compile a graph
+    (the prompt's and the first single-token call; the first full pass) are left out of the timing, so
+    ``timed_tokens`` is N − 2 with the cache and N − 1 without; ``last_logits`` (B, N, V) are the logits that chose
+    each new token.
     """
     prompt = np.asarray(prompt_ids, np.int32)
     if prompt.ndim != 2 or prompt.shape[1] < 1:
@@ -387,7 +391,7 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True, return_stats=Fal
     out = np.zeros((b, total), np.int32)
     out[:, :p] = prompt
     logits_seen = []
-    start = None
+    start, timed = None, 0
     if use_cache:
         step = _CachedStep(model)
         k_cache, v_cache = model.init_cache(b, total)
@@ -395,15 +399,17 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True, return_stats=Fal
         for i in range(p, total):
             out[:, i] = nxt.asnumpy()
             logits_seen.append(last.asnumpy())
-            if i == p + 1:  # the single-token graph is compiled by the call for position p + 1
-                start = time.perf_counter()
             if i + 1 < total:
+                if i == p + 1:  # the call at position p compiled the single-token graph
+                    start = time.perf_counter()
+                timed += start is not None
                 nxt, last, k_cache, v_cache = step(Tensor(out[:, i:i + 1]), Tensor(i, ms.int32), k_cache, v_cache)
     else:
         step = _FullStep(model)
         for i in range(p, total):
-            if i == p + 1:
+            if i == p + 1:  # the first call compiled the graph
                 start = time.perf_counter()
+            timed += start is not None
             nxt, last = step(Tensor(out), Tensor(i, ms.int32))
             out[:, i] = nxt.asnumpy()
             logits_seen.append(last.asnumpy())
@@ -411,8 +417,8 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True, return_stats=Fal
     model.set_train(was_training)
     if not return_stats:
         return out
-    timed = max(total - p - 1, 0)
-    return out, dict(seconds=elapsed, tokens_per_s=b * timed / elapsed if timed and elapsed > 0 else float("nan"),
+    return out, dict(seconds=elapsed, timed_tokens=timed,
+                     tokens_per_s=b * timed / elapsed if timed and elapsed > 0 else float("nan"),
                      last_logits=np.stack(logits_seen, axis=1))
 
 
@@ -435,6 +441,7 @@ def _fold_head(model):
         table = model.model.embed_tokens.embedding_table.asnumpy()
         model.lm_head = nn.Dense(c.hidden_size, c.vocab_size, has_bias=False, weight_init=Tensor(table.copy()))
         model.tie_word_embeddings = False
+        model.config = dataclasses.replace(c, tie_word_embeddings=False)
     fold_norm_into_consumers(model.model, "norm", [(model, "lm_head")])
 
 
