@@ -395,7 +395,9 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True, return_stats=Fal
     if use_cache:
         step = _CachedStep(model)
         k_cache, v_cache = model.init_cache(b, total)
-        nxt, last, k_cache, v_cache = step(Tensor(prompt), Tensor(0, ms.int32), k_cache, v_cache)
+        # mutable: the caches are graph inputs that change every call, not constants to compile in
+        nxt, last, k_cache, v_cache = step(Tensor(prompt), Tensor(0, ms.int32), ms.mutable(k_cache),
+                                           ms.mutable(v_cache))
         for i in range(p, total):
             out[:, i] = nxt.asnumpy()
             logits_seen.append(last.asnumpy())
@@ -403,7 +405,8 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True, return_stats=Fal
                 if i == p + 1:  # the call at position p compiled the single-token graph
                     start = time.perf_counter()
                 timed += start is not None
-                nxt, last, k_cache, v_cache = step(Tensor(out[:, i:i + 1]), Tensor(i, ms.int32), k_cache, v_cache)
+                nxt, last, k_cache, v_cache = step(Tensor(out[:, i:i + 1]), Tensor(i, ms.int32), ms.mutable(k_cache),
+                                                   ms.mutable(v_cache))
     else:
         step = _FullStep(model)
         for i in range(p, total):
