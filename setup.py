@@ -17,6 +17,7 @@ setup(
         "safetensors": ["safetensors"],
     },
     entry_points={"console_scripts": [
-        f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]},
+        f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]
+        + ["slab-lm-demo=slab_ms.experiments.lm_demo:main"]},
     license="Apache-2.0",
 )

@@ -19,7 +19,7 @@ import logging
 from mindspore import nn
 
 from .layers.fold import registered_fold
-from .layers.norm import PRepBN, TokenBatchNorm, prepbn_layers
+from .layers.norm import PRepBN, RMSNorm, TokenBatchNorm, prepbn_layers
 from .layers.schedule import PRepBNSchedule
 
 __all__ = ["reparameterize_model", "remaining_norms"]
@@ -27,7 +27,7 @@ __all__ = ["reparameterize_model", "remaining_norms"]
 _logger = logging.getLogger(__name__)
 
 # Cells that compute a normalization (RepBN is a TokenBatchNorm); none should be left after folding.
-NORM_CELLS = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d,
+NORM_CELLS = (nn.LayerNorm, RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d,
               TokenBatchNorm, PRepBN)
 
 
@@ -65,8 +65,8 @@ def remaining_norms(net):
     for name, cell in cells.items():
         if not isinstance(cell, NORM_CELLS) or any(name.startswith(outer + ".") for outer, _, _ in found):
             continue
-        if isinstance(cell, nn.LayerNorm):
-            reason = "LayerNorm uses per-token statistics: no fixed affine map to fold"
+        if isinstance(cell, (nn.LayerNorm, RMSNorm)):
+            reason = f"{type(cell).__name__} uses per-token statistics: no fixed affine map to fold"
         else:
             owner = cells.get(name.rpartition(".")[0], net)
             reason = f"no fold registered for its owner {type(owner).__name__}"

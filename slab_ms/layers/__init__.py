@@ -5,6 +5,7 @@ from .fold import (ChannelAffine, fold_final_norm, fold_norm_into_consumers, fol
                    register_fold)
 from .helpers import dense, to_2tuple
 from .mlp import Mlp
-from .norm import PRepBN, RepBN, TokenBatchNorm, attach_prepbn_schedule, get_norm_layer, prepbn_layers
+from .norm import (MaskedPRepBN, MaskedRepBN, PRepBN, RepBN, RMSNorm, TokenBatchNorm, attach_prepbn_schedule,
+                   get_masked_norm_layer, get_norm_layer, prepbn_layers)
 from .patch_embed import PatchConv2d, PatchEmbed, check_input
 from .schedule import PRepBNSchedule, gamma

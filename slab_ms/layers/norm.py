@@ -7,16 +7,23 @@ PRepBN(x) = γ·LN(x) + (1 − γ)·RepBN(x) in training, with
 γ from the model's one :class:`~slab_ms.layers.schedule.PRepBNSchedule` (counted in optimizer steps),
 and pure RepBN in evaluation. Unlike the reference, the BN branch also runs (and updates its
 statistics) during LN-only warm-up; its output is weighted 0 there, and no released model warms up.
+
+For token sequences with padding (language models), :class:`MaskedRepBN` / :class:`MaskedPRepBN` take
+``(x, mask)``: in training the BatchNorm statistics are a masked mean and variance over the real tokens
+(mask 1) only, with static shapes, and padded positions pass through the BN unchanged (as in the
+reference LLaMA code: they receive ``x + η·x``); evaluation uses the running statistics for every token.
+Their LayerNorm side is an :class:`RMSNorm` (LLaMA's norm), and one epsilon serves both sides.
 """
 from functools import partial
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 from .schedule import PRepBNSchedule, gamma
 
-__all__ = ["TokenBatchNorm", "RepBN", "PRepBN", "get_norm_layer", "prepbn_layers", "attach_prepbn_schedule"]
+__all__ = ["TokenBatchNorm", "RepBN", "PRepBN", "RMSNorm", "MaskedRepBN", "MaskedPRepBN", "get_norm_layer",
+           "get_masked_norm_layer", "prepbn_layers", "attach_prepbn_schedule"]
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # MindSpore's momentum 0.9 is PyTorch's momentum 0.1
@@ -25,9 +32,9 @@ BN_MOMENTUM = 0.9  # MindSpore's momentum 0.9 is PyTorch's momentum 0.1
 class TokenBatchNorm(nn.Cell):
     """BatchNorm1d over the channel axis of ``(B, N, C)`` tokens (statistics over B·N samples)."""
 
-    def __init__(self, dim):
+    def __init__(self, dim, eps=BN_EPS):
         super().__init__()
-        self.bn = nn.BatchNorm1d(dim, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.bn = nn.BatchNorm1d(dim, eps=eps, momentum=BN_MOMENTUM)
 
     def construct(self, x):
         return self.bn(x.transpose(0, 2, 1)).transpose(0, 2, 1)
@@ -45,8 +52,8 @@ class TokenBatchNorm(nn.Cell):
 class RepBN(TokenBatchNorm):
     """RepBN(x) = BN(x) + η·x, η a learnable scalar initialised to 1 (paper Eq. 4)."""
 
-    def __init__(self, dim):
-        super().__init__(dim)
+    def __init__(self, dim, eps=BN_EPS):
+        super().__init__(dim, eps=eps)
         self.alpha = Parameter(Tensor(np.ones((1,), np.float32)), name="alpha")
 
     def construct(self, x):
@@ -66,12 +73,13 @@ class PRepBN(nn.Cell):
         dim: channels.
         schedule: the model's :class:`PRepBNSchedule` (γ is read from its Parameters).
         ln_eps: LayerNorm epsilon (1e-6 DeiT/PVT, 1e-5 Swin/CSwin in the reference).
+        norm1, norm2: the two sides as cells, when not LayerNorm(dim, ln_eps) and RepBN(dim).
     """
 
-    def __init__(self, dim, schedule, ln_eps=1e-6):
+    def __init__(self, dim, schedule, ln_eps=1e-6, norm1=None, norm2=None):
         super().__init__()
-        self.norm1 = nn.LayerNorm((dim,), epsilon=ln_eps)
-        self.norm2 = RepBN(dim)
+        self.norm1 = norm1 if norm1 is not None else nn.LayerNorm((dim,), epsilon=ln_eps)
+        self.norm2 = norm2 if norm2 is not None else RepBN(dim)
         self.schedule = schedule
         self._step, self._decay_steps, self._warmup_steps = schedule.parameters
 
@@ -85,6 +93,95 @@ class PRepBN(nn.Cell):
     def affine(self):
         """Eval-mode per-channel map (pure RepBN)."""
         return self.norm2.affine()
+
+
+class RMSNorm(nn.Cell):
+    """LLaMA's RMSNorm over the channel axis: ``weight · x / sqrt(mean(x²) + eps)``, statistics per token
+    (computed in float32). ``mask`` is accepted and ignored, so every token norm is called the same way."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones((dim,), np.float32)), name="weight")
+        self.eps = float(eps)
+
+    def construct(self, x, mask=None):
+        xf = x.astype(ms.float32)
+        variance = ops.mean(xf * xf, -1, True)
+        return self.weight * (xf * ops.rsqrt(variance + self.eps)).astype(x.dtype)
+
+
+class MaskedRepBN(RepBN):
+    """RepBN over ``(B, T, C)`` token sequences whose padded positions are left out of the batch statistics.
+
+    ``construct(x, mask)``, ``mask`` (B, T) with 1 for a real token and 0 for padding. In training the mean
+    and the (biased) variance that normalise are taken over the real tokens only, the running mean and the
+    unbiased running variance move by the same momentum as ``nn.BatchNorm1d`` (MindSpore 0.9 = PyTorch 0.1),
+    and a padded position leaves the BN as it came in (output ``x + η·x``, as in the reference). Without a mask,
+    or in evaluation, it is plain RepBN (running statistics for every token in evaluation).
+
+    Args:
+        dim: channels.
+        eps: BatchNorm epsilon (the reference LLaMA passes its ``rms_norm_eps``, 1e-6).
+        zero_init: start η, the BN weight and the BN bias at 0 as the reference LLaMA does (RepBN outputs 0
+            until trained); False keeps the vision initialisation (η = 1, weight 1, bias 0).
+    """
+
+    def __init__(self, dim, eps=1e-6, zero_init=True):
+        super().__init__(dim, eps=eps)
+        if zero_init:
+            for param in (self.alpha, self.bn.gamma, self.bn.beta):
+                param.set_data(Tensor(np.zeros(param.shape, np.float32)))
+        self.eps = float(eps)
+        self.keep = float(BN_MOMENTUM)
+
+    def construct(self, x, mask=None):
+        xt = x.transpose(0, 2, 1)
+        if mask is None or not self.training:
+            return (self.bn(xt) + self.alpha * xt).transpose(0, 2, 1)
+        m = mask.astype(x.dtype).expand_dims(-1)  # (B, T, 1)
+        count = m.sum()
+        mean = (x * m).sum(axis=(0, 1)) / count
+        centered = x - mean
+        var = (centered * centered * m).sum(axis=(0, 1)) / count
+        y = centered * ops.rsqrt(var + self.eps) * self.bn.gamma + self.bn.beta
+        y = m * y + (1.0 - m) * x
+        unbiased = var * count / ops.maximum(count - 1.0, 1.0)
+        batch_mean, batch_var = ops.stop_gradient(mean), ops.stop_gradient(unbiased)
+        new_mean = self.bn.moving_mean * self.keep + batch_mean * (1.0 - self.keep)
+        new_var = self.bn.moving_variance * self.keep + batch_var * (1.0 - self.keep)
+        y = ops.depend(y, ops.assign(self.bn.moving_mean, new_mean))
+        y = ops.depend(y, ops.assign(self.bn.moving_variance, new_var))
+        return y + self.alpha * x
+
+
+class MaskedPRepBN(PRepBN):
+    """PRepBN for token sequences: γ·RMSNorm(x) + (1 − γ)·MaskedRepBN(x, mask) in training, pure RepBN in
+    evaluation; both sides take ``eps`` (the reference LLaMA's ``LinearNorm(..., eps=rms_norm_eps)``)."""
+
+    def __init__(self, dim, schedule, eps=1e-6, zero_init=True):
+        super().__init__(dim, schedule, norm1=RMSNorm(dim, eps), norm2=MaskedRepBN(dim, eps, zero_init))
+
+    def construct(self, x, mask=None):
+        if not self.training:
+            return self.norm2(x)
+        g = gamma(self._step.astype(ms.float32), self._decay_steps.astype(ms.float32),
+                  self._warmup_steps.astype(ms.float32)).astype(x.dtype)
+        return g * self.norm1(x) + (1.0 - g) * self.norm2(x, mask)
+
+
+def get_masked_norm_layer(norm, eps=1e-6, decay_steps=None, warmup_steps=0, zero_init=True):
+    """Token-sequence norm factory ``dim -> Cell`` (each cell is called ``norm(x, mask=None)``) for ``norm`` in
+    {"rmsnorm", "repbn", "prepbn"}; for "prepbn" every layer it builds shares one new :class:`PRepBNSchedule`
+    of T = ``decay_steps`` after ``warmup_steps`` RMSNorm-only steps."""
+    if norm == "rmsnorm":
+        return partial(RMSNorm, eps=eps)
+    if norm == "repbn":
+        return partial(MaskedRepBN, eps=eps, zero_init=zero_init)
+    if norm == "prepbn":
+        if decay_steps is None:
+            raise ValueError("norm='prepbn' needs prepbn_decay_steps (T, the optimizer steps over which γ decays).")
+        return partial(MaskedPRepBN, schedule=PRepBNSchedule(decay_steps, warmup_steps), eps=eps, zero_init=zero_init)
+    raise ValueError(f"Unknown norm '{norm}'; choose one of 'rmsnorm', 'repbn', 'prepbn'.")
 
 
 def get_norm_layer(norm, ln_eps=1e-6, decay_steps=None):

@@ -25,7 +25,8 @@ from ..models.registry import drop_keys, family_of
 from .pth import CheckpointFormatError, describe_error, read_pth
 from .strict import is_excluded, mismatch_message
 
-__all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names"]
+__all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names",
+           "schedule_from_counters"]
 
 _logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _target_params(net):
     return targets
 
 
-def _schedule_from(state):
+def schedule_from_counters(state):
     """The reference's per-layer counters -> (step, decay_steps, warmup_steps) of one schedule."""
     layers = {}
     for key, value in state.items():
@@ -171,7 +172,7 @@ def convert_state_dict(net, state_dict, exclude=()):
             continue
         params[ms_name] = ms.Parameter(ms.Tensor(value.astype(ms.dtype_to_nptype(param.dtype))), name=ms_name)
     has_prepbn = bool(prepbn_layers(net))
-    schedule, notes = _schedule_from(state_dict) if has_prepbn else (None, [])
+    schedule, notes = schedule_from_counters(state_dict) if has_prepbn else (None, [])
     unexpected = [key for key in state_dict if key not in used and not (has_prepbn and _COUNTERS.match(key))]
     if has_prepbn and schedule is None:
         missing.append("<PRepBN counters: *.iter, *.total_step>")
