@@ -15,6 +15,7 @@ setup(
         "demo": ["scikit-learn"],
         "onnx": ["onnxruntime"],
         "safetensors": ["safetensors"],
+        "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": [
         f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]

@@ -77,7 +77,11 @@ def trained(recipe):
 
 
 def _tiny_net():
-    return slab_ms.create_model(MODEL, num_classes=2, image_size=32, **TINY)
+    """A tiny model whose γ schedule has finished, as a trained checkpoint's (export refuses an unfinished one)."""
+    net = slab_ms.create_model(MODEL, num_classes=2, image_size=32, **TINY)
+    schedule = slab_ms.PRepBNSchedule.of(net)
+    schedule.set(step=schedule.end_step())
+    return net
 
 
 # ------------------------------------------------------------------------------ 2: the run lock
