@@ -142,7 +142,7 @@ def lr_schedule(steps, peak):
 
 
 def build(args, norm, vocab_size):
-    from ..models.llama import create_llama
+    from ..models import create_llama
     warmup, decay = args.steps // 10, (args.steps * 7) // 10
     return create_llama("llama_demo", vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
@@ -155,7 +155,7 @@ def train_one(args, norm, train_ids, val_batches, vocab_size):
     from mindspore import Tensor, nn
 
     from ..layers import PRepBNSchedule
-    from ..models.llama import CausalLMLoss
+    from ..models import CausalLMLoss
     from ..training import GammaDecay, NetWithLoss, TrainStep, param_groups
     from ..training.callbacks import format_seconds
 
@@ -210,7 +210,7 @@ def perplexity(net_with_loss, batches):
 
 
 def generation(net, prompt, n_tokens, label):
-    from ..models.llama import generate
+    from ..models import generate
     out, stats = generate(net, prompt[None, :], n_tokens, use_cache=True, return_stats=True)
     print_now(f"[{label}] greedy generation with the key/value cache: {stats['tokens_per_s']:.1f} tokens/s "
               f"(batch 1, {stats['timed_tokens']} timed tokens; the calls that compile are not timed)")
@@ -284,7 +284,7 @@ def _demo(argv):
 
 
 def _loss_wrapper(net, vocab):
-    from ..models.llama import CausalLMLoss
+    from ..models import CausalLMLoss
     from ..training import NetWithLoss
     return NetWithLoss(net, CausalLMLoss(vocab))
 

@@ -9,4 +9,6 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "registry":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["list_models", "family_of", "is_slab_model", "tiny_config"]
+from .llama import CausalLMLoss, create_llama, generate  # noqa: E402  (the language model's builder and tools)
+
+__all__ = ["list_models", "family_of", "is_slab_model", "tiny_config", "create_llama", "generate", "CausalLMLoss"]

@@ -52,9 +52,15 @@ def list_models(pattern="*"):
 
 
 def family_of(model):
-    """The family module of a model name or of a built model (None for a model of no SLAB family)."""
-    module = _SLAB_MODELS.get(model) if isinstance(model, str) else type(model).__module__
-    return sys.modules.get(module) if module in _SLAB_MODELS.values() else None
+    """The family module of a registered model name or of a built model of this package's families (the
+    language model is built by its own ``create_llama``, not registered), or None."""
+    if isinstance(model, str):
+        module = _SLAB_MODELS.get(model)
+    else:
+        module = type(model).__module__
+        if not module.startswith(__name__.rpartition(".")[0] + ".") or module == __name__:
+            module = None
+    return sys.modules.get(module) if module else None
 
 
 def is_slab_model(net):

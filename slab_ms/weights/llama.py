@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor
 
 from ..layers import PRepBNSchedule, prepbn_layers
-from ..models.llama import checkpoint_filter, official_names
+from ..models.registry import family_of
 from .official import schedule_from_counters, read_state_dict
 from .strict import mismatch_message
 
@@ -26,11 +26,12 @@ def convert_llama_state_dict(model, state_dict):
     """Returns ``(params, schedule, notes)``: MindSpore name -> Parameter, the γ schedule's (step, decay_steps,
     warmup_steps) or None (no PRepBN), and notes on what was dropped. Raises ValueError listing every missing,
     unexpected and mis-shaped key."""
-    state, notes, mismatched = checkpoint_filter(state_dict, model)
+    family = family_of(model)  # the decoder's family file owns its names (this package imports no family)
+    state, notes, mismatched = family.checkpoint_filter(state_dict, model)
     has_prepbn = bool(prepbn_layers(model))
     counters = {k: v for k, v in state.items() if k.endswith(_COUNTER_SUFFIXES)} if has_prepbn else {}
     used, missing, params = set(counters), [], {}
-    for ms_name, (src_name, param) in official_names(model).items():
+    for ms_name, (src_name, param) in family.official_names(model).items():
         if src_name not in state:
             missing.append(src_name)
             continue
