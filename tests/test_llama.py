@@ -13,7 +13,8 @@ from parity_utils import FIXTURES, load_fixture
 from slab_ms import reparameterize_model
 from slab_ms.experiments import lm_demo
 from slab_ms.layers import MaskedPRepBN, MaskedRepBN, PRepBN, PRepBNSchedule, RMSNorm, TokenBatchNorm
-from slab_ms.models.llama import CONFIGS, LlamaConfig, create_llama, generate, official_names
+from slab_ms.models.llama import CONFIGS, LlamaConfig, create_llama, generate
+from slab_ms.weights.official import official_parameters
 from slab_ms.reparam import remaining_norms
 from slab_ms.weights.llama import convert_llama_state_dict, load_official_llama
 
@@ -48,7 +49,7 @@ def ids_and_mask(ref):
 
 def bn_stats(net):
     """Reference name of every BN running statistic -> value."""
-    return {src: param.asnumpy().copy() for _, (src, param) in official_names(net).items()
+    return {src: param.asnumpy().copy() for _, (src, param) in official_parameters(net).items()
             if src.endswith(("running_mean", "running_var"))}
 
 

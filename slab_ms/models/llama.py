@@ -23,8 +23,8 @@ lm head (which becomes untied and gains a bias), so the deployed decoder compute
 
 This family is not a MindCV vision model and is not in MindCV's registry: build it with
 :func:`create_llama` from a named config of :data:`CONFIGS` or a config dict (the reference ``config.json``
-keys are accepted). Reference checkpoints load with ``slab_ms.weights.llama.load_official_llama``; the names
-they map to are :func:`official_names` and :func:`checkpoint_filter` here.
+keys are accepted). Reference checkpoints load with ``slab_ms.weights.llama.load_official_llama``: names by the
+cell types as for the vision models, and :func:`checkpoint_filter` here for what the reference keeps besides.
 """
 import dataclasses
 import time
@@ -34,12 +34,12 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
 
-from ..layers import (PRepBNSchedule, attach_prepbn_schedule, fold_norm_into_consumers, get_masked_norm_layer,
+from ..layers import (attach_prepbn_schedule, fold_norm_into_consumers, get_masked_norm_layer,
                       register_fold)
 from .registry import drop_keys
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",
-           "CONFIGS", "CausalLMLoss", "create_llama", "generate", "official_names", "checkpoint_filter", "test_configs"]
+           "CONFIGS", "CausalLMLoss", "create_llama", "generate", "checkpoint_filter", "test_configs"]
 
 _NEG = float(np.finfo(np.float32).min)
 
@@ -466,32 +466,12 @@ def create_llama(name_or_config="llama_tiny", **kwargs):
 
 
 # ------------------------------------------------------------------------------------ official checkpoints
-_RENAME = {
-    nn.Embedding: {"embedding_table": "weight"},
-    nn.BatchNorm1d: {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
-                     "moving_variance": "running_var"},
-}
 # What the reference keeps and this code does not read: BatchNorm's batch counter, LinearNorm's micro-step counter
 # (its schedule moved once per 16 forwards; ours counts optimizer steps), and the rotary inverse frequencies
 # (recomputed; checked against the checkpoint's below).
 _DROPPED = [(r"(^|\.)num_batches_tracked$", "BatchNorm counter, unused by MindSpore"),
             (r"(^|\.)num_step$", "the reference's forward counter (mod 16); γ counts optimizer steps here"),
             (r"\.rotary_emb\.inv_freq$", "rotary inverse frequencies, recomputed from rope_theta")]
-_COUNTER_SUFFIXES = (".warm", ".iter", ".total_step")
-
-
-def official_names(model):
-    """MindSpore parameter name -> ``(the reference's state-dict name, Parameter)`` (the γ schedule has none)."""
-    own = PRepBNSchedule.of(model)
-    schedule = own.ids() if own else set()
-    names = {}
-    for cell_name, cell in model.cells_and_names():
-        rename = next((r for t, r in _RENAME.items() if isinstance(cell, t)), {})
-        prefix = f"{cell_name}." if cell_name else ""
-        for pname, param in cell._params.items():  # pylint: disable=protected-access
-            if id(param) not in schedule:
-                names[prefix + pname] = (prefix + rename.get(pname, pname), param)
-    return names
 
 
 def checkpoint_filter(state_dict, model):

@@ -26,11 +26,12 @@ from .pth import CheckpointFormatError, describe_error, read_pth
 from .strict import is_excluded, mismatch_message
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names",
-           "schedule_from_counters"]
+           "official_parameters", "match_parameters", "load_converted", "schedule_from_counters"]
 
 _logger = logging.getLogger(__name__)
 
 _RENAME = {
+    nn.Embedding: {"embedding_table": "weight"},
     nn.LayerNorm: {"gamma": "weight", "beta": "bias"},
     nn.BatchNorm1d: {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                      "moving_variance": "running_var"},
@@ -97,10 +98,10 @@ def _read_safetensors(path):
 # -------------------------------------------------------------------------------------- conversion
 def official_names(net):
     """MindSpore parameter name -> the name the reference gives it (the γ schedule has none)."""
-    return {name: official for name, (official, _) in _target_params(net).items()}
+    return {name: official for name, (official, _) in official_parameters(net).items()}
 
 
-def _target_params(net):
+def official_parameters(net):
     """MindSpore parameter name -> (expected official name, Parameter), skipping the γ schedule."""
     own = PRepBNSchedule.of(net)
     schedule = own.ids() if own else set()
@@ -145,21 +146,9 @@ def schedule_from_counters(state):
     return (total - it, total, 0), notes
 
 
-def convert_state_dict(net, state_dict, exclude=()):
-    """Map an official state dict onto ``net``; parameters under the cell names in ``exclude`` are left out.
-
-    Returns ``(params, schedule, notes)``: MindSpore name -> Parameter, the (step, decay_steps,
-    warmup_steps) schedule or None, and the notes on what was dropped. Raises ValueError listing
-    every missing, unexpected and mis-shaped key.
-    """
-    targets = _target_params(net)
-    skipped = {src for ms_name, (src, _) in targets.items() if is_excluded(ms_name, exclude)}
-    targets = {k: v for k, v in targets.items() if not is_excluded(k, exclude)}
-    state_dict, dropped = drop_keys({k: v for k, v in state_dict.items() if k not in skipped}, _BN_COUNTER)
-    family_filter = getattr(family_of(net), "checkpoint_filter", None)
-    if family_filter is not None:
-        state_dict, family_notes = family_filter(state_dict, net)
-        dropped += family_notes
+def match_parameters(targets, state_dict):
+    """Take each target's value from ``state_dict``: returns ``(params, used, missing, mismatched)`` with
+    MindSpore name -> new Parameter, the source keys read, the absent ones and the mis-shaped ones."""
     used, missing, mismatched, params = set(), [], [], {}
     for ms_name, (src_name, param) in targets.items():
         if src_name not in state_dict:
@@ -171,6 +160,36 @@ def convert_state_dict(net, state_dict, exclude=()):
             mismatched.append(f"{src_name}: source {tuple(value.shape)} vs model {tuple(param.shape)}")
             continue
         params[ms_name] = ms.Parameter(ms.Tensor(value.astype(ms.dtype_to_nptype(param.dtype))), name=ms_name)
+    return params, used, missing, mismatched
+
+
+def load_converted(net, params, schedule, notes):
+    """Write what a converter returned into ``net``: log the notes, load the parameters strictly, set the γ
+    schedule."""
+    for note in notes:
+        _logger.info(note)
+    ms.load_param_into_net(net, params, strict_load=True)
+    if schedule is not None:
+        PRepBNSchedule.require(net).set(*schedule)
+    return net
+
+
+def convert_state_dict(net, state_dict, exclude=()):
+    """Map an official state dict onto ``net``; parameters under the cell names in ``exclude`` are left out.
+
+    Returns ``(params, schedule, notes)``: MindSpore name -> Parameter, the (step, decay_steps,
+    warmup_steps) schedule or None, and the notes on what was dropped. Raises ValueError listing
+    every missing, unexpected and mis-shaped key.
+    """
+    targets = official_parameters(net)
+    skipped = {src for ms_name, (src, _) in targets.items() if is_excluded(ms_name, exclude)}
+    targets = {k: v for k, v in targets.items() if not is_excluded(k, exclude)}
+    state_dict, dropped = drop_keys({k: v for k, v in state_dict.items() if k not in skipped}, _BN_COUNTER)
+    family_filter = getattr(family_of(net), "checkpoint_filter", None)
+    if family_filter is not None:
+        state_dict, family_notes = family_filter(state_dict, net)
+        dropped += family_notes
+    params, used, missing, mismatched = match_parameters(targets, state_dict)
     has_prepbn = bool(prepbn_layers(net))
     schedule, notes = schedule_from_counters(state_dict) if has_prepbn else (None, [])
     unexpected = [key for key in state_dict if key not in used and not (has_prepbn and _COUNTERS.match(key))]
@@ -185,10 +204,4 @@ def convert_state_dict(net, state_dict, exclude=()):
 def load_official_checkpoint(net, src, use_ema=False, exclude=()):
     """Load an official PyTorch checkpoint (path or dict, see module doc) into ``net`` strictly; parameters
     under the cell names in ``exclude`` (e.g. ``("head",)``) keep their initial values."""
-    params, schedule, notes = convert_state_dict(net, read_state_dict(src, use_ema=use_ema), exclude=exclude)
-    for note in notes:
-        _logger.info(note)
-    ms.load_param_into_net(net, params, strict_load=True)
-    if schedule is not None:
-        PRepBNSchedule.require(net).set(*schedule)
-    return net
+    return load_converted(net, *convert_state_dict(net, read_state_dict(src, use_ema=use_ema), exclude=exclude))
