@@ -19,19 +19,39 @@ Fine-tuning modes (kwargs of every factory, with ``features_only=True``):
   (the official detection backbones put every BatchNorm1d in eval mode in ``train()``).
 * ``freeze_eta=True``: RepBN's η (``alpha``) gets ``requires_grad=False``.
 """
-from mindspore import nn
+from mindspore import nn, ops
 
 from ..layers import get_norm_layer
 from ..layers.fold import keep_as_affine
 from ..layers.norm import RepBN, TokenBatchNorm
 
-__all__ = ["BackboneMixin", "tokens_to_map", "fold_output_norms"]
+__all__ = ["BackboneMixin", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms"]
 
 
 def tokens_to_map(x, hw):
     """(B, H·W, C) row-major tokens -> (B, C, H, W)."""
     b, _, c = x.shape
     return x.transpose(0, 2, 1).reshape(b, c, hw[0], hw[1])
+
+
+def pad_grid(x, hw, multiple, value=None):
+    """(B, H, W, C) padded at the bottom / right to multiples of ``multiple`` with ``value`` (C,) (zeros if None);
+    returns the map and its padded grid."""
+    h, w = hw
+    hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    if (hp, wp) == (h, w):
+        return x, (hp, wp)
+    if value is None:
+        return ops.pad(x, (0, 0, 0, wp - w, 0, hp - h)), (hp, wp)
+    return ops.pad(x - value, (0, 0, 0, wp - w, 0, hp - h)) + value, (hp, wp)
+
+
+def crop_tokens(x, padded_hw, hw):
+    """(B, Hp·Wp, C) tokens of a padded grid -> the (B, H·W, C) tokens of its top-left ``hw`` part."""
+    if tuple(padded_hw) == tuple(hw):
+        return x
+    b, _, c = x.shape
+    return x.reshape(b, padded_hw[0], padded_hw[1], c)[:, :hw[0], :hw[1]].reshape(b, hw[0] * hw[1], c)
 
 
 def _check_index(value, count, what):
@@ -99,14 +119,15 @@ class BackboneMixin:
         return outs
 
     def _frozen_cells_and_params(self):
+        """The cells (dotted names) and model-level Parameters (attribute names) that ``frozen_stages`` freezes."""
+        named = dict(self.cells_and_names())
         cells, params = [], []
         for name in self._frozen_names:
-            value = getattr(self, name)
-            if isinstance(value, nn.Cell):
-                cells.append(value)
-                params.extend(value.get_parameters())
+            if name in named:
+                cells.append(named[name])
+                params.extend(named[name].get_parameters())
             else:
-                params.append(value)
+                params.append(getattr(self, name))
         return cells, params
 
     def _apply_backbone_modes(self):
