@@ -9,10 +9,12 @@ import argparse
 import json
 import sys
 
-__all__ = ["UsageError", "str2bool", "json_dict", "optional", "add_model_args", "add_backbone_args", "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args",
+__all__ = ["UsageError", "str2bool", "json_dict", "optional", "add_model_args", "add_backbone_args", "backbone_kwargs",
+           "factory_kwargs", "add_checkpoint_args", "add_device_args", "available_devices", "resolve_device",
            "set_context", "check_image_size", "run", "DEVICES"]
 
 DEVICES = ("CPU", "GPU", "Ascend")
+PREFERENCE = ("Ascend", "GPU", "CPU")  # the default device_target: the first of these this MindSpore can use
 
 
 class UsageError(ValueError):
@@ -112,16 +114,46 @@ def add_checkpoint_args(parser, help, aliases=(), ema_aliases=()):
 def add_device_args(parser):
     """``--device_target --mode --runtime_num_threads``."""
     group = parser.add_argument_group("system")
-    group.add_argument("--device_target", default="CPU", choices=DEVICES)
+    group.add_argument("--device_target", type=optional(str), default=None, choices=DEVICES + (None,),
+                       help="None (default): the best available, Ascend, then GPU, then CPU")
     group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
     group.add_argument("--runtime_num_threads", type=optional(int), default=None,
                        help="CPU threads of MindSpore's runtime (None: MindSpore's default)")
     return group
 
 
-def set_context(args):
-    """Execution mode, device and CPU threads from :func:`add_device_args`' options."""
+def available_devices():
+    """The devices of :data:`PREFERENCE` this MindSpore installation can use, best first."""
+    import logging
+    from mindspore import device_context, log  # pylint: disable=import-outside-toplevel
+    ms_logger = log._get_logger()  # pylint: disable=protected-access
+    level = ms_logger.level
+    ms_logger.setLevel(logging.ERROR)  # an absent backend is the question here, not a warning
+    try:
+        return [d for d in PREFERENCE if getattr(device_context, d.lower()).is_available()]
+    finally:
+        ms_logger.setLevel(level)
+
+
+def resolve_device(args, print_fn=print):
+    """Set ``args.device_target`` to the best available device when it is None (and say which); refuse an
+    explicit one this MindSpore cannot use. Returns the device."""
+    available = available_devices()
+    if args.device_target is None:
+        args.device_target = available[0]
+        others = [d for d in PREFERENCE if d not in available]
+        note = f"; no {' or '.join(others)} backend in this MindSpore" if others else ""
+        print_fn(f"device_target: {args.device_target} (the best available{note})", flush=True)
+    elif args.device_target not in available:
+        raise UsageError(f"--device_target {args.device_target} is not usable with this MindSpore installation "
+                         f"(usable here: {', '.join(available)}); leave --device_target out to use the best available")
+    return args.device_target
+
+
+def set_context(args, print_fn=print):
+    """Execution mode, device (:func:`resolve_device`) and CPU threads from :func:`add_device_args`' options."""
     import mindspore as ms
+    resolve_device(args, print_fn)
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == 0 else ms.PYNATIVE_MODE)
     if ms.get_context("device_target") != args.device_target:
         try:

@@ -127,7 +127,7 @@ def check_args(args):
     """Everything that can be checked before the model is built; raises UsageError."""
     if args.file_format not in FORMATS:
         raise UsageError(f"unsupported --file_format '{args.file_format}'; choose one of {', '.join(FORMATS)}.")
-    if args.file_format == "AIR" and args.device_target != "Ascend":
+    if args.file_format == "AIR" and cli.resolve_device(args) != "Ascend":
         raise UsageError("AIR can only be exported on Ascend (it is compiled by Ascend's ATC); pass "
                          "--device_target Ascend on an Ascend machine, or use --file_format MINDIR or ONNX.")
     if args.file_format == "ONNX":

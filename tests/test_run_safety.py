@@ -158,7 +158,8 @@ def test_non_finite_parameters_are_never_saved(recipe, trained, tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "non-finite parameters after optimizer step 5" in result.stderr and "not saved" in result.stderr
     assert f"the last good checkpoint is {good}." in result.stderr
-    assert sorted(os.listdir(ckpt_dir)) == [RunLock.NAME, good.name]
+    assert sorted(os.listdir(ckpt_dir)) == [RunLock.NAME, good.name, f"{MODEL}-config.yaml", f"{MODEL}-metrics.csv"]
+    assert (ckpt_dir / f"{MODEL}-metrics.csv").read_text().count("\n") == 1  # the header: no epoch finished
 
 
 # ------------------------------------------------------------------------------ 4: unwritable ckpt_dir

@@ -3,7 +3,8 @@ BN re-calibration, recipes, fine-tuning that continues a checkpoint's γ schedul
 
 The tiny recipe (SLAB-DeiT, dim 32, depth 1, 32x32 images, patch 4) trains 3 epochs of 4 optimizer
 steps (2 micro-batches of 8 each: gradient accumulation) with mixup/cutmix, random erasing, clipping,
-EMA, a γ decay over half the run, checkpoints every 3 optimizer steps, then 1 BN re-calibration epoch.
+EMA, a γ decay over half the run, checkpoints every 3 optimizer steps and at the end of epochs 2 and 3
+(ckpt_save_interval 2, and the last epoch), then 1 BN re-calibration epoch.
 """
 import glob
 import hashlib
@@ -25,10 +26,10 @@ from PIL import Image
 
 import slab_ms
 from slab_ms.layers import PRepBNSchedule
-from slab_ms.training import ConfigError, NetWithLoss, TrainStep, build_optimizer, param_groups, parse_args
+from slab_ms.training import ConfigError, GammaDecay, NetWithLoss, TrainStep, build_optimizer, param_groups, parse_args
 from slab_ms.training.recalib import BNRecalibration
+from slab_ms.training.outputs import MetricsLog
 from slab_ms.training.schedule import resolve_prepbn_schedule
-from slab_ms.training.config import read_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -58,7 +59,7 @@ def recipe(tmp_path_factory):
            "cutmix": 1.0, "label_smoothing": 0.1, "epochs": 3, "warmup_epochs": 1, "lr": 1.0e-3,
            "warmup_lr": 1.0e-5, "min_lr": 1.0e-5, "accumulate_steps": 2, "clip_grad": 5.0, "ema": True,
            "ema_decay": 0.9, "prepbn_decay_ratio": 0.5, "bn_recalib_epochs": 1, "ckpt_interval": 3,
-           "log_interval": 1, "runtime_num_threads": 2}
+           "ckpt_save_interval": 2, "log_interval": 1, "runtime_num_threads": 2}
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return root, str(path)
@@ -72,8 +73,8 @@ def _run(config, ckpt_dir, *extra):
     return subprocess.run(_cmd(config, ckpt_dir, *extra), capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
 
 
-def _snapshot(folder):
-    return {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in sorted(glob.glob(f"{folder}/*"))}
+def _snapshot(folder, pattern="*"):
+    return {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in sorted(glob.glob(f"{folder}/{pattern}"))}
 
 
 def _assert_all_readable(folder, net):
@@ -103,6 +104,11 @@ def test_uninterrupted_run_logs_and_ends_with_gamma_zero(reference):
     final = ms.load_checkpoint(str(ckpt_dir / f"{MODEL}.ckpt"))
     assert int(final["prepbn_step"].asnumpy()) == 12 and int(final["prepbn_decay_steps"].asnumpy()) == 6
     assert any(k.startswith("ema.") for k in final)
+    saved = [line.split("/")[-1] for line in stdout.splitlines() if line.startswith("saved checkpoint")]
+    assert saved == [f"{MODEL}-{e:04d}_{s:06d}.ckpt" for e, s in ((0, 3), (1, 2), (2, 0), (2, 1), (3, 0), (4, 0))]
+    rows = MetricsLog(str(ckpt_dir / f"{MODEL}-metrics.csv")).rows()
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and [r["gamma"] for r in rows] == ["0.333333", "0", "0"]
+    assert all(r["top1"] == "" and float(r["loss"]) > 0 for r in rows)  # no validation while training
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(recipe, reference):
@@ -136,6 +142,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(recipe, reference)
     assert f"resumed from '{ckpt_dir}/{MODEL}-0001_000002.ckpt': epoch 1, step 2" in result.stdout
 
     ref_dir, _ = reference
+    ref_rows, rows = (MetricsLog(str(d / f"{MODEL}-metrics.csv")).rows() for d in (ref_dir, ckpt_dir))
+    assert [(r["epoch"], r["gamma"], r["lr"]) for r in rows] == [(r["epoch"], r["gamma"], r["lr"]) for r in ref_rows]
     for name in (f"{MODEL}.ckpt", f"{MODEL}-0004_000000.ckpt"):  # final weights; last full training state
         ref, got = ms.load_checkpoint(str(ref_dir / name)), ms.load_checkpoint(str(ckpt_dir / name))
         assert sorted(ref) == sorted(got)
@@ -228,7 +236,9 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     assert result.returncode == 1, result.stderr[-3000:]
     assert "error: non-finite" in result.stderr and "training stopped" in result.stderr
     assert f"the last good checkpoint is {start}" in result.stderr
-    assert _snapshot(ckpt_dir) == before
+    assert _snapshot(ckpt_dir, "*.ckpt") == before  # besides the run's options and its (empty) metrics table
+    assert sorted(n for n in os.listdir(ckpt_dir) if not n.startswith(".")) == sorted(
+        [start.name, f"{MODEL}-config.yaml", f"{MODEL}-metrics.csv"])
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))))
@@ -302,21 +312,27 @@ def test_model_without_prepbn_has_no_schedule(recipe):
     assert resolve_prepbn_schedule(net, args, 12) is None
 
 
-def test_amp_o2_with_fixed_loss_scale_matches_float32():
+def test_amp_o2_with_loss_scale_matches_float32_and_an_overflow_step_is_skipped():
     """MindCV AMP (O2: fp16 except norms) + loss scale 1024: the loss is computed in float32, gradients are
-    unscaled, parameters stay float32 with unchanged names; numbers within fp16 precision of O0."""
+    unscaled, parameters stay float32 with unchanged names; numbers within fp16 precision of O0.
+
+    The O2 step has MindSpore's dynamic loss scale (DynamicLossScaleUpdateCell semantics, scale window 1): no
+    overflow at 1024, so it computes what a fixed scale does and the scale doubles. Then 2^40 overflows the fp16
+    backward: the step is skipped (weights, optimizer step = lr index, γ step and EMA unchanged) and the scale
+    halves; at 1024 again the next step is applied and advances all of them."""
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.normal(size=(4, 3, 32, 32)).astype(np.float32))
     labels = ms.Tensor(np.arange(4, dtype=np.int32))
+    opt_args = types.SimpleNamespace(opt="adamw", beta1=0.9, beta2=0.999, weight_decay=0.05, momentum=0.9)
     results = {}
     for level, scale in (("O0", 1.0), ("O2", 1024.0)):
         ms.set_seed(0)
         net = _tiny_net()
         names = [p.name for p in net.get_parameters()]
         auto_mixed_precision(net, level)
-        opt_args = types.SimpleNamespace(opt="adamw", beta1=0.9, beta2=0.999, weight_decay=0.05, momentum=0.9)
-        step = TrainStep(NetWithLoss(net, create_loss("CE")), build_optimizer(net, opt_args, [1e-3] * 4), net,
-                         loss_scale=scale)
+        optimizer = build_optimizer(net, opt_args, [1e-3] * 4)
+        dynamic = dict(loss_scale_type="dynamic", scale_window=1, ema_decay=0.5) if level == "O2" else {}
+        step = TrainStep(NetWithLoss(net, create_loss("CE")), optimizer, net, loss_scale=scale, **dynamic)
         step.set_train(True)
         loss, grad_norm = step(images, labels)
         assert loss.dtype == ms.float32 and [p.name for p in net.get_parameters()] == names
@@ -326,23 +342,148 @@ def test_amp_o2_with_fixed_loss_scale_matches_float32():
     np.testing.assert_allclose(results["O2"][:2], results["O0"][:2], rtol=2e-2)
     np.testing.assert_allclose(results["O2"][2], results["O0"][2], atol=1e-4)
 
+    assert [p.name for p in step.state_parameters()] == ["train_step.loss_scale", "train_step.loss_scale_good_steps",
+                                                         "train_step.skipped_steps"]
+    assert step.loss_scale_state() == (2048.0, 0)
 
-MINDCV_RECIPES = os.path.join(ROOT, "tests", "fixtures", "mindcv_recipes")  # copies of MindCV's configs/
+    def state():
+        return (int(optimizer.global_step.asnumpy().reshape(())), PRepBNSchedule.require(net).state()["step"],
+                net.head.weight.asnumpy().copy(), step.ema_float[0].asnumpy().copy())
+
+    before = state()
+    ms.ops.assign(step.loss_scale, ms.Tensor(2.0 ** 40, ms.float32))
+    _, grad_norm = step(images, labels)
+    after = state()
+    assert not np.isfinite(float(grad_norm.asnumpy()))
+    assert step.loss_scale_state() == (2.0 ** 39, 1)
+    assert after[:2] == before[:2] == (1, 1)
+    assert np.array_equal(after[2], before[2]) and np.array_equal(after[3], before[3])
+
+    ms.ops.assign(step.loss_scale, ms.Tensor(1024.0, ms.float32))
+    _, grad_norm = step(images, labels)
+    after = state()
+    assert np.isfinite(float(grad_norm.asnumpy())) and step.loss_scale_state() == (2048.0, 1)
+    assert after[:2] == (2, 2) and not np.array_equal(after[2], before[2]) and not np.array_equal(after[3], before[3])
 
 
-@pytest.mark.parametrize("name, epochs, jitter", [("swin_tiny_ascend", 600, 0.4), ("vit_b32_224_ascend", 300, None)])
-def test_mindcv_recipe_keys_mean_what_they_mean_in_mindcv(name, epochs, jitter, tmp_path):
-    with open(os.path.join(MINDCV_RECIPES, f"{name}.yaml"), encoding="utf-8") as f:
-        text = f.read()
-    with pytest.raises(ConfigError, match="'ckpt_save_policy: top_k' \\(MindCV\\) has no equivalent here"):
-        read_recipe(os.path.join(MINDCV_RECIPES, f"{name}.yaml"))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(text.replace('"top_k"', '"latest_k"'))
-    recipe = read_recipe(str(path))
-    assert recipe["epochs"] == epochs and recipe["image_size"] == 224 and recipe["ckpt_dir"] == "./ckpt"
-    assert recipe["dataset"] == "imagefolder" and recipe.get("color_jitter") == jitter
-    if name == "vit_b32_224_ascend":  # warmup_factor 0.01 of lr 1.6e-3
-        assert recipe["warmup_lr"] == pytest.approx(1.6e-5)
-    path.write_text(text.replace('"top_k"', '"latest_k"') + "\nweight_decay_filter: disable\n")
-    with pytest.raises(ConfigError, match="weight_decay_filter: disable.*1-D parameters and biases"):
-        read_recipe(str(path))
+def test_top_k_keeps_the_best_validated_checkpoints_and_the_newest_rebuilt_from_the_folder(tmp_path):
+    """ckpt_save_policy top_k (MindCV: the keep_checkpoint_max of the best validation accuracy) plus the newest
+    one (the resume point); the ranking is read back from the checkpoints' val_top1, so a resumed run keeps it."""
+    from slab_ms.weights.checkpoint import save_checkpoint
+    from slab_ms.weights.train_state import list_resumable, prune_checkpoints, read_val_top1, resumable_name
+    top1 = {(1, 0): 0.50, (2, 0): 0.75, (2, 3): None, (3, 0): 0.60, (4, 0): 0.75, (5, 0): 0.40, (5, 2): None}
+    for (epoch, step), acc in top1.items():
+        extra = {"epoch_num": epoch, "step_num": step, **({"val_top1": acc} if acc is not None else {})}
+        save_checkpoint([{"name": "w", "data": ms.Tensor(np.zeros(2, np.float32))}], tmp_path / resumable_name(
+            "m", epoch, step), append_dict=extra)
+
+    def name(epoch, step):
+        return str(tmp_path / resumable_name("m", epoch, step))
+
+    ranking = {path: read_val_top1(path) for _, _, path in list_resumable(str(tmp_path), "m")}  # as after a resume
+    assert ranking[name(2, 0)] == 0.75 and ranking[name(2, 3)] is None
+    deleted = prune_checkpoints(str(tmp_path), "m", 2, policy="top_k", top1=ranking)
+    kept = [path for _, _, path in list_resumable(str(tmp_path), "m")]
+    assert kept == [name(2, 0), name(4, 0), name(5, 2)]  # 0.75 twice (ties: both), then the newest
+    assert sorted(deleted) == sorted(set(ranking) - set(kept))
+    assert prune_checkpoints(str(tmp_path), "m", 1, policy=None) == []  # none: keep all
+    prune_checkpoints(str(tmp_path), "m", 1, policy="latest_k", protect=[name(2, 0)])
+    assert [path for _, _, path in list_resumable(str(tmp_path), "m")] == [name(2, 0), name(5, 2)]
+
+
+def test_metrics_csv_keeps_each_epoch_once_across_a_resume(tmp_path):
+    """A torn last line and the rows of epochs after the resume point are cut off, atomically; rows append."""
+    log = MetricsLog(str(tmp_path / "m-metrics.csv"))
+    log.restart(0)
+    for epoch in (1, 2, 3):
+        log.append(epoch, 1.5 - epoch / 10, 0.25 * epoch, None, 0.5, 1e-3, 120.0)
+    with open(log.path, "a", encoding="utf-8") as f:
+        f.write("4,1.1,0.9")  # a killed run's half-written row
+    assert [r["epoch"] for r in log.rows()] == ["1", "2", "3"] and log.rows()[0]["top5"] == ""
+    log.restart(2)  # resumed from the epoch-2 checkpoint: epoch 3 is trained again
+    log.append(3, 1.2, 0.7, 0.9, 0.0, 5e-4, 100.0)
+    rows = log.rows()
+    assert [(r["epoch"], r["top1"], r["top5"], r["gamma"]) for r in rows] == [
+        ("1", "0.25", "", "0.5"), ("2", "0.5", "", "0.5"), ("3", "0.7", "0.9", "0")]
+    assert open(log.path, encoding="utf-8").read().startswith("epoch,loss,top1,top5,gamma,lr,img_per_s\n")
+
+
+def test_device_target_defaults_to_the_best_available_and_an_unusable_one_is_one_error(recipe, tmp_path, capsys):
+    from slab_ms import cli
+    from slab_ms.train import main as train_main
+    args = parse_args(["-c", recipe[1]])
+    assert args.device_target is None
+    assert cli.resolve_device(args, print_fn=print) == cli.available_devices()[0] == args.device_target
+    assert f"device_target: {args.device_target} (the best available" in capsys.readouterr().out
+    missing = [d for d in ("Ascend", "GPU") if d not in cli.available_devices()]
+    if not missing:
+        pytest.skip("this MindSpore can use every device")
+    code = train_main(["-c", recipe[1], "--ckpt_dir", str(tmp_path / "ckpt"), "--device_target", missing[0]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("train.py: error:") == 1
+    assert f"--device_target {missing[0]} is not usable with this MindSpore installation" in err
+    assert not os.path.exists(tmp_path / "ckpt")
+
+
+def test_loss_scale_state_is_saved_and_restored_with_the_training_checkpoint(tmp_path):
+    """The dynamic scale, its good-step count and the skipped steps travel with a resumable checkpoint (the resume
+    check counts optimizer steps + skipped steps); a checkpoint without them is refused for such a run."""
+    from slab_ms.weights.train_state import load_train_checkpoint, save_train_checkpoint
+    opt_args = types.SimpleNamespace(opt="adamw", beta1=0.9, beta2=0.999, weight_decay=0.05, momentum=0.9)
+
+    def build(**kwargs):
+        net = _tiny_net()
+        optimizer = build_optimizer(net, opt_args, [1e-3] * 4)
+        return net, optimizer, TrainStep(NetWithLoss(net, create_loss("CE")), optimizer, net, **kwargs)
+
+    dynamic = dict(loss_scale=1024.0, loss_scale_type="dynamic", drop_overflow_update=True)
+    net, optimizer, step = build(**dynamic)
+    for param, value in zip(step.state_parameters(), (ms.Tensor(256.0, ms.float32), ms.Tensor(7, ms.int32),
+                                                      ms.Tensor(3, ms.int32))):
+        ms.ops.assign(param, value)
+    path = save_train_checkpoint(str(tmp_path), MODEL, net, optimizer, step, 0, 3)
+    net, optimizer, step = build(**dynamic)
+    assert load_train_checkpoint(path, net, optimizer, step) == (0, 3)
+    assert step.loss_scale_state() == (256.0, 3) and int(step.good_steps.asnumpy()) == 7
+    plain = save_train_checkpoint(str(tmp_path), MODEL, *build()[:3], 0, 2)
+    with pytest.raises(ValueError, match="holds no loss-scale state"):
+        load_train_checkpoint(plain, *build(**dynamic))
+
+
+def test_gamma_decay_warns_when_skipped_steps_leave_gamma_above_zero():
+    """Skipped overflow steps advance neither the optimizer nor γ: a schedule as long as the run ends with γ > 0,
+    which GammaDecay reports (with the count) instead of failing the run; with every step taken it checks γ = 0."""
+    net = _tiny_net()
+    schedule = PRepBNSchedule.require(net)
+    schedule.set(step=7, decay_steps=8)
+    optimizer = types.SimpleNamespace(global_step=ms.Tensor(np.array([7], np.int32)))
+    lines = []
+    GammaDecay(net, optimizer, total_steps=8, print_fn=lines.append, start_step=0,
+                       in_graph=True).on_train_end()
+    assert lines and "1 of the run's 8 optimizer steps were skipped" in lines[0] and "γ = 0.1250 at step 7" in lines[0]
+    schedule.set(step=8)
+    optimizer.global_step = ms.Tensor(np.array([8], np.int32))
+    lines.clear()
+    GammaDecay(net, optimizer, total_steps=8, print_fn=lines.append, start_step=0,
+                       in_graph=True).on_train_end()
+    assert lines == ["γ schedule finished: step 8, γ = 0 (the model is pure RepBN now)"]
+
+
+def test_train_py_skips_overflow_steps_logs_them_and_stops_when_a_whole_epoch_overflows(recipe, tmp_path):
+    """drop_overflow_update with a loss scale (2^40) that overflows every fp16 step at O2: each step is skipped and
+    logged; the step-3 checkpoint holds data position 3 with 0 optimizer steps, γ step 0 and 3 skipped steps (what
+    the resume check adds up); an epoch in which every step overflowed stops the run (exit 1)."""
+    _, config = recipe
+    ckpt_dir = tmp_path / "ckpt"
+    result = _run(config, ckpt_dir, "--amp_level", "O2", "--loss_scale", str(2.0 ** 40), "--drop_overflow_update",
+                  "True", "--epochs", "1", "--bn_recalib_epochs", "0", "--ema", "false", "--val_split", "",
+                  "--prepbn_decay_ratio", "1.0")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    skips = [line for line in result.stdout.splitlines() if "gradient overflow at loss scale 1.09951e+12" in line]
+    assert len(skips) == 4 and "epoch 1 optimizer step 1:" in skips[0]
+    assert "1 optimizer step skipped (optimizer, lr, γ and EMA did not advance)" in skips[0]
+    assert "every optimizer step of epoch 1 (4) overflowed and was skipped: training stopped" in result.stderr
+    saved = ms.load_checkpoint(str(ckpt_dir / f"{MODEL}-0000_000003.ckpt"))
+    assert int(saved["global_step"].asnumpy().reshape(())) == 0 and int(saved["prepbn_step"].asnumpy()) == 0
+    assert int(saved["train_step.skipped_steps"].asnumpy()) == 3 and int(saved["step_num"].asnumpy()) == 3
+    assert not os.path.exists(ckpt_dir / f"{MODEL}.ckpt")

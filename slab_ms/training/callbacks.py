@@ -120,8 +120,21 @@ class GammaDecay(Callback):
         return self.gamma
 
     def on_train_end(self, run_context=None):
-        self.prepbn.verify_finished(expected_step=self.start_step + self.total_steps)
-        s, self.gamma = self.schedule(), 0.0
+        """Check γ = 0 at step ``start_step`` + the optimizer steps taken. Steps skipped on a loss-scale overflow
+        advance neither the optimizer nor γ; if they leave γ > 0, this warns (with the count) instead."""
+        steps = self.total_steps
+        if self.optimizer is not None:
+            steps = min(self._optimizer_steps(run_context), self.total_steps)
+        s = self.schedule()
+        if steps < self.total_steps and self.prepbn.gamma_value() > 0.0:
+            self.gamma = self.prepbn.gamma_value()
+            self.print_fn(f"γ schedule: warning: {self.total_steps - steps} of the run's {self.total_steps} optimizer "
+                          f"steps were skipped (loss-scale overflow), so γ = {self.gamma:.4f} at step {s['step']}, "
+                          f"not 0; train on with --ckpt_file and prepbn_schedule continue, or leave room "
+                          f"(prepbn_decay_ratio < 1)")
+            return
+        self.prepbn.verify_finished(expected_step=self.start_step + steps)
+        self.gamma = 0.0
         self.print_fn(f"γ schedule finished: step {s['step']}, γ = 0 (the model is pure RepBN now)")
 
 
@@ -143,7 +156,8 @@ class ProgressLogger:
         self.last_time = None
         self.last_step = None
 
-    def step_end(self, global_step, loss, grad_norm, gamma=None):
+    def step_end(self, global_step, loss, grad_norm, gamma=None, lr=None):
+        """``lr``: the lr of the step (default ``lrs[global_step - 1]``; it differs after steps skipped on overflow)."""
         now = time.time()
         if self.first_step_done is None:
             self.first_step_done = (now, global_step)
@@ -157,7 +171,8 @@ class ProgressLogger:
         eta = format_seconds(per_step * (self.total_steps - global_step)) if per_step == per_step else "?"
         epoch, step = divmod(global_step - 1, self.steps_per_epoch)
         gamma_text = f" γ {gamma:.4f}" if gamma is not None else ""
+        lr = self.lrs[global_step - 1] if lr is None else lr
         self.print_fn(f"epoch {epoch + 1} step {step + 1}/{self.steps_per_epoch} (global {global_step}/"
-                      f"{self.total_steps}) loss {loss:.4f}{gamma_text} lr {self.lrs[global_step - 1]:.3e} "
+                      f"{self.total_steps}) loss {loss:.4f}{gamma_text} lr {lr:.3e} "
                       f"grad_norm {grad_norm:.3f} img/s {rate:.1f} ETA {eta}")
         self.last_time, self.last_step = now, global_step

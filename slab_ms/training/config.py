@@ -14,7 +14,9 @@ import yaml
 from ..cli import UsageError, add_checkpoint_args, add_device_args, json_dict, optional, str2bool
 from .mindcv_recipe import translate_mindcv_keys
 
-__all__ = ["build_parser", "parse_args", "read_recipe", "check_args", "check_ranges", "ConfigError"]
+__all__ = ["build_parser", "parse_args", "read_recipe", "check_args", "check_ranges", "ConfigError", "SAVE_POLICIES"]
+
+SAVE_POLICIES = ("latest_k", "top_k", None)  # None: keep every checkpoint (MindCV's ckpt_save_policy None)
 
 
 class ConfigError(UsageError):
@@ -119,16 +121,36 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
     group.add_argument("--loss", default="CE")
     group.add_argument("--label_smoothing", type=float, default=0.0)
     group.add_argument("--amp_level", default="O0", choices=["O0", "O1", "O2", "O3"])
-    group.add_argument("--loss_scale", type=float, default=1.0, help="fixed loss scale")
+    group.add_argument("--loss_scale", type=float, default=1.0,
+                       help="loss scale: the fixed one, or the initial one of a dynamic scale")
+    group.add_argument("--loss_scale_type", default="fixed", choices=["fixed", "dynamic"],
+                       help="dynamic: MindSpore's DynamicLossScaleUpdateCell (÷2 on overflow, not below 1; ×2 after "
+                            "2000 steps without one); it always skips overflow steps")
+    group.add_argument("--drop_overflow_update", type=str2bool, default=False,
+                       help="skip an optimizer step whose gradients overflow (inf/NaN): optimizer, lr index, γ and "
+                            "EMA do not advance (required by loss_scale_type dynamic); False: a non-finite "
+                            "gradient stops training")
     group.add_argument("--ema", type=str2bool, default=False)
     group.add_argument("--ema_decay", type=float, default=0.9999)
     group.add_argument("--bn_recalib_epochs", type=int, default=0,
                        help="final passes with frozen weights that only re-estimate BN statistics (paper: 10)")
 
+    group.add_argument("--dataset_sink_mode", type=str2bool, default=False,
+                       help="run the steps between two host events (progress line, checkpoint, epoch end) as one "
+                            "sink through MindSpore's data channel (Ascend, GPU; on CPU, which MindSpore cannot "
+                            "sink, the same chunks are fed from the host)")
+
     group = parser.add_argument_group("checkpoints and logging")
-    group.add_argument("--ckpt_dir", default="./ckpt")
+    group.add_argument("--ckpt_dir", default="./ckpt",
+                       help="checkpoints, <model>-config.yaml (the resolved options) and <model>-metrics.csv")
     group.add_argument("--ckpt_interval", type=int, default=0,
                        help="also save every N optimizer steps (0: only at epoch ends)")
+    group.add_argument("--ckpt_save_interval", type=int, default=1,
+                       help="save at the end of every N-th epoch (and of the last one)")
+    group.add_argument("--ckpt_save_policy", type=optional(str), default="latest_k",
+                       help="latest_k: keep the newest keep_checkpoint_max checkpoints; top_k: keep the "
+                            "keep_checkpoint_max epoch checkpoints of the best validation top-1 (needs "
+                            "val_while_train), plus the newest one to resume from; none: keep all")
     group.add_argument("--keep_checkpoint_max", type=int, default=3)
     group.add_argument("--resume", default="", help="'auto' (newest in ckpt_dir) or a checkpoint path")
     group.add_argument("--log_interval", type=int, default=10, help="optimizer steps between progress lines")
@@ -291,7 +313,16 @@ def check_args(args):
         raise ConfigError(f"loss_scale must be > 0, got {args.loss_scale}")
     if args.clip_grad is not None and args.clip_grad <= 0:
         raise ConfigError(f"clip_grad must be > 0 or None, got {args.clip_grad}")
-    if args.ckpt_interval < 0 or args.log_interval < 1 or args.keep_checkpoint_max < 1:
-        raise ConfigError("ckpt_interval >= 0, log_interval >= 1 and keep_checkpoint_max >= 1 are required")
+    if args.ckpt_interval < 0 or args.log_interval < 1 or args.keep_checkpoint_max < 1 or args.ckpt_save_interval < 1:
+        raise ConfigError("ckpt_interval >= 0, ckpt_save_interval >= 1, log_interval >= 1 and keep_checkpoint_max >= 1 "
+                          "are required")
+    if args.ckpt_save_policy not in SAVE_POLICIES:
+        raise ConfigError(f"ckpt_save_policy must be latest_k, top_k or none, got '{args.ckpt_save_policy}'")
+    if args.ckpt_save_policy == "top_k" and not (args.val_while_train and args.val_split):
+        raise ConfigError("ckpt_save_policy top_k ranks epoch checkpoints by validation top-1: set val_while_train "
+                          "True (with a val_split), or use latest_k")
+    if args.loss_scale_type == "dynamic" and not args.drop_overflow_update:
+        raise ConfigError("loss_scale_type dynamic always skips overflow steps (as in MindSpore and MindCV): set "
+                          "drop_overflow_update True, or use loss_scale_type fixed")
     if args.bn_recalib_epochs < 0:
         raise ConfigError(f"bn_recalib_epochs must be >= 0, got {args.bn_recalib_epochs}")

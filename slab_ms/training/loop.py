@@ -18,7 +18,15 @@ kernel), and removes the temporaries of killed writers. A checkpoint is written 
 parameter is finite, and it is called good only once the loss computed with its weights (the next
 step's) is finite too; one whose weights gave a non-finite loss is moved aside (``*.nonfinite``) so
 that ``--resume auto`` resumes from the last good one. ``--resume auto`` skips an unreadable (torn)
-newest checkpoint with a warning.
+newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from the ``val_top1`` each
+epoch checkpoint holds, so it is rebuilt from the folder after a resume.
+
+Dataset sinking (``dataset_sink_mode``): the optimizer steps between two host events (a progress line, a
+checkpoint, the epoch end) run as one chunk whose inputs come through MindSpore's data channel
+(``mindspore.data_sink``, Ascend and GPU) or, on CPU, which MindSpore cannot sink, from the host iterator; the
+host reads the loss only at the chunk's end. γ, the lr index and the EMA advance inside the graph, so they are
+exact either way. Overflow skipping (``drop_overflow_update``) leaves the data position and the optimizer step
+apart by the skipped steps, which the checkpoint records.
 """
 import copy
 import difflib
@@ -34,16 +42,17 @@ from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
-from ..cli import check_image_size
+from ..cli import check_image_size, set_context
 from ..factory import create_model
 from ..utils import RunLock, check_writable_folder, remove_stale_temporaries
 from ..weights.checkpoint import UnreadableCheckpointError
 from ..layers import PRepBNSchedule
 from ..models import list_models
-from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints,
+from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints, read_val_top1,
                                    save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
+from .outputs import MetricsLog, save_config
 from .recalib import BNRecalibration, average_bn_statistics
 from .schedule import build_lr_schedule, start_prepbn_schedule
 from .train_step import NetWithLoss, TrainStep, build_optimizer
@@ -62,23 +71,26 @@ def _non_finite_names(params):
 
 
 class Evaluator(nn.Cell):
-    """``(images, labels) -> (correct, count)``, top-1, model in evaluation mode."""
+    """``(images, labels) -> (top-1 correct, top-5 correct, count)``, model in evaluation mode (top-5 is top-k with
+    k = min(5, classes))."""
 
-    def __init__(self, net):
+    def __init__(self, net, num_classes):
         super().__init__(auto_prefix=False)
         self.net = net
+        self.k = min(5, int(num_classes))
 
     def construct(self, images, labels):
-        pred = ops.argmax(self.net(images), dim=-1).astype(ms.int32)
-        correct = (pred == labels.astype(ms.int32)).astype(ms.float32).sum()
-        return correct, ops.ones_like(correct) * labels.shape[0]
+        logits = self.net(images)
+        labels = labels.astype(ms.int32)
+        pred = ops.argmax(logits, dim=-1).astype(ms.int32)
+        correct = (pred == labels).astype(ms.float32).sum()
+        _, top = ops.topk(logits.astype(ms.float32), self.k)
+        correct5 = (top.astype(ms.int32) == labels.reshape(-1, 1)).astype(ms.float32).sum()
+        return correct, correct5, ops.ones_like(correct) * labels.shape[0]
 
 
 def _setup_context(args):
-    ms.set_context(mode=ms.GRAPH_MODE if args.mode == 0 else ms.PYNATIVE_MODE)
-    ms.set_device(args.device_target)
-    if args.runtime_num_threads:
-        ms.set_context(runtime_num_threads=args.runtime_num_threads)
+    set_context(args)
     if not args.distribute:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
@@ -164,12 +176,19 @@ class Trainer:
         loss_fn = create_loss(args.loss, label_smoothing=args.label_smoothing)
         self.train_step = TrainStep(NetWithLoss(self.net, loss_fn), self.optimizer, self.net,
                                     loss_scale=args.loss_scale, clip_grad=args.clip_grad,
-                                    accumulate_steps=self.accum, ema_decay=args.ema_decay if args.ema else None)
+                                    accumulate_steps=self.accum, ema_decay=args.ema_decay if args.ema else None,
+                                    loss_scale_type=args.loss_scale_type,
+                                    drop_overflow_update=args.drop_overflow_update)
+        if args.ckpt_save_policy == "top_k" and self.val_loader is None:
+            raise ConfigError(f"ckpt_save_policy top_k ranks checkpoints by validation top-1, but '{args.data_dir}' "
+                              f"has no '{args.val_split}' split; use latest_k")
+        self.sink = args.dataset_sink_mode
+        self.sink_device = self.sink and args.device_target in ("Ascend", "GPU")
         self.gamma_decay = GammaDecay(self.net, self.optimizer, self.total_steps, print_fn=self.log,
                                       start_step=self.schedule[0], in_graph=True) if self.schedule else None
         self.progress = ProgressLogger(self.total_steps, self.steps_per_epoch, self.images_per_step,
                                        args.log_interval, self.lrs, print_fn=self.log)
-        self.evaluator = Evaluator(self.net) if self.val_loader is not None else None
+        self.evaluator = Evaluator(self.net, num_classes) if self.val_loader is not None else None
         self.last_checkpoint = None  # the newest checkpoint whose weights gave a finite loss (or the run ended)
         self.pending = None  # (path, written by this run): saved, its weights not yet through a forward pass
         self.epoch_num, self.step_num = self._resume()
@@ -224,10 +243,11 @@ class Trainer:
         args = self.args
         epoch_num, step_num = load_train_checkpoint(path, self.net, self.optimizer, self.train_step)
         global_step = int(self.optimizer.global_step.asnumpy().reshape(()))
+        skipped = self.train_step.loss_scale_state()[1]
         expected = min(epoch_num * self.steps_per_epoch + step_num, self.total_steps)
-        if global_step != expected or epoch_num > self.train_epochs + args.bn_recalib_epochs:
-            raise ConfigError(f"'{path}' is at epoch {epoch_num} step {step_num} with {global_step} optimizer steps "
-                              f"taken, which does not fit this run ({self.steps_per_epoch} optimizer steps per epoch, "
+        if global_step + skipped != expected or epoch_num > self.train_epochs + args.bn_recalib_epochs:
+            taken = f"{global_step} optimizer steps taken" + (f" and {skipped} skipped on overflow" if skipped else "")
+            raise ConfigError(f"'{path}' is at epoch {epoch_num} step {step_num} with {taken}, which does not fit this run ({self.steps_per_epoch} optimizer steps per epoch, "
                               f"{self.train_epochs} epochs + {args.bn_recalib_epochs} BN re-calibration epochs): "
                               "resume with the recipe, batch size, device count, accumulate_steps and data it was "
                               "written with")
@@ -240,13 +260,33 @@ class Trainer:
                                   f"warm-up {warmup}, step {start + global_step}: resume with the same recipe "
                                   "(and the --ckpt_file / prepbn_schedule the run started with)")
         self.pending = (path, False)
+        scale = ""
+        if self.train_step.skip_overflow:
+            scale = f", loss scale {self.train_step.loss_scale_state()[0]:g} ({skipped} steps skipped on overflow)"
         self.log(f"resumed from '{path}': epoch {epoch_num}, step {step_num} of the epoch, optimizer step "
-                 f"{global_step}, lr {self.lrs[min(global_step, self.total_steps - 1)]:.3e}")
+                 f"{global_step}, lr {self.lrs[min(global_step, self.total_steps - 1)]:.3e}{scale}")
         return epoch_num, step_num
 
     @property
     def final_path(self):
         return os.path.join(self.args.ckpt_dir, f"{self.args.model}.ckpt")
+
+    def _output_path(self, what):
+        return os.path.join(self.args.ckpt_dir, f"{self.args.model}-{what}")
+
+    def _start_outputs(self):
+        """Rank 0: the resolved options, the metrics table cut back to the epochs already done, the top-k ranking
+        of the checkpoints in the folder."""
+        self.metrics = self.top1 = None
+        if self.rank_id != 0:
+            return
+        save_config(self._output_path("config.yaml"), self.args)
+        self.metrics = MetricsLog(self._output_path("metrics.csv"))
+        self.metrics.restart(min(self.epoch_num, self.train_epochs))
+        self.top1 = {}
+        if self.args.ckpt_save_policy == "top_k":
+            for _, _, path in list_resumable(self.args.ckpt_dir, self.args.model):
+                self.top1[path] = read_val_top1(path)
 
     # ------------------------------------------------------------------ data
     def _loaders(self, epoch, no_mix=False):
@@ -290,18 +330,27 @@ class Trainer:
     def _last_good(self):
         return self.last_checkpoint or "none (no checkpoint with finite weights and loss was written yet)"
 
-    def _save(self, epoch_num, step_num):
+    def _save(self, epoch_num, step_num, val_top1=None):
         if self.rank_id != 0:
             return
         self._check_finite(f"after optimizer step {self.optimizer_step()}")
-        path = save_train_checkpoint(self.args.ckpt_dir, self.args.model, self.net, self.optimizer,
-                                     self.train_step, epoch_num, step_num)
-        prune_checkpoints(self.args.ckpt_dir, self.args.model, self.args.keep_checkpoint_max,
-                          protect=[self.last_checkpoint] if self.last_checkpoint else [])
+        args = self.args
+        path = save_train_checkpoint(args.ckpt_dir, args.model, self.net, self.optimizer,
+                                     self.train_step, epoch_num, step_num, val_top1=val_top1)
+        self.top1[path] = val_top1
+        self._prune()
         if self.pending is not None and not self.pending[1]:
             self.last_checkpoint = self.pending[0]  # a resumed-from checkpoint nothing showed to be bad
         self.pending = (path, True)
         self.log(f"saved checkpoint {path}")
+
+    def _prune(self):
+        """Apply ckpt_save_policy; the last good checkpoint stays until a newer one is shown to be good."""
+        args = self.args
+        for deleted in prune_checkpoints(args.ckpt_dir, args.model, args.keep_checkpoint_max,
+                                         protect=[self.last_checkpoint] if self.last_checkpoint else [],
+                                         policy=args.ckpt_save_policy, top1=self.top1):
+            self.top1.pop(deleted, None)
 
     def optimizer_step(self):
         return int(self.optimizer.global_step.asnumpy().reshape(()))
@@ -322,48 +371,125 @@ class Trainer:
             f"stopped, nothing saved after it; the last good checkpoint is {self._last_good()}.{aside} Lower lr, "
             f"set clip_grad, or (with amp_level O2/O3) lower loss_scale.")
 
+    def _step_function(self, loader, skip, count):
+        """``(step(), close())``: ``step()`` runs one micro-batch of the epoch (after ``skip``), fed through
+        MindSpore's data channel when sinking on Ascend/GPU, else from the host iterator."""
+        if self.sink_device:
+            sink = ms.data_sink(self.train_step, loader.skip(skip) if skip else loader, sink_size=1)
+            return sink, lambda: None
+        batches = self._batches(loader, skip, count)
+
+        def step():
+            batch = next(batches, None)
+            if batch is None:
+                raise RuntimeError(f"the loader yielded fewer than the {self.batches_per_epoch} batches it announced")
+            return self.train_step(*batch)
+        return step, batches.close
+
+    def _chunk(self, global_step, step_in_epoch):
+        """Optimizer steps until the next host event: 1 without sinking, else up to the next progress line,
+        ``ckpt_interval`` checkpoint or the epoch end."""
+        left = self.steps_per_epoch - step_in_epoch
+        if not self.sink:
+            return 1
+        events = [left, self.args.log_interval - global_step % self.args.log_interval]
+        if self.args.ckpt_interval:
+            events.append(self.args.ckpt_interval - global_step % self.args.ckpt_interval)
+        return max(min(events), 1)
+
+    def _run_chunk(self, step, steps, epoch, global_step):
+        """``steps`` optimizer steps; returns (the losses read, the last grad_norm, steps skipped on overflow).
+        A non-finite value stops training unless it is a skipped overflow step."""
+        skip_mode = self.train_step.skip_overflow
+        scale, skipped_before = self.train_step.loss_scale_state() if skip_mode else (None, 0)
+        micro = steps * self.accum
+        losses = []
+        for index in range(micro):
+            loss, grad_norm = step()
+            if self.sink and index < micro - 1:
+                continue  # a sink: the host reads its last step only
+            loss = float(loss.asnumpy())
+            if not math.isfinite(loss) and not skip_mode:
+                self._non_finite("loss", loss, epoch, global_step + index // self.accum)
+            losses.append(loss)
+        grad_norm = float(grad_norm.asnumpy())
+        skipped = self.train_step.loss_scale_state()[1] - skipped_before if skip_mode else 0
+        if not (all(map(math.isfinite, losses)) and math.isfinite(grad_norm)):
+            if not skipped:
+                bad_loss = [v for v in losses if not math.isfinite(v)]
+                self._non_finite("loss" if bad_loss else "gradient norm", bad_loss[0] if bad_loss else grad_norm,
+                                 epoch, global_step + steps - 1)
+        else:
+            self._confirm()
+        if skipped:
+            where = f"optimizer step {global_step + 1}" if steps == 1 else f"steps {global_step + 1}-{global_step + steps}"
+            self.log(f"epoch {epoch + 1} {where}: gradient overflow at loss scale {scale:g}, {skipped} optimizer "
+                     f"step{'s' if skipped > 1 else ''} skipped (optimizer, lr, γ and EMA did not advance); loss scale "
+                     f"now {self.train_step.loss_scale_state()[0]:g}")
+        return [v for v in losses if math.isfinite(v)], grad_norm, skipped
+
     def train_loop(self):
         args = self.args
         self.train_step.set_train(True)
         global_step = min(self.epoch_num * self.steps_per_epoch + self.step_num, self.total_steps)
         if self.gamma_decay and self.epoch_num < self.train_epochs:
             self.gamma_decay.on_train_begin()
+        if self.sink and self.epoch_num < self.train_epochs:
+            how = ("through MindSpore's data channel" if self.sink_device else
+                   f"fed from the host (MindSpore cannot sink on {args.device_target}): one host read per chunk")
+            self.log(f"dataset_sink_mode: the optimizer steps between progress lines, checkpoints and epoch ends run "
+                     f"as one sink, {how}")
         for epoch in range(self.epoch_num, self.train_epochs):
             skip = self.step_num * self.accum if epoch == self.epoch_num else 0
             step_in_epoch = skip // self.accum
             train_loader, _ = self._loaders(epoch)
-            losses = []
+            epoch_losses, epoch_skipped, first = [], 0, step_in_epoch
             epoch_start = time.time()
-            for images, labels in self._batches(train_loader, skip, self.steps_per_epoch * self.accum):
-                loss, grad_norm = self.train_step(images, labels)
-                loss = float(loss.asnumpy())
-                if not math.isfinite(loss):
-                    self._non_finite("loss", loss, epoch, global_step)
-                self._confirm()
-                losses.append(loss)
-                if len(losses) < self.accum:
-                    continue
-                grad_norm = float(grad_norm.asnumpy())
-                if not math.isfinite(grad_norm):
-                    self._non_finite("gradient norm", grad_norm, epoch, global_step)
-                global_step += 1
-                step_in_epoch += 1
-                gamma = self.gamma_decay.on_train_step_end() if self.gamma_decay else None
-                self.progress.step_end(global_step, float(np.mean(losses)), grad_norm, gamma)
-                losses = []
-                if args.ckpt_interval and global_step % args.ckpt_interval == 0 \
-                        and step_in_epoch < self.steps_per_epoch:
-                    self._save(epoch, step_in_epoch)
-            if step_in_epoch != self.steps_per_epoch:
-                raise RuntimeError(f"epoch {epoch + 1} ended after {step_in_epoch} of {self.steps_per_epoch} "
-                                   "optimizer steps: the loader yielded fewer batches than it announced")
-            self.log(f"epoch {epoch + 1}/{self.train_epochs} done in {format_seconds(time.time() - epoch_start)}")
-            self._save(epoch + 1, 0)
-            if args.val_while_train and self.evaluator and (epoch + 1) % args.val_interval == 0:
-                self.log(f"epoch {epoch + 1}: validation top-1 {self.validate():.2%}")
-                self.train_step.set_train(True)
+            step, close = self._step_function(train_loader, skip, self.steps_per_epoch * self.accum)
+            try:
+                while step_in_epoch < self.steps_per_epoch:
+                    steps = self._chunk(global_step, step_in_epoch)
+                    losses, grad_norm, skipped = self._run_chunk(step, steps, epoch, global_step)
+                    epoch_losses += losses
+                    epoch_skipped += skipped
+                    global_step += steps
+                    step_in_epoch += steps
+                    gamma = self.gamma_decay.on_train_step_end() if self.gamma_decay else None
+                    self.progress.step_end(global_step, float(np.mean(losses)) if losses else math.nan, grad_norm,
+                                           gamma, lr=self._lr())
+                    if args.ckpt_interval and global_step % args.ckpt_interval == 0 \
+                            and step_in_epoch < self.steps_per_epoch:
+                        self._save(epoch, step_in_epoch)
+            finally:
+                close()
+            train_time = time.time() - epoch_start
+            if epoch_skipped and epoch_skipped == step_in_epoch - first:
+                raise NonFiniteLossError(
+                    f"every optimizer step of epoch {epoch + 1} ({epoch_skipped}) overflowed and was skipped: "
+                    f"training stopped; the last good checkpoint is {self._last_good()}. Lower lr or amp_level")
+            self.log(f"epoch {epoch + 1}/{self.train_epochs} done in {format_seconds(train_time)}")
+            self._end_epoch(epoch + 1, float(np.mean(epoch_losses)) if epoch_losses else math.nan,
+                            (step_in_epoch - first) * self.images_per_step / max(train_time, 1e-9))
         if self.gamma_decay and self.epoch_num <= self.train_epochs:
             self.gamma_decay.on_train_end()
+
+    def _lr(self):
+        """The lr of the optimizer step just taken."""
+        return self.lrs[min(max(self.optimizer_step() - 1, 0), self.total_steps - 1)]
+
+    def _end_epoch(self, epoch_num, loss, img_per_s):
+        """Validation (val_interval), the metrics row, the epoch checkpoint (ckpt_save_interval, last epoch)."""
+        args = self.args
+        top1 = top5 = None
+        if args.val_while_train and self.evaluator and epoch_num % args.val_interval == 0:
+            top1, top5 = self.validate()
+            self.log(f"epoch {epoch_num}: validation top-1 {top1:.2%}, top-{self.evaluator.k} {top5:.2%}")
+            self.train_step.set_train(True)
+        if self.metrics is not None:
+            gamma = PRepBNSchedule.require(self.net).gamma_value() if self.schedule else None
+            self.metrics.append(epoch_num, loss, top1, top5, gamma, self._lr(), img_per_s)
+        if epoch_num % args.ckpt_save_interval == 0 or epoch_num == self.train_epochs:
+            self._save(epoch_num, 0, val_top1=top1)
 
     def recalibrate_bn(self):
         """``bn_recalib_epochs`` passes re-estimating BN statistics with frozen weights."""
@@ -385,29 +511,30 @@ class Trainer:
             self._save(epoch + 1, 0)
 
     def validate(self):
+        """``(top-1, top-5)`` on the val split (top-5: top-k with k = min(5, classes))."""
         self.evaluator.set_train(False)
-        correct = count = 0.0
+        totals = np.zeros(3, np.float64)
         for images, labels in self.val_loader.create_tuple_iterator(num_epochs=1):
-            c, n = self.evaluator(images, labels)
-            correct += float(c.asnumpy())
-            count += float(n.asnumpy())
+            totals += [float(v.asnumpy()) for v in self.evaluator(images, labels)]
         if self.rank_size > 1:
-            total = ops.AllReduce()(ms.Tensor(np.array([correct, count], np.float32))).asnumpy()
-            correct, count = float(total[0]), float(total[1])
-        return correct / max(count, 1.0)
+            totals = ops.AllReduce()(ms.Tensor(totals.astype(np.float32))).asnumpy().astype(np.float64)
+        return totals[0] / max(totals[2], 1.0), totals[1] / max(totals[2], 1.0)
 
     def run(self):
         start = time.time()
         self.log(f"training {self.args.model}: {self.train_epochs} epochs × {self.steps_per_epoch} optimizer steps "
                  f"({self.accum} × {self.args.batch_size} images per device × {self.rank_size} devices per step), "
                  f"then {self.args.bn_recalib_epochs} BN re-calibration epochs")
+        self._start_outputs()
         self.train_loop()
         self.recalibrate_bn()
         self._confirm()  # the run ended: nothing showed the newest checkpoint's weights to be bad
-        result = {"checkpoint": self.last_checkpoint, "top1": None}
+        if self.rank_id == 0:
+            self._prune()
+        result = {"checkpoint": self.last_checkpoint, "top1": None, "top5": None}
         if self.evaluator:
-            result["top1"] = self.validate()
-            self.log(f"final validation top-1: {result['top1']:.2%}")
+            result["top1"], result["top5"] = self.validate()
+            self.log(f"final validation top-1: {result['top1']:.2%}, top-{self.evaluator.k}: {result['top5']:.2%}")
         if self.rank_id == 0:
             self._check_finite("at the end of training")
             result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,

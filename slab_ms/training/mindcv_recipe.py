@@ -25,8 +25,6 @@ NO_EFFECT = {
     "aug_repeats": (0,),
     "use_nesterov": (False,),
     "lr_epoch_stair": (False,),
-    "drop_overflow_update": (False,),
-    "loss_scale_type": ("fixed",),
     "eval_shuffle": (False,),
     "layer_decay": (None,),
     "reduction": ("mean",),
@@ -34,18 +32,10 @@ NO_EFFECT = {
     "num_cycles": (1,),
     "cycle_decay": (1, 1.0),
     "in_channels": (3,),
-    "ckpt_save_interval": (1,),  # train.py saves at every epoch end (and every ckpt_interval steps)
-    "ckpt_save_policy": ("latest_k",),  # train.py keeps the newest keep_checkpoint_max checkpoints
     "weight_decay_filter": ("norm_and_bias",),  # train.py never decays 1-D parameters (norms) and biases
-    "dataset_sink_mode": (True, False),  # train.py's loop feeds each step; γ and the lr are exact either way
-    "val_amp_level": ("O0", "O1", "O2", "O3"),  # validation runs the trained network as it is
 }
 INSTEAD = {
-    "ckpt_save_policy": "train.py keeps the newest keep_checkpoint_max checkpoints (MindCV's latest_k)",
-    "loss_scale_type": "train.py uses a fixed loss scale: loss_scale_type fixed with loss_scale",
     "weight_decay_filter": "train.py excludes 1-D parameters and biases from weight decay (MindCV's norm_and_bias)",
-    "ckpt_save_interval": "train.py saves at every epoch end; ckpt_interval N also saves every N optimizer steps",
-    "drop_overflow_update": "train.py stops with a message on a non-finite loss instead",
 }
 
 
@@ -62,6 +52,10 @@ def translate_mindcv_keys(recipe, options, path):
             if value not in NO_EFFECT[key]:
                 instead = INSTEAD.get(key, f"remove it or set {NO_EFFECT[key][0]!r}")
                 refused.append(f"'{key}: {value}' (MindCV) has no equivalent here: {instead}")
+        elif key == "val_amp_level":  # validation runs the trained network at its own amp_level
+            if value != recipe.get("amp_level", "O0"):
+                refused.append(f"'val_amp_level: {value}' (MindCV): train.py validates the trained network at its "
+                               f"amp_level ({recipe.get('amp_level', 'O0')}); remove val_amp_level or set it equal")
         elif key == "clip_value":
             continue  # read with clip_grad below
         elif key == "warmup_factor":

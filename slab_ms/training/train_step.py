@@ -5,6 +5,11 @@ Everything that must advance exactly once per optimizer step lives in the graph:
 branch as the optimizer call. Micro-batches of a gradient-accumulation cycle only add their gradients,
 so γ and the lr are exact under accumulation, under dataset sinking (no host callback involved) and
 after a resume (the counters are Parameters saved in the checkpoint).
+
+Loss scaling follows MindSpore's ``FixedLossScaleUpdateCell`` / ``DynamicLossScaleUpdateCell``: with overflow
+skipping on (``drop_overflow_update``, always on for a dynamic scale) an optimizer step whose gradients hold an
+inf or NaN is skipped, so the optimizer, the lr index, γ and the EMA do not advance; a dynamic scale is then
+divided by ``scale_factor`` (not below 1) and multiplied by it after ``scale_window`` steps without overflow.
 """
 import logging
 
@@ -22,8 +27,10 @@ __all__ = ["NetWithLoss", "TrainStep", "param_groups", "build_optimizer"]
 _accumulate = ops.MultitypeFuncGraph("accumulate")
 _clear = ops.MultitypeFuncGraph("clear")
 _scale = ops.MultitypeFuncGraph("scale")
+_unscale = ops.MultitypeFuncGraph("unscale")
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _ema_blend = ops.MultitypeFuncGraph("ema_blend")
+_finite = ops.MultitypeFuncGraph("finite")
 
 
 @_accumulate.register("Tensor", "Tensor", "Tensor")
@@ -41,9 +48,19 @@ def _scale_grad(factor, grad):
     return grad * factor.astype(grad.dtype)
 
 
+@_unscale.register("Tensor", "Tensor")
+def _unscale_grad(scale, grad):
+    return grad / scale.astype(grad.dtype)  # a division keeps inf (overflow) inf; x·(1/scale) may flush to 0
+
+
 @_square_sum.register("Tensor")
 def _grad_square_sum(grad):
     return ops.reduce_sum(ops.square(grad.astype(ms.float32)))
+
+
+@_finite.register("Tensor")
+def _grad_finite(grad):
+    return ops.isfinite(grad).all()
 
 
 @_ema_blend.register("Tensor", "Tensor", "Tensor")
@@ -74,7 +91,14 @@ class TrainStep(nn.Cell):
         optimizer: a MindSpore optimizer over the model's trainable parameters.
         model: the bare model; if it owns a γ schedule (a PRepBN model), its step is advanced once per
             optimizer step; its parameters are also the EMA source.
-        loss_scale: fixed loss scale (gradients are unscaled before accumulation and clipping).
+        loss_scale: the loss scale, fixed or the initial dynamic one (gradients are unscaled before
+            accumulation and clipping).
+        loss_scale_type: "fixed" or "dynamic" (MindSpore's DynamicLossScaleUpdateCell; it always skips
+            overflow steps).
+        drop_overflow_update: skip an optimizer step whose gradients are not finite (counted in
+            ``skipped_steps``) instead of applying it.
+        scale_factor, scale_window: a dynamic scale is divided by ``scale_factor`` on overflow (not below
+            1) and multiplied by it after ``scale_window`` optimizer steps without overflow.
         clip_grad: max global gradient norm, or None (PyTorch ``clip_grad_norm_`` formula).
         accumulate_steps: micro-batches per optimizer step (gradients are averaged).
         ema_decay: keep an ``ema.*`` copy of every model parameter, ``ema = d·ema + (1-d)·w`` after
@@ -83,15 +107,30 @@ class TrainStep(nn.Cell):
     """
 
     def __init__(self, net_with_loss, optimizer, model, loss_scale=1.0, clip_grad=None, accumulate_steps=1,
-                 ema_decay=None):
+                 ema_decay=None, loss_scale_type="fixed", drop_overflow_update=False, scale_factor=2.0,
+                 scale_window=2000):
         super().__init__(auto_prefix=False)
         self.network = net_with_loss
         self.network.set_grad()
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.loss_scale = Tensor(loss_scale, ms.float32)
-        self.inv_loss_scale = Tensor(1.0 / loss_scale, ms.float32)
+        if loss_scale_type not in ("fixed", "dynamic"):
+            raise ValueError(f"loss_scale_type must be 'fixed' or 'dynamic', got {loss_scale_type!r}")
+        self.dynamic_scale = loss_scale_type == "dynamic"
+        self.skip_overflow = bool(drop_overflow_update) or self.dynamic_scale
+        if self.dynamic_scale:
+            self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="train_step.loss_scale",
+                                        requires_grad=False)
+            self.good_steps = Parameter(Tensor(0, ms.int32), name="train_step.loss_scale_good_steps",
+                                        requires_grad=False)
+            self.scale_factor = Tensor(scale_factor, ms.float32)
+            self.scale_window = Tensor(int(scale_window), ms.int32)
+            self.min_scale = Tensor(1.0, ms.float32)
+        else:
+            self.loss_scale = Tensor(loss_scale, ms.float32)
+        if self.skip_overflow:
+            self.skipped_steps = Parameter(Tensor(0, ms.int32), name="train_step.skipped_steps", requires_grad=False)
         self.clip_grad = clip_grad
         self.hyper_map = ops.HyperMap()
         self.zero = Tensor(0.0, ms.float32)
@@ -125,6 +164,17 @@ class TrainStep(nn.Cell):
                 self.ema_other = self.ema_other_src.clone(prefix="ema", init="same")
             self.ema_decay = Tensor(ema_decay, ms.float32)
 
+    def state_parameters(self):
+        """The loss-scale state a resumed run needs (dynamic scale, steps since its last change, skipped steps);
+        empty for a fixed scale without overflow skipping."""
+        params = [self.loss_scale, self.good_steps] if self.dynamic_scale else []
+        return params + ([self.skipped_steps] if self.skip_overflow else [])
+
+    def loss_scale_state(self):
+        """``(loss scale, optimizer steps skipped on overflow)`` as Python numbers."""
+        scale = float(self.loss_scale.asnumpy())
+        return scale, int(self.skipped_steps.asnumpy()) if self.skip_overflow else 0
+
     def ema_parameters(self):
         """The ``ema.*`` Parameters (empty without EMA)."""
         if not self.use_ema:
@@ -133,9 +183,10 @@ class TrainStep(nn.Cell):
 
     def construct(self, images, labels):
         loss = self.network(images, labels)
-        sens = ops.fill(loss.dtype, loss.shape, 1.0) * self.loss_scale.astype(loss.dtype)
+        scale = self.loss_scale * 1.0  # the value of this micro-batch (a dynamic scale changes after the step)
+        sens = ops.fill(loss.dtype, loss.shape, 1.0) * scale.astype(loss.dtype)
         grads = self.grad(self.network, self.weights)(images, labels, sens)
-        grads = self.hyper_map(ops.partial(_scale, self.inv_loss_scale), grads)
+        grads = self.hyper_map(ops.partial(_unscale, scale), grads)
         if self.accumulate_steps == 1:
             return loss, self._optimizer_step(grads)
         loss = ops.depend(loss, self.hyper_map(ops.partial(_accumulate, self.accum_factor), self.accum_grads, grads))
@@ -150,6 +201,26 @@ class TrainStep(nn.Cell):
     def _optimizer_step(self, grads):
         grads = self.grad_reducer(grads)
         grad_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        if not self.skip_overflow:
+            return self._update(grads, grad_norm)
+        # the reduced gradients are the same on every rank, so every rank skips the same steps
+        if ops.stack(self.hyper_map(_finite, grads)).all():
+            grad_norm = self._update(grads, grad_norm)
+            if self.dynamic_scale:
+                grad_norm = ops.depend(grad_norm, ops.assign_add(self.good_steps, self.one))
+                if self.good_steps >= self.scale_window:
+                    grad_norm = ops.depend(grad_norm, ops.assign(self.loss_scale, self.loss_scale * self.scale_factor))
+                    grad_norm = ops.depend(grad_norm, ops.assign(self.good_steps, ops.zeros_like(self.good_steps)))
+        else:
+            grad_norm = ops.depend(grad_norm, ops.assign_add(self.skipped_steps, self.one))
+            if self.dynamic_scale:
+                grad_norm = ops.depend(grad_norm, ops.assign(
+                    self.loss_scale, ops.maximum(self.loss_scale / self.scale_factor, self.min_scale)))
+                grad_norm = ops.depend(grad_norm, ops.assign(self.good_steps, ops.zeros_like(self.good_steps)))
+        return grad_norm
+
+    def _update(self, grads, grad_norm):
+        """Clip, apply, then advance γ and the EMA: one optimizer step."""
         if self.clip_grad is not None:
             coef = ops.minimum(self.clip_grad / (grad_norm + 1e-6), 1.0)
             grads = self.hyper_map(ops.partial(_scale, coef), grads)

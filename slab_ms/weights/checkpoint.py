@@ -10,9 +10,10 @@ from .strict import backbone_view, is_excluded, mismatch_message
 
 __all__ = ["load_checkpoint", "save_checkpoint", "UnreadableCheckpointError"]
 
-# Scalars a MindSpore training checkpoint carries next to the weights.
+# Scalars a MindSpore training checkpoint carries next to the weights (train.py's loss-scale state is
+# ``train_step.*``).
 _TRAIN_STATE_KEYS = ("global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
-                     "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num")
+                     "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num", "val_top1")
 
 
 class UnreadableCheckpointError(ValueError):
@@ -71,7 +72,7 @@ def _head_hint(mismatched):
 
 
 def _is_train_state(key, own):
-    if key in _TRAIN_STATE_KEYS or key.startswith("ema."):
+    if key in _TRAIN_STATE_KEYS or key.startswith(("ema.", "train_step.")):
         return True
     slot = key.split(".", 1)
     return len(slot) == 2 and slot[1] in own  # optimizer slot such as adam_m.<param>

@@ -5,7 +5,9 @@ A resumable checkpoint ``<ckpt_dir>/<model>-<EEEE>_<SSSSSS>.ckpt`` holds the mod
 (moments, beta powers, ``global_step`` = lr index), the ``ema.*`` weights, and the position:
 ``epoch_num`` = epochs finished (training epochs, then BN re-calibration epochs) and ``step_num`` =
 optimizer steps already taken in the next epoch. They are only written between optimizer steps, so
-no accumulation state is needed. The final ``<model>.ckpt`` holds the weights and ``ema.*``.
+no accumulation state is needed; the loss-scale state (dynamic scale, skipped steps) is saved when the run
+has one. An epoch checkpoint written after a validation also holds ``val_top1``, which ranks it under the
+``top_k`` policy. The final ``<model>.ckpt`` holds the weights and ``ema.*``.
 Every file is written to a temporary name and renamed, so a killed run never leaves a torn file.
 """
 import glob
@@ -17,7 +19,7 @@ import mindspore as ms
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["resumable_name", "list_resumable", "find_latest", "save_train_checkpoint", "save_final_checkpoint",
-           "load_train_checkpoint", "prune_checkpoints"]
+           "load_train_checkpoint", "prune_checkpoints", "read_val_top1", "checkpoints_to_keep"]
 
 _POSITION_RE = re.compile(r"-(\d{4})_(\d{6})\.ckpt$")
 
@@ -46,14 +48,30 @@ def _optimizer_state(optimizer, model):
     return [p for p in optimizer.get_parameters() if id(p) not in model_ids and p.name != "learning_rate"]
 
 
-def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, epoch_num, step_num):
-    """Write a resumable checkpoint atomically; returns its path."""
+def _train_state(model, optimizer, train_step):
+    return _optimizer_state(optimizer, model) + train_step.ema_parameters() + train_step.state_parameters()
+
+
+def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, epoch_num, step_num, val_top1=None):
+    """Write a resumable checkpoint atomically (with ``val_top1`` when given); returns its path."""
     if train_step.accumulate_steps > 1 and int(train_step.micro_step.asnumpy()) != 0:
         raise RuntimeError("internal: checkpoint requested in the middle of a gradient-accumulation cycle")
-    params = list(model.get_parameters()) + _optimizer_state(optimizer, model) + train_step.ema_parameters()
+    params = list(model.get_parameters()) + _train_state(model, optimizer, train_step)
     entries = [{"name": p.name, "data": p} for p in params]
     path = os.path.join(ckpt_dir, resumable_name(model_name, epoch_num, step_num))
-    return save_checkpoint(entries, path, append_dict={"epoch_num": epoch_num, "step_num": step_num})
+    extra = {"epoch_num": epoch_num, "step_num": step_num}
+    if val_top1 is not None:
+        extra["val_top1"] = float(val_top1)
+    return save_checkpoint(entries, path, append_dict=extra)
+
+
+def read_val_top1(path):
+    """The ``val_top1`` a checkpoint was saved with, or None (no validation before it, or unreadable)."""
+    try:
+        ckpt = ms.load_checkpoint(path, choice_func=lambda name: name == "val_top1")
+    except (ValueError, RuntimeError, OSError):
+        return None
+    return float(ckpt["val_top1"].asnumpy()) if "val_top1" in ckpt else None
 
 
 def save_final_checkpoint(path, model, train_step, epoch_num):
@@ -62,13 +80,35 @@ def save_final_checkpoint(path, model, train_step, epoch_num):
     return save_checkpoint(entries, path, append_dict={"epoch_num": epoch_num, "step_num": 0})
 
 
-def prune_checkpoints(ckpt_dir, model_name, keep, protect=()):
-    """Delete all but the newest ``keep`` resumable checkpoints of this model, and never those in ``protect``
-    (train.py's last known-good checkpoint while a newer one is not yet shown to be good)."""
-    protect = {os.path.abspath(p) for p in protect}
-    for _, _, path in list_resumable(ckpt_dir, model_name)[:-keep]:
-        if os.path.abspath(path) not in protect:
+def checkpoints_to_keep(found, keep, policy="latest_k", top1=None):
+    """The paths of ``found`` (``list_resumable``'s list) a policy keeps: ``latest_k`` the newest ``keep``;
+    ``top_k`` the ``keep`` of the best ``top1[path]`` (ties: the older one, as MindCV) plus the newest (the
+    resume point); None all of them."""
+    paths = [path for _, _, path in found]
+    if policy is None:
+        return set(paths)
+    if policy == "latest_k":
+        return set(paths[-keep:])
+    if policy != "top_k":
+        raise ValueError(f"unknown checkpoint policy {policy!r}")
+    top1 = top1 or {}
+    ranked = sorted((p for p in paths if top1.get(p) is not None), key=lambda p: -top1[p])  # stable: older first
+    return set(ranked[:keep]) | set(paths[-1:])
+
+
+def prune_checkpoints(ckpt_dir, model_name, keep, protect=(), policy="latest_k", top1=None):
+    """Delete the resumable checkpoints of this model that ``policy`` does not keep (:func:`checkpoints_to_keep`),
+    never those in ``protect`` (train.py's last known-good checkpoint while a newer one is not yet shown to be
+    good). Returns the deleted paths."""
+    found = list_resumable(ckpt_dir, model_name)
+    kept = {os.path.abspath(p) for p in checkpoints_to_keep(found, keep, policy, top1)}
+    kept |= {os.path.abspath(p) for p in protect}
+    deleted = []
+    for _, _, path in found:
+        if os.path.abspath(path) not in kept:
             os.remove(path)
+            deleted.append(path)
+    return deleted
 
 
 def load_train_checkpoint(path, model, optimizer, train_step):
@@ -89,11 +129,17 @@ def load_train_checkpoint(path, model, optimizer, train_step):
         raise ValueError(f"'{path}' has no state for this optimizer ({len(missing)} entries missing, e.g. "
                          f"{missing[0]}); was it written with another --opt? Use --ckpt_file to start a "
                          "new run from its weights.")
+    scale_state = train_step.state_parameters()
+    missing = [p.name for p in scale_state if p.name not in ckpt]
+    if missing:
+        raise ValueError(f"'{path}' holds no loss-scale state ({', '.join(missing)}) but this run has "
+                         "loss_scale_type dynamic or drop_overflow_update True; resume with the recipe it was written "
+                         "with")
     ema = train_step.ema_parameters()
     if ema and any(p.name not in ckpt for p in ema):
         raise ValueError(f"'{path}' holds no EMA weights but this run has ema=True; resume with the recipe it "
                          "was written with")
-    for p in state + ema:
+    for p in state + ema + scale_state:
         if tuple(ckpt[p.name].shape) != tuple(p.shape):
             raise ValueError(f"'{path}': '{p.name}' has shape {tuple(ckpt[p.name].shape)}, this run {tuple(p.shape)}")
         p.set_data(ckpt[p.name])  # resume happens before the train graph is compiled
