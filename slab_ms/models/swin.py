@@ -18,7 +18,7 @@ positional encodings are fixed at construction from ``img_size``, as in the refe
 if every stage resolution is even (for patch merging) and a multiple of its window (or at most the
 window); 224 and 448 do for all three models. A different size at run time is an error naming
 the size the model was built for. Checkpoints carry SLA positional encodings sized for their
-window, so a model built for another size needs its own weights.
+resolution, so a model built for another size needs its own weights.
 
 Backbone (``features_only=True``, ``slab_ms.models.backbone``): any input size, as the official
 detection backbones: the image is padded to the patch size, each block pads its normalised map to
