@@ -85,6 +85,17 @@ def test_backbone_arguments_are_checked():
         slab_ms.create_model("slab_swin_tiny", features_only=True, frozen_stages=3, **tiny_config("slab_swin_tiny"))
     deit = slab_ms.create_model("slab_deit_tiny", features_only=True, **tiny_config("slab_deit_tiny"))
     assert [i["index"] for i in deit.feature_info] == [1]  # the last block by default
+    official = slab_ms.create_model("slab_swin_tiny", features_only=True, out_norm="ln",
+                                    **tiny_config("slab_swin_tiny"))
+    assert [kind for _, kind, _ in remaining_norms(slab_ms.reparameterize_model(official))] == ["LayerNorm"] * 2
+    plain = slab_ms.create_model("slab_pvt_tiny", features_only=True, out_norm="none", **tiny_config("slab_pvt_tiny"))
+    assert all(isinstance(norm, nn.Identity) for norm in plain.out_norms)
+    # a block whose window covers its whole map at image_size: unshifted in the classifier, shifted by half the
+    # window in the backbone (the official detection backbones never drop the shift)
+    swin = slab_ms.create_model("swin_tiny_prepbn", features_only=True, **dict(tiny_config("swin_tiny_prepbn"),
+                                                                               depths=(2, 2)))
+    last = swin.layers[1].blocks[1]
+    assert (last.window_size, last.shift_size, last.feature_shift) == (4, 0, 2)
 
 
 # ------------------------------------------------------------------------------ parity with the official code

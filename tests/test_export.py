@@ -171,7 +171,7 @@ def test_mismatch_exits_1_with_the_numbers_and_leaves_no_file(checkpoints, tmp_p
         monkeypatch.setattr(export, "reparameterize_model", broken_fold)
     else:
         reload_logits = export.reload_logits
-        monkeypatch.setattr(export, "reload_logits", lambda *args: reload_logits(*args) + 0.5)
+        monkeypatch.setattr(export, "reload_logits", lambda *args: [out + 0.5 for out in reload_logits(*args)])
     argv = ["--model", "slab_deit_tiny", "--ckpt_file", checkpoints["slab_deit_tiny"], "--file_name",
             str(tmp_path / "net")]
     assert export.main(argv + _tiny_args("slab_deit_tiny")) == 1
