@@ -50,10 +50,10 @@ class VisionTransformer(nn.Cell):
 
     Args (official names): img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
         drop_rate, drop_path_rate; (MindCV names) in_channels, num_classes;
-        norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "softmax" | "sla";
+        norm: "ln" | "bn" | "repbn" | "prepbn" | "pbn" (γ·LN + (1 − γ)·BN); attn: "softmax" | "sla";
         global_pool: "token" (class token) or "avg"; default "token" for softmax, "avg" for SLA;
         prepbn_decay_steps: T of the PRepBN schedule (norm='prepbn' only); ln_eps: LayerNorm epsilon;
-        kernel_size: depth-wise conv kernel of SLA.
+        kernel_size: depth-wise conv kernel of SLA (0: no depth-wise conv).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=192, depth=12,
