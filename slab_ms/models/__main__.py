@@ -16,8 +16,8 @@ TOOL = "slab_ms.models"
 RELEASED = {
     "deit_tiny_prepbn": ("deit_t_prepbn", 5_717_441, None, 73.6),
     "deit_small_prepbn": ("deit_s_prepbn", 22_069_889, None, 80.2),
-    "slab_deit_tiny": ("slab_deit_t", 6_198_401, "cls_token (1, 1, 192): SLAB-DeiT pools the tokens", 74.3),
-    "slab_deit_small": ("slab_deit_s", 22_992_641, "cls_token (1, 1, 384): SLAB-DeiT pools the tokens", 80.0),
+    "slab_deit_tiny": ("slab_deit_t", 6_198_401, "cls_token (SLAB-DeiT pools its tokens)", 74.3),
+    "slab_deit_small": ("slab_deit_s", 22_992_641, "cls_token (SLAB-DeiT pools its tokens)", 80.0),
     "pvt_tiny_prepbn": ("pvt_t_prepbn", 13_239_554, None, 76.0),
     "pvt_small_prepbn": ("pvt_s_prepbn", 24_507_801, None, 80.1),
     "pvt_medium_prepbn": ("pvt_m_prepbn", 44_253_117, None, 81.7),
@@ -25,7 +25,7 @@ RELEASED = {
     "swin_tiny_prepbn": ("swin_t_prepbn", 28_288_383, None, 81.4),
     "slab_swin_tiny": ("slab_swin_t", 29_216_605, None, 81.8),
     "slab_swin_small": ("slab_swin_s", 50_552_965, None, 83.6),
-    "slab_cswin_tiny": ("slab_cswin_t", 21_227_807, "SLA scale (1, 1, C) of the 6 stage-1/2 blocks: unused", 82.8),
+    "slab_cswin_tiny": ("slab_cswin_t", 21_227_807, "attns.0.scale (1, 1, C) of the 6 SLA blocks, unused", 82.8),
 }
 COLUMNS = ("name", "official name", "params", "official params", "not created (dead)", "GMACs @224", "GFLOPs @224",
            "norm", "attention", "paper top-1")
