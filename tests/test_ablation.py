@@ -70,3 +70,18 @@ def test_progressive_bn_and_sla_without_dwc_are_what_they_say():
         assert no_dwc(x).shape == (2, 10)
     finally:
         ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def test_gamma_trace_reads_the_in_graph_schedule_every_step(tmp_path):
+    from slab_ms.experiments import gamma_trace
+    png, table = tmp_path / "g.png", tmp_path / "g.csv"
+    assert gamma_trace.main(["--quick", "--plot", str(png), "--csv", str(table)]) == 0
+    with open(table, newline="") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    total = ablation.QUICK["epochs"] * (ablation.QUICK["train_images"] // ablation.QUICK["batch_size"])
+    decay = int(ablation.parse_args(["--quick"]).prepbn_decay_ratio * total)
+    assert [r["step"] for r in rows] == list(range(1, total + 1))
+    assert [r["gamma"] for r in rows] == pytest.approx([max(0.0, 1 - s / decay) for s in range(1, total + 1)])
+    assert all(math.isfinite(r["loss"]) and r["eta_min"] <= r["eta_mean"] <= r["eta_max"] for r in rows)
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 600
