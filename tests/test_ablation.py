@@ -85,3 +85,13 @@ def test_gamma_trace_reads_the_in_graph_schedule_every_step(tmp_path):
     assert all(math.isfinite(r["loss"]) and r["eta_min"] <= r["eta_mean"] <= r["eta_max"] for r in rows)
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+def test_run_ablation_script_passes_its_arguments_on(tmp_path):
+    import os
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(["bash", os.path.join(root, "scripts", "run_ablation.sh"), "--seeds", "0", "--csv",
+                             str(tmp_path / "a.csv")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "ablation: error: --seeds must be >= 1" in result.stderr
+    assert not (tmp_path / "a.csv").exists()
