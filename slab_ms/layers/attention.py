@@ -142,7 +142,8 @@ class SimplifiedLinearAttention(nn.Cell):
         grid_size: (H, W) token grid the positional encoding P (1, H·W, C) is laid out on.
             Other grids at run time get P bilinearly resized.
         qkv_bias: bias of the qkv projection.
-        kernel_size: kernel of the depth-wise convolution on v (5 in every released model).
+        kernel_size: kernel of the depth-wise convolution on v (5 in every released model); 0 builds no
+            depth-wise conv (the "SLA without DWC" ablation).
         proj_drop: dropout after the output projection.
         with_proj: build ``qkv`` and ``proj`` Dense layers (subclasses that project differently
             pass False).
@@ -152,8 +153,9 @@ class SimplifiedLinearAttention(nn.Cell):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}.")
-        if kernel_size % 2 == 0:
-            raise ValueError(f"the depth-wise conv keeps the grid only with an odd kernel_size, got {kernel_size}.")
+        if kernel_size < 0 or (kernel_size and kernel_size % 2 == 0):
+            raise ValueError(f"the depth-wise conv keeps the grid only with an odd kernel_size (or 0: none), got "
+                             f"{kernel_size}.")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -165,11 +167,13 @@ class SimplifiedLinearAttention(nn.Cell):
             self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
         self.positional_encoding = Parameter(Tensor(np.zeros((1, num_tokens, dim), np.float32)),
                                              name="positional_encoding")
-        self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, group=self.head_dim, pad_mode="pad",
-                             padding=kernel_size // 2, has_bias=True)
-        # Constants of the matmul form of ``dwc`` on this grid (not parameters; see ``_dwc_tokens``).
-        self.dwc_column_index = Tensor(banded_column_index(self.grid_size[1], kernel_size))
-        self.dwc_row_shifts = Tensor(row_shift_matrix(self.grid_size[0], kernel_size))
+        self.use_dwc = kernel_size > 0
+        if self.use_dwc:
+            self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, group=self.head_dim, pad_mode="pad",
+                                 padding=kernel_size // 2, has_bias=True)
+            # Constants of the matmul form of ``dwc`` on this grid (not parameters; see ``_dwc_tokens``).
+            self.dwc_column_index = Tensor(banded_column_index(self.grid_size[1], kernel_size))
+            self.dwc_row_shifts = Tensor(row_shift_matrix(self.grid_size[0], kernel_size))
         self.head_mask = Tensor(head_block_mask(num_heads, self.head_dim))
         self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
         if with_proj:
@@ -186,7 +190,9 @@ class SimplifiedLinearAttention(nn.Cell):
             out = self._kv_first(q, k, v)
         else:
             out = self._qk_first(q, k, v)
-        return (out + self._dwc_tokens(v, hw)).astype(out_dtype)
+        if self.use_dwc:
+            out = out + self._dwc_tokens(v, hw)
+        return out.astype(out_dtype)
 
     def _kv_first(self, q, k, v):
         """Q (Kᵀ V) / (Q Σ_j K_j) per head, every product batched over all heads in (B, N, C)."""

@@ -41,7 +41,7 @@ def sla_flops(cell, batch, tokens, channels, window_tokens=None):
     """Kᵀ V and Q (Kᵀ V) (or (Q Kᵀ) V for windows of at most head_dim tokens), the normaliser, the DWC."""
     window_tokens = tokens if window_tokens is None else window_tokens
     products = 4.0 * batch * tokens * channels * min(cell.head_dim, window_tokens)
-    k = cell.dwc.weight.shape[-1]
+    k = cell.dwc.weight.shape[-1] if cell.use_dwc else 0
     return products + 2.0 * batch * tokens * channels + 2.0 * batch * tokens * channels * k * k
 
 
@@ -79,7 +79,7 @@ def count_flops(net, image_size, in_channels=3):
     total = [0.0]
     # The depth-wise conv of SLA is in its formula; a patch conv is in its patch embedding's (or its spatial
     # reduction's) formula. Every other Dense / Conv2d, also inside an attention cell, counts on its own.
-    inside = {id(c.dwc) for _, c in net.cells_and_names() if isinstance(c, SimplifiedLinearAttention)}
+    inside = {id(c.dwc) for _, c in net.cells_and_names() if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
     counted = [(cell, _formula(cell)) for _, cell in net.cells_and_names()
                if _formula(cell) is not None and id(cell) not in inside and not isinstance(cell, PatchConv2d)]
 

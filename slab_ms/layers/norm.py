@@ -185,10 +185,12 @@ def get_masked_norm_layer(norm, eps=1e-6, decay_steps=None, warmup_steps=0, zero
 
 
 def get_norm_layer(norm, ln_eps=1e-6, decay_steps=None):
-    """Norm-layer factory ``dim -> Cell`` for ``norm`` in {"ln", "bn", "repbn", "prepbn"}.
+    """Norm-layer factory ``dim -> Cell`` for ``norm`` in {"ln", "bn", "repbn", "prepbn", "pbn"}.
 
-    For "prepbn" every layer the factory builds shares one new :class:`PRepBNSchedule` of T = ``decay_steps``;
-    the model hands it to itself with :func:`attach_prepbn_schedule` once its layers are built.
+    "pbn" is the paper's "BN + progressive strategy" ablation (Table 7): γ·LayerNorm + (1 − γ)·BN, a
+    PRepBN whose BN side has no η·x term. For "prepbn" and "pbn" every layer the factory builds shares one
+    new :class:`PRepBNSchedule` of T = ``decay_steps``; the model hands it to itself with
+    :func:`attach_prepbn_schedule` once its layers are built.
     """
     if norm == "ln":
         return lambda dim: nn.LayerNorm((dim,), epsilon=ln_eps)
@@ -196,11 +198,14 @@ def get_norm_layer(norm, ln_eps=1e-6, decay_steps=None):
         return TokenBatchNorm
     if norm == "repbn":
         return RepBN
-    if norm == "prepbn":
+    if norm in ("prepbn", "pbn"):
         if decay_steps is None:
-            raise ValueError("norm='prepbn' needs prepbn_decay_steps (T, the optimizer steps over which γ decays).")
-        return partial(PRepBN, schedule=PRepBNSchedule(decay_steps), ln_eps=ln_eps)
-    raise ValueError(f"Unknown norm '{norm}'; choose one of 'ln', 'bn', 'repbn', 'prepbn'.")
+            raise ValueError(f"norm='{norm}' needs prepbn_decay_steps (T, the optimizer steps over which γ decays).")
+        schedule = PRepBNSchedule(decay_steps)
+        if norm == "pbn":
+            return lambda dim: PRepBN(dim, schedule, ln_eps=ln_eps, norm2=TokenBatchNorm(dim))
+        return partial(PRepBN, schedule=schedule, ln_eps=ln_eps)
+    raise ValueError(f"Unknown norm '{norm}'; choose one of 'ln', 'bn', 'repbn', 'prepbn', 'pbn'.")
 
 
 def prepbn_layers(net):

@@ -6,7 +6,7 @@ import pkgutil
 from .registry import family_of, is_slab_model, list_models, tiny_config
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "registry":
+    if _module.name not in ("registry", "__main__"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 from .llama import CausalLMLoss, create_llama, generate  # noqa: E402  (the language model's builder and tools)

@@ -57,10 +57,10 @@ class VisionTransformer(BackboneMixin, nn.Cell):
 
     Args (official names): img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
         drop_rate, drop_path_rate; (MindCV names) in_channels, num_classes;
-        norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "softmax" | "sla";
+        norm: "ln" | "bn" | "repbn" | "prepbn" | "pbn" (γ·LN + (1 − γ)·BN); attn: "softmax" | "sla";
         global_pool: "token" (class token) or "avg"; default "token" for softmax, "avg" for SLA;
         prepbn_decay_steps: T of the PRepBN schedule (norm='prepbn' only); ln_eps: LayerNorm epsilon;
-        kernel_size: depth-wise conv kernel of SLA;
+        kernel_size: depth-wise conv kernel of SLA (0: no depth-wise conv);
         features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
         (``slab_ms.models.backbone``; here the stages are the blocks).
     """
