@@ -20,7 +20,8 @@ from mindspore import Parameter, Tensor, nn
 from .norm import PRepBN, TokenBatchNorm
 
 __all__ = ["ChannelAffine", "register_fold", "registered_fold", "child_cell", "replace_cell", "can_absorb",
-           "fold_norm_into_consumers", "fold_norm_into_producer", "keep_as_affine", "fold_final_norm"]
+           "fold_norm_into_consumers", "fold_norm_into_producer", "keep_as_affine", "fold_final_norm",
+           "zero_preimage"]
 
 _FOLDS = {}
 
@@ -128,6 +129,20 @@ def _producer_before_affine(conv, a, b):
         raise TypeError(f"cannot fold a norm into a preceding {conv!r}")
     weight, bias = _weight_and_bias(conv)
     return _with_weights(conv, weight * a[:, None, None, None], a * bias + b)
+
+
+def zero_preimage(norm):
+    """The input ``u = −b / a`` (float32, per channel) that the norm's eval map ``a ⊙ u + b`` sends to 0, or None
+    for a norm without a fixed map. A map padded with zeros *after* a norm is padded with this value once the
+    norm is folded into its consumer."""
+    affine = _eval_affine(norm)
+    if affine is None:
+        return None
+    a, b = affine
+    if np.any(a == 0):
+        raise ValueError("a norm with a zero scale has no input that it maps to 0; it cannot be folded exactly "
+                         "in front of a padded map.")
+    return (-b / a).astype(np.float32)
 
 
 def fold_norm_into_consumers(owner, norm_name, consumers):

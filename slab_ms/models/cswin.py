@@ -13,6 +13,13 @@ LePE next to SLA's own depth-wise convolution.
 the norm ("ln", "bn", "repbn", "prepbn"). The reference's unused ``attns.*.scale`` parameter is not
 created (the converter drops it).
 
+Backbone (``features_only=True``, ``slab_ms.models.backbone``): the output of stage ``s`` is ``stage{s}``'s
+last block, at strides 4-8-16-32; ``frozen_stages=k`` freezes the stem and stages 1..k (each with the merge
+block before it). Any input size runs: a two-branch stage whose map its stripes do not tile pads the
+normalised map at the bottom / right to a multiple of the stripe width before ``qkv`` and crops after
+``proj``, as the official CSWin detection / segmentation backbones do (SLAB released no CSwin detection code);
+the classifier keeps refusing such sizes.
+
 Other input sizes: ``img_size`` fixes the block layout (one or two branches per stage; by default
 the 'L' stages attend over their whole map, as the released 56-28-14-7 does at 224). At run time
 the windows follow the feature map (whole map, or stripes of full height / width) and SLA's
@@ -21,12 +28,14 @@ input must give every two-branch stage a map that its stripe width divides; othe
 ValueError names the input sizes that work.
 """
 import numpy as np
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
 
 from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
                       fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer, merge_heads,
                       register_fold, split_heads, to_2tuple)
+from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, sla_flops, softmax_flops
+from .backbone import BackboneMixin, crop_tokens, fold_output_norms, pad_grid
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["CSWinTransformer", "slab_cswin_tiny"]
@@ -179,9 +188,17 @@ class CSWinBlock(nn.Cell):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.norm2 = norm_layer(dim)
+        self.stripe_split = 0 if single_branch else split
+        self.pad_value = Tensor(np.zeros((dim,), np.float32))  # padded tokens before qkv (see _fold_block)
 
     def construct(self, x, hw):
-        q, k, v = ops.split(self.qkv(self.norm1(x)), self.dim, axis=-1)
+        y = self.norm1(x)
+        full_hw = hw
+        if self.stripe_split and (hw[0] % self.stripe_split or hw[1] % self.stripe_split):
+            b, _, c = y.shape
+            y, hw = pad_grid(y.reshape(b, full_hw[0], full_hw[1], c), full_hw, self.stripe_split, self.pad_value)
+            y = y.reshape(b, hw[0] * hw[1], c)
+        q, k, v = ops.split(self.qkv(y), self.dim, axis=-1)
         if self.num_branches == 1:
             out = self.attns[0](q, k, v, hw)
         else:
@@ -191,6 +208,7 @@ class CSWinBlock(nn.Cell):
             k0, k1 = ops.split(k, half, axis=-1)
             v0, v1 = ops.split(v, half, axis=-1)
             out = ops.concat((self.attns[0](q0, k0, v0, hw), self.attns[1](q1, k1, v1, hw)), axis=-1)
+        out = crop_tokens(out, hw, full_hw)
         x = x + self.drop_path(self.proj_drop(self.proj(out)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -237,7 +255,7 @@ def _parse_splits(value):
     return [int(s) for s in value]
 
 
-class CSWinTransformer(nn.Cell):
+class CSWinTransformer(BackboneMixin, nn.Cell):
     """CSWin backbone in SLAB form.
 
     Args (official names): img_size, patch_size (must be 4: the stem is a 7×7 stride-4 conv), num_classes, embed_dim, depth, split_size (stripe widths of 'S'
@@ -247,14 +265,17 @@ class CSWinTransformer(nn.Cell):
         "LLSS" for attn="sla", "SSSS" for attn="softmax"), kernel_size (SLA depth-wise conv),
         focusing_factor (accepted for compatibility; the reference never uses it either);
         (MindCV names) in_channels; norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "sla" | "softmax";
-        prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon.
+        prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon;
+        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
+        (``slab_ms.models.backbone``).
     """
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=64,
                  depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
                  qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, la_split_size=None, attn_type=None,
                  kernel_size=5, focusing_factor=3, norm="prepbn", attn="sla", prepbn_decay_steps=None,
-                 ln_eps=1e-5):
+                 ln_eps=1e-5, features_only=False, out_indices=None, frozen_stages=-1, norm_eval=False,
+                 freeze_eta=False, out_norm=None):
         super().__init__()
         if attn not in ("softmax", "sla"):
             raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla'.")
@@ -309,8 +330,13 @@ class CSWinTransformer(nn.Cell):
         self.stage3 = stages[2]
         self.merge3 = MergeBlock(dims[2], dims[3], norm_layer)
         self.stage4 = stages[3]
-        self.norm = norm_layer(dims[-1])
-        self.head = dense(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        if not features_only:
+            self.norm = norm_layer(dims[-1])
+        self.head = dense(dims[-1], num_classes) if num_classes > 0 and not features_only else nn.Identity()
+        outputs = [dict(chs=dims[i], reduction=4 * 2 ** i, name=f"stage{i + 1}") for i in range(4)]
+        groups = [["stage1_conv_embed"], ["stage1"], ["merge1", "stage2"], ["merge2", "stage3"], ["merge3", "stage4"]]
+        self._init_backbone(outputs, groups, norm_layer, features_only, out_indices, frozen_stages, norm_eval,
+                            freeze_eta, out_norm, ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def _tiles(self, grids):
@@ -327,7 +353,7 @@ class CSWinTransformer(nn.Cell):
 
     def _stage(self, blocks, index, x, hw, image_hw):
         split = self.stripe_splits[index]
-        if split and (hw[0] % split or hw[1] % split):
+        if split and (hw[0] % split or hw[1] % split) and not self.features_only:
             raise ValueError(f"CSWinTransformer: a {image_hw[0]}x{image_hw[1]} input gives stage {index + 1} a "
                              f"{hw[0]}x{hw[1]} map, which stripes of width {split} do not tile; input sizes that "
                              f"work: {self.supported_sizes}.")
@@ -349,11 +375,34 @@ class CSWinTransformer(nn.Cell):
         x = self._stage(self.stage4, 3, x, hw, image_hw)
         return self.norm(x)
 
+    def forward_stages(self, x, last):
+        """Image -> ``((tokens (B, N, C), (H, W)), ...)`` of stages 1 .. ``last + 1`` (backbone form)."""
+        image_hw = x.shape[2:]
+        x, hw = self.stage1_conv_embed(x)
+        x = self._stage(self.stage1, 0, x, hw, image_hw)
+        stages = ((x, hw),)
+        if last >= 1:
+            x, hw = self.merge1(x, hw)
+            x = self._stage(self.stage2, 1, x, hw, image_hw)
+            stages = stages + ((x, hw),)
+        if last >= 2:
+            x, hw = self.merge2(x, hw)
+            x = self._stage(self.stage3, 2, x, hw, image_hw)
+            stages = stages + ((x, hw),)
+        if last >= 3:
+            x, hw = self.merge3(x, hw)
+            x = self._stage(self.stage4, 3, x, hw, image_hw)
+            stages = stages + ((x, hw),)
+        return stages
+
     def forward_head(self, x, pre_logits=False):
         x = x.mean(axis=1)
         return x if pre_logits else self.head(x)
 
     def construct(self, x):
+        if self.features_only:
+            check_input(x, self.in_channels, 1, type(self).__name__)
+            return self._outputs(self.forward_stages(x, self.last_stage))
         return self.forward_head(self.forward_features(x))
 
 
@@ -373,8 +422,11 @@ def _sla_lepe_flops(cell, inputs, output):
 
 @register_fold(CSWinBlock)
 def _fold_block(block):
-    """norm1 → qkv (the block's own projection, shared by the branches), norm2 → mlp.fc1."""
-    fold_norm_into_consumers(block, "norm1", [(block, "qkv")])
+    """norm1 → qkv (the block's own projection, shared by the branches), norm2 → mlp.fc1; the tokens that pad
+    a map (zeros after norm1) become norm1's zero preimage before the folded qkv."""
+    pad_value = zero_preimage(block.norm1)
+    if fold_norm_into_consumers(block, "norm1", [(block, "qkv")]):
+        block.pad_value = Tensor(pad_value)
     fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
 
 
@@ -390,7 +442,13 @@ def _fold_merge(merge):
     fold_norm_into_producer(merge, "conv", "norm")
 
 
-register_fold(CSWinTransformer)(fold_final_norm)
+@register_fold(CSWinTransformer)
+def _fold_model(model):
+    """Final norm → head (classifier), or the backbone's output norms → their eval maps."""
+    if model.features_only:
+        fold_output_norms(model)
+    else:
+        fold_final_norm(model)
 
 
 def checkpoint_filter(state_dict, model):

@@ -4,6 +4,12 @@ The PRepBN models keep DeiT's class token and softmax attention; the SLAB models
 token, use Simplified Linear Attention and average the tokens. ``norm=`` ("ln", "bn", "repbn",
 "prepbn") and ``attn=`` ("softmax", "sla") switch any of them to the LayerNorm / softmax baseline
 or an ablation. Other input sizes work: the positional embeddings are resized bilinearly.
+
+Backbone (``features_only=True``, ``slab_ms.models.backbone``), ViTDet style: ``out_indices`` picks blocks
+(default the last one; e.g. (3, 5, 7, 11) for depth 12, negative indices count from the end) and each output
+is that block's patch tokens (the class token left out) as one stride-``patch_size`` map after its output
+norm; any input size runs on its whole patches. ``frozen_stages=k`` freezes the patch embedding, the position
+embedding (and class token) and the first k blocks.
 """
 import numpy as np
 from mindspore import Parameter, nn, ops
@@ -12,6 +18,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from ..layers import (Attention, DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
                       check_input, dense, fold_final_norm, fold_norm_into_consumers, get_norm_layer, register_fold,
                       resize_token_grid, to_2tuple)
+from .backbone import BackboneMixin, fold_output_norms
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["VisionTransformer", "deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
@@ -45,7 +52,7 @@ class Block(nn.Cell):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Cell):
+class VisionTransformer(BackboneMixin, nn.Cell):
     """DeiT backbone in PRepBN / SLAB form.
 
     Args (official names): img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
@@ -53,12 +60,16 @@ class VisionTransformer(nn.Cell):
         norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "softmax" | "sla";
         global_pool: "token" (class token) or "avg"; default "token" for softmax, "avg" for SLA;
         prepbn_decay_steps: T of the PRepBN schedule (norm='prepbn' only); ln_eps: LayerNorm epsilon;
-        kernel_size: depth-wise conv kernel of SLA.
+        kernel_size: depth-wise conv kernel of SLA;
+        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
+        (``slab_ms.models.backbone``; here the stages are the blocks).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=192, depth=12,
                  num_heads=3, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, norm="prepbn",
-                 attn="sla", global_pool=None, prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5):
+                 attn="sla", global_pool=None, prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5,
+                 features_only=False, out_indices=None, frozen_stages=-1, norm_eval=False, freeze_eta=False,
+                 out_norm=None):
         super().__init__()
         if attn not in ("softmax", "sla"):
             raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla'.")
@@ -88,8 +99,14 @@ class VisionTransformer(nn.Cell):
         self.blocks = nn.CellList([
             Block(embed_dim, num_heads, self.grid_size, mlp_ratio, qkv_bias, drop_rate, dpr[i], norm_layer, attn,
                   kernel_size) for i in range(depth)])
-        self.norm = norm_layer(embed_dim)
-        self.head = dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if not features_only:
+            self.norm = norm_layer(embed_dim)
+        self.head = dense(embed_dim, num_classes) if num_classes > 0 and not features_only else nn.Identity()
+        outputs = [dict(chs=embed_dim, reduction=self.patch_size, name=f"blocks.{i}") for i in range(depth)]
+        stem = ["patch_embed", "pos_embed"] + (["cls_token"] if self.num_prefix_tokens else [])
+        self._init_backbone(outputs, [stem] + [[f"blocks.{i}"] for i in range(depth)], norm_layer, features_only,
+                            out_indices, frozen_stages, norm_eval, freeze_eta, out_norm, default_out=(depth - 1,),
+                            what="block", ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
@@ -114,11 +131,25 @@ class VisionTransformer(nn.Cell):
             x = blk(x, hw)
         return self.norm(x)
 
+    def forward_stages(self, x, last):
+        """Image -> ``((patch tokens (B, N, C), (H, W)), ...)`` after blocks 0 .. ``last`` (backbone form)."""
+        x, hw = self.patch_embed(x)
+        x = self._pos_embed(x, hw)
+        stages = ()
+        for i, blk in enumerate(self.blocks):
+            if i <= last:
+                x = blk(x, hw)
+                stages = stages + ((x[:, self.num_prefix_tokens:] if self.num_prefix_tokens else x, hw),)
+        return stages
+
     def forward_head(self, x, pre_logits=False):
         x = x[:, 0] if self.global_pool == "token" else x.mean(axis=1)
         return x if pre_logits else self.head(x)
 
     def construct(self, x):
+        if self.features_only:
+            check_input(x, self.in_channels, 1, type(self).__name__)
+            return self._outputs(self.forward_stages(x, self.last_stage))
         return self.forward_head(self.forward_features(x))
 
 
@@ -129,7 +160,13 @@ def _fold_block(block):
     fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
 
 
-register_fold(VisionTransformer)(fold_final_norm)
+@register_fold(VisionTransformer)
+def _fold_model(model):
+    """Final norm → head (classifier), or the backbone's output norms → their eval maps."""
+    if model.features_only:
+        fold_output_norms(model)
+    else:
+        fold_final_norm(model)
 
 
 def checkpoint_filter(state_dict, model):

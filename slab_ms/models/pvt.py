@@ -13,8 +13,15 @@ Simplified Linear Attention at full resolution in every stage. ``norm=`` ("ln", 
 baseline or an ablation; ``attn_type`` takes the official per-stage string ('S' = spatial-reduction
 softmax, 'L' = SLA, e.g. "LLSS").
 
-Other input sizes: any height and width divisible by 32 work; ``pos_embed{s}`` and the SLA
-positional encodings are resized bilinearly to the actual token grid of each stage.
+Other input sizes: ``pos_embed{s}`` and the SLA positional encodings are resized bilinearly to the
+actual token grid of each stage (as the official PVT detection backbone resizes ``pos_embed``). The
+classifier takes heights and widths divisible by 32; the backbone (``features_only=True``) any size: like
+the official stride-``p`` patch-embedding convolutions it uses the whole patches of each map and drops the
+last rows / columns that do not fill one (pad the image to a multiple of 32 to keep them).
+
+Backbone (``slab_ms.models.backbone``): ``out_indices`` over the four stages (default all), the output of
+stage ``s`` is ``block{s}``'s last block; ``frozen_stages=k`` freezes ``patch_embed1`` and stages 1..k
+(``patch_embed{s}``, ``pos_embed{s}``, ``block{s}``).
 """
 import numpy as np
 from mindspore import Parameter, nn, ops
@@ -24,6 +31,7 @@ from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAt
                       check_input, dense, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
                       merge_heads, register_fold, resize_token_grid, split_heads, to_2tuple)
 from ..layers.flops import register_flops, softmax_flops
+from .backbone import BackboneMixin, fold_output_norms
 from .registry import build_model, default_cfg, register_model
 
 __all__ = ["PyramidVisionTransformer", "pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn",
@@ -117,7 +125,7 @@ def _stage_attention(attn, attn_type):
     return ["sla" if t == "L" else "softmax" for t in attn_type]
 
 
-class PyramidVisionTransformer(nn.Cell):
+class PyramidVisionTransformer(BackboneMixin, nn.Cell):
     """PVT v1 in PRepBN / SLAB form (four stages, no class token, no final norm, mean pooling).
 
     Args (official names): img_size, patch_size (stage 1; later stages use 2), embed_dims, num_heads,
@@ -125,13 +133,16 @@ class PyramidVisionTransformer(nn.Cell):
         stages run at full resolution, as the released ``la_sr_ratios='1111'``), kernel_size (SLA
         depth-wise conv), attn_type ('S'/'L' per stage, replaces ``attn`` when given);
         (MindCV names) in_channels, num_classes; norm: "ln" | "bn" | "repbn" | "prepbn";
-        attn: "softmax" | "sla" in every stage; prepbn_decay_steps: T; ln_eps: LayerNorm epsilon.
+        attn: "softmax" | "sla" in every stage; prepbn_decay_steps: T; ln_eps: LayerNorm epsilon;
+        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
+        (``slab_ms.models.backbone``).
     """
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dims=(64, 128, 320, 512),
                  num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0,
                  depths=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1), norm="prepbn", attn="sla", attn_type=None,
-                 prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5):
+                 prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5, features_only=False, out_indices=None,
+                 frozen_stages=-1, norm_eval=False, freeze_eta=False, out_norm=None):
         super().__init__()
         for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
                             ("depths", depths), ("sr_ratios", sr_ratios)):
@@ -161,7 +172,14 @@ class PyramidVisionTransformer(nn.Cell):
             stride, in_dim, first = stride * 2, embed_dims[i], first + depths[i]
         self.grid_sizes = tuple(grid_sizes)
         self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
-        self.head = dense(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = dense(embed_dims[-1], num_classes) if num_classes > 0 and not features_only else nn.Identity()
+        stages = [dict(chs=embed_dims[i], reduction=patch_size * 2 ** i, name=f"block{i + 1}")
+                  for i in range(NUM_STAGES)]
+        groups = [["patch_embed1"]] + [[f"patch_embed{i + 1}", f"pos_embed{i + 1}", f"block{i + 1}"]
+                                       for i in range(NUM_STAGES)]
+        groups[1].remove("patch_embed1")
+        self._init_backbone(stages, groups, norm_layer, features_only, out_indices, frozen_stages, norm_eval,
+                            freeze_eta, out_norm, ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
@@ -176,19 +194,34 @@ class PyramidVisionTransformer(nn.Cell):
             x = blk(x, hw)
         return x, hw
 
+    def forward_stages(self, x, last=NUM_STAGES - 1):
+        """Image -> ``((tokens (B, N, C), (H, W)), ...)`` of stages 1 .. ``last + 1``."""
+        x, hw = self._stage(x, None, self.patch_embed1, self.pos_embed1, self.block1, self.grid_sizes[0])
+        stages = ((x, hw),)
+        if last >= 1:
+            x, hw = self._stage(x, hw, self.patch_embed2, self.pos_embed2, self.block2, self.grid_sizes[1])
+            stages = stages + ((x, hw),)
+        if last >= 2:
+            x, hw = self._stage(x, hw, self.patch_embed3, self.pos_embed3, self.block3, self.grid_sizes[2])
+            stages = stages + ((x, hw),)
+        if last >= 3:
+            x, hw = self._stage(x, hw, self.patch_embed4, self.pos_embed4, self.block4, self.grid_sizes[3])
+            stages = stages + ((x, hw),)
+        return stages
+
     def forward_features(self, x):
         """Image -> stage-4 tokens (B, N, C) (there is no final norm)."""
         check_input(x, self.in_channels, self.total_stride, type(self).__name__)
-        x, hw = self._stage(x, None, self.patch_embed1, self.pos_embed1, self.block1, self.grid_sizes[0])
-        x, hw = self._stage(x, hw, self.patch_embed2, self.pos_embed2, self.block2, self.grid_sizes[1])
-        x, hw = self._stage(x, hw, self.patch_embed3, self.pos_embed3, self.block3, self.grid_sizes[2])
-        return self._stage(x, hw, self.patch_embed4, self.pos_embed4, self.block4, self.grid_sizes[3])[0]
+        return self.forward_stages(x)[-1][0]
 
     def forward_head(self, x, pre_logits=False):
         x = x.mean(axis=1)
         return x if pre_logits else self.head(x)
 
     def construct(self, x):
+        if self.features_only:
+            check_input(x, self.in_channels, 1, type(self).__name__)
+            return self._outputs(self.forward_stages(x, self.last_stage))
         return self.forward_head(self.forward_features(x))
 
 
@@ -214,6 +247,13 @@ def _fold_block(block):
     else:
         fold_norm_into_consumers(block, "norm1", [(attn, "q"), (attn, "kv")])
     fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
+
+
+@register_fold(PyramidVisionTransformer)
+def _fold_model(model):
+    """The backbone's output norms become their eval maps (PVT v1 has no final norm)."""
+    if model.features_only:
+        fold_output_norms(model)
 
 
 _PVT = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),

@@ -24,10 +24,13 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
+from mindspore.ops import constexpr
 
 from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule, check_input,
                       dense, fold_final_norm, fold_norm_into_consumers, get_norm_layer, register_fold, to_2tuple)
+from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, softmax_flops
+from .backbone import BackboneMixin, fold_output_norms, pad_grid
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["SwinTransformer", "swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small"]
@@ -101,6 +104,12 @@ def shifted_window_mask(resolution, window_size, shift):
     return np.where(windows[:, None, :] != windows[:, :, None], MASK_VALUE, 0.0).astype(np.float32)
 
 
+@constexpr
+def padded_shift_mask(resolution, window_size, shift):
+    """``shifted_window_mask`` of a (padded) map as a Tensor, computed once per shape when a graph is compiled."""
+    return Tensor(shifted_window_mask(resolution, window_size, shift))
+
+
 # ------------------------------------------------------------------------------------------- cells
 class WindowAttention(nn.Cell):
     """Window multi-head softmax attention with a learned relative position bias (Swin's W-MSA)."""
@@ -145,8 +154,14 @@ class SwinTransformerBlock(nn.Cell):
                  qkv_bias=True, qk_scale=None, drop=0.0, drop_path=0.0, norm_layer=None, kernel_size=5):
         super().__init__()
         self.input_resolution = tuple(input_resolution)
+        shifted = shift_size > 0
         if min(self.input_resolution) <= window_size:
             window_size, shift_size = min(self.input_resolution), 0
+        # The backbone form (any map size) keeps this window and shifts every second block by half of it, as
+        # the official detection backbones do; ``pad_value`` is what the padded tokens enter qkv as (0 after
+        # norm1; its fold makes it norm1's zero preimage).
+        self.feature_shift = window_size // 2 if shifted else 0
+        self.pad_value = Tensor(np.zeros((dim,), np.float32))
         h, w = self.input_resolution
         if h % window_size or w % window_size:
             raise ValueError(f"a {h}x{w} feature map cannot be split into {window_size}x{window_size} windows; "
@@ -171,7 +186,11 @@ class SwinTransformerBlock(nn.Cell):
             self.window_index = Tensor(order, ms.int32)
             self.window_inverse = Tensor(np.argsort(order).astype(np.int32))
 
-    def construct(self, x):
+    def construct(self, x, hw=None):
+        """x: (B, H·W, C) tokens on the built resolution (``hw`` None) or on any ``hw`` grid (backbone form)."""
+        if hw is not None and (tuple(hw) != self.input_resolution or self.feature_shift != self.shift_size):
+            x = x + self.drop_path(self._padded_attention(self.norm1(x), hw))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
         b, n, c = x.shape
         ws = self.window_size
         y = self.norm1(x)
@@ -188,6 +207,30 @@ class SwinTransformerBlock(nn.Cell):
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def _padded_attention(self, y, hw):
+        """Window attention on normalised tokens of any ``hw`` grid, as the official detection backbones: pad
+        to a multiple of the window, shift by ``feature_shift`` (softmax windows masked per region of the
+        padded map), attend, undo the shift, crop."""
+        b, _, c = y.shape
+        h, w = hw
+        ws, shift = self.window_size, self.feature_shift
+        y, (hp, wp) = pad_grid(y.reshape(b, h, w, c), hw, ws, self.pad_value)
+        if shift:
+            y = cyclic_shift(y, -shift)
+        windows = window_partition(y, ws)
+        if self.kind == "L":
+            windows = self.attn(windows, (ws, ws))
+        elif shift:
+            windows = self.attn(windows, padded_shift_mask((hp, wp), ws, shift))
+        else:
+            windows = self.attn(windows)
+        y = window_reverse(windows, ws, hp, wp)
+        if shift:
+            y = cyclic_shift(y, shift)
+        if (hp, wp) != (h, w):
+            y = y[:, :h, :w]
+        return y.reshape(b, h * w, c)
+
 
 class PatchMerging(nn.Cell):
     """2×2 neighbourhood -> channels [x(0::2,0::2), x(1::2,0::2), x(0::2,1::2), x(1::2,1::2)], norm, Dense 4C->2C."""
@@ -198,12 +241,17 @@ class PatchMerging(nn.Cell):
         self.norm = norm_layer(4 * dim)
         self.reduction = dense(4 * dim, 2 * dim, has_bias=False)
 
-    def construct(self, x):
+    def construct(self, x, hw=None):
+        """Tokens on the built resolution, or (backbone form) on ``hw``: a map of odd size is zero-padded at the
+        bottom / right first, as in the official detection backbones; then the merged grid is returned too."""
         b, _, c = x.shape
-        h, w = self.input_resolution
+        h, w = self.input_resolution if hw is None else hw
+        if h % 2 or w % 2:
+            x, (h, w) = pad_grid(x.reshape(b, h, w, c), (h, w), 2)
         # (b, row/2, row%2, col/2, col%2, c) -> channel blocks ordered by (col%2, row%2)
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
-        return self.reduction(self.norm(x))
+        x = self.reduction(self.norm(x))
+        return x if hw is None else (x, (h // 2, w // 2))
 
 
 class BasicLayer(nn.Cell):
@@ -225,6 +273,15 @@ class BasicLayer(nn.Cell):
             x = self.downsample(x)
         return x
 
+    def forward_backbone(self, x, hw):
+        """Tokens on any ``hw`` grid -> (stage output, input of the next stage, its grid)."""
+        for blk in self.blocks:
+            x = blk(x, hw)
+        if self.downsample is None:
+            return x, x, hw
+        down, down_hw = self.downsample(x, hw)
+        return x, down, down_hw
+
 
 def _stage_windows(attn, attn_type, window_size, num_stages):
     """Per-stage ("S"|"L", window) following the reference model that ``attn`` stands for."""
@@ -244,7 +301,7 @@ def _stage_windows(attn, attn_type, window_size, num_stages):
     return [(kind, la_window if kind == "L" else softmax_window) for kind in attn_type]
 
 
-class SwinTransformer(nn.Cell):
+class SwinTransformer(BackboneMixin, nn.Cell):
     """Swin backbone in PRepBN / SLAB form.
 
     Args (official names): img_size, patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio,
@@ -254,14 +311,17 @@ class SwinTransformer(nn.Cell):
         a CUDA kernel switch and a dead SLA argument of the reference).
         (MindCV names) in_channels, num_classes; norm: "ln" | "bn" | "repbn" | "prepbn";
         attn: "softmax" | "sla" (see the module doc for how it sets the meaning of window_size);
-        prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon.
+        prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon;
+        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
+        (``slab_ms.models.backbone``).
     """
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=None, mlp_ratio=4.0, qkv_bias=True,
                  qk_scale=None, drop_rate=0.0, drop_path_rate=0.0, patch_norm=True, norm="prepbn", attn="sla",
                  attn_type=None, kernel_size=5, prepbn_decay_steps=None, ln_eps=1e-5, ape=False,
-                 use_checkpoint=False, fused_window_process=False, focusing_factor=None):
+                 use_checkpoint=False, fused_window_process=False, focusing_factor=None, features_only=False,
+                 out_indices=None, frozen_stages=-1, norm_eval=False, freeze_eta=False, out_norm=None):
         super().__init__()
         del fused_window_process, focusing_factor  # no effect, see the class doc
         if ape or use_checkpoint:
@@ -294,8 +354,14 @@ class SwinTransformer(nn.Cell):
                 mlp_ratio, qkv_bias, qk_scale, drop_rate, dpr[first:first + depth], norm_layer, kernel_size,
                 downsample=s < num_stages - 1))
         self.layers = nn.CellList(layers)
-        self.norm = norm_layer(self.num_features)
-        self.head = dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if not features_only:
+            self.norm = norm_layer(self.num_features)
+        self.head = dense(self.num_features, num_classes) if num_classes > 0 and not features_only else nn.Identity()
+        stages = [dict(chs=embed_dim * 2 ** s, reduction=patch_size * 2 ** s, name=f"layers.{s}")
+                  for s in range(num_stages)]
+        groups = [["patch_embed"]] + [[f"layers.{s}"] for s in range(num_stages)]
+        self._init_backbone(stages, groups, norm_layer, features_only, out_indices, frozen_stages, norm_eval,
+                            freeze_eta, out_norm, ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
@@ -316,11 +382,32 @@ class SwinTransformer(nn.Cell):
             x = layer(x)
         return self.norm(x)
 
+    def forward_stages(self, x, last):
+        """Image of any size -> ``((tokens (B, N, C), (H, W)), ...)`` of stages 0 .. ``last``: the image is
+        zero-padded to a multiple of the patch size and every stage runs on its own grid (backbone form)."""
+        b, c, h, w = x.shape
+        p = self.patch_size
+        hp, wp = -(-h // p) * p, -(-w // p) * p
+        if (hp, wp) != (h, w):
+            x = ops.pad(x, (0, wp - w, 0, hp - h))
+        x, hw = self.patch_embed(x)
+        x = self.pos_drop(x)
+        stages = ()
+        for s, layer in enumerate(self.layers):
+            if s <= last:
+                out, x, next_hw = layer.forward_backbone(x, hw)
+                stages = stages + ((out, hw),)
+                hw = next_hw
+        return stages
+
     def forward_head(self, x, pre_logits=False):
         x = x.mean(axis=1)
         return x if pre_logits else self.head(x)
 
     def construct(self, x):
+        if self.features_only:
+            check_input(x, self.in_channels, 1, type(self).__name__)
+            return self._outputs(self.forward_stages(x, self.last_stage))
         return self.forward_head(self.forward_features(x))
 
 
@@ -332,10 +419,11 @@ def _window_flops(cell, inputs, output):
 
 @register_fold(SwinTransformerBlock)
 def _fold_block(block):
-    """norm1 → attn.qkv, norm2 → mlp.fc1. Exact: the window partition and cyclic shift only move tokens,
-    and Swin here never pads a feature map (sizes that would need padding are refused at construction;
-    with padding, zeros entering qkv after the norm would no longer match)."""
-    fold_norm_into_consumers(block, "norm1", [(block.attn, "qkv")])
+    """norm1 → attn.qkv, norm2 → mlp.fc1. Exact: the window partition and cyclic shift only move tokens, and
+    the tokens that pad a map (zeros after norm1) become norm1's zero preimage before the folded qkv."""
+    pad_value = zero_preimage(block.norm1)
+    if fold_norm_into_consumers(block, "norm1", [(block.attn, "qkv")]):
+        block.pad_value = Tensor(pad_value)
     fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
 
 
@@ -345,7 +433,13 @@ def _fold_patch_merging(merging):
     fold_norm_into_consumers(merging, "norm", [(merging, "reduction")])
 
 
-register_fold(SwinTransformer)(fold_final_norm)
+@register_fold(SwinTransformer)
+def _fold_model(model):
+    """Final norm → head (classifier), or the backbone's output norms → their eval maps."""
+    if model.features_only:
+        fold_output_norms(model)
+    else:
+        fold_final_norm(model)
 
 
 def checkpoint_filter(state_dict, model):
