@@ -1,5 +1,7 @@
 """The dense-prediction demo: COCO-style mAP on hand-made cases with known answers, the CenterNet targets and
 decoding, and the demo's --quick run end to end."""
+import os
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,101 @@ def test_each_detection_takes_the_best_overlapping_box_and_max_detections_cuts_p
     assert coco_map(preds, [(GT, [0])], max_detections=1)["map50"] == 0.0
     with pytest.raises(ValueError):
         coco_map(preds, [])
+
+
+def test_targets_decode_back_to_the_boxes():
+    # outputs built from the targets (heatmap 1 -> a large logit, the rest -> very negative) decode to the boxes
+    from slab_ms.experiments.detection import NUM_CLASSES, centernet_targets, decode
+    boxes = np.array([[3.0, 5.0, 21.0, 30.0], [30.0, 2.0, 50.0, 20.0], [40.0, 40.0, 63.0, 62.0]])
+    labels = np.array([7, 0, 7])
+    target = centernet_targets(boxes, labels, NUM_CLASSES, (16, 16), 4)
+    assert target.shape == (NUM_CLASSES + 5, 16, 16)
+    heat, mask = target[:NUM_CLASSES], target[NUM_CLASSES + 4]
+    assert (heat == 1.0).sum() == 3 and mask.sum() == 3 and heat.max() == 1.0 and heat.min() >= 0
+    assert heat[7, 17 // 4, 12 // 4] == 1.0 and heat[0, 11 // 4, 40 // 4] == 1.0  # cell of each centre
+    assert 0 < heat[7, 17 // 4, 12 // 4 + 1] < 1  # a Gaussian around it
+    logits = np.where(heat >= 1.0, 10.0, -10.0)
+    outputs = np.concatenate([logits, target[NUM_CLASSES:NUM_CLASSES + 4]])[None]
+    (found, scores, found_labels), = decode(outputs, NUM_CLASSES, 4)
+    order = np.argsort(found[:, 0])
+    np.testing.assert_allclose(found[order], boxes, atol=1e-5)
+    assert list(found_labels[order]) == [7, 0, 7] and np.all(scores > 0.99)
+
+
+def test_decode_keeps_only_local_maxima():
+    from slab_ms.experiments.detection import decode
+    outputs = np.full((1, 1 + 4, 5, 5), -20.0)
+    outputs[0, 0, 2, 2], outputs[0, 0, 2, 3], outputs[0, 0, 0, 0] = 3.0, 2.0, 1.0  # (2, 3) is next to a higher one
+    outputs[0, 1:3], outputs[0, 3:5] = 2.0, 0.0  # size 2 cells, no offset
+    (boxes, scores, labels), = decode(outputs, 1, 4, min_score=0.5)
+    assert len(boxes) == 2 and scores[0] == pytest.approx(1 / (1 + np.exp(-3.0)))
+    np.testing.assert_allclose(boxes[0], [(2 - 1) * 4, (2 - 1) * 4, (2 + 1) * 4, (2 + 1) * 4])
+
+
+# ------------------------------------------------------------------------------------------- demo
+def test_demo_quick_trains_reports_draws_and_exports(tmp_path):
+    """The one command, in its own process: a finite mAP in [0, 1], a valid PNG, and a MindIR file that reloads
+    and gives the outputs of the trained detector rebuilt here from the run's checkpoint."""
+    import json
+    import subprocess
+
+    import mindspore as ms
+    from PIL import Image
+
+    from slab_ms.data import digit_scenes
+    from slab_ms.experiments.detection import build_detector, scene_arrays
+    from slab_ms.reparam import remaining_norms
+    from slab_ms.weights import load_checkpoint
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "run"
+    result = subprocess.run(["bash", os.path.join(root, "scripts", "run_detection_demo.sh"), "--quick",
+                             "--output_dir", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "γ schedule finished" in result.stdout and "no norm cell left" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("map50", "map", "deploy_map50", "deploy_map"):
+        assert np.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, metrics
+    assert metrics["norms_left"] == 0
+    assert f"mAP@0.5 {metrics['map50']:.4f}" in result.stdout
+    with Image.open(out / "predictions.png") as picture:
+        picture.verify()
+    with Image.open(out / "predictions.png") as picture:
+        assert picture.format == "PNG" and picture.size == (4 * 256, 256)
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = build_detector(metrics["model"], metrics["image_size"], metrics["fpn_channels"], metrics["backbone_kwargs"])
+    load_checkpoint(net, str(out / "detector.ckpt"))
+    net.set_train(False)
+    images = scene_arrays(digit_scenes(2, canvas_size=metrics["image_size"], seed=metrics["seed"], split="val"))
+    graph = ms.nn.GraphCell(ms.load(str(out / "detector.mindir")))
+    for i in range(2):
+        expected = net(ms.Tensor(images[i:i + 1])).asnumpy()
+        got = graph(ms.Tensor(images[i:i + 1])).asnumpy()
+        assert expected.shape == (1, 10 + 4, 16, 16)
+        np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    assert remaining_norms(net)  # the trained form still has its norms: the file holds the folded one
+
+
+@pytest.mark.parametrize("argv, message", [(["--epochs", "0"], "--epochs must be >= 1"),
+                                           (["--model", "no_such_model"], "is not a registered model"),
+                                           (["--num_classes", "3"], "the digit scenes have 10 classes"),
+                                           (["--model_kwargs", "[1]"], "expected a JSON object")])
+def test_demo_bad_input_is_one_message_and_exit_2(capsys, argv, message):
+    from slab_ms.experiments import detection
+    try:
+        code = detection.main(argv)
+    except SystemExit as stop:  # argparse's own errors: usage line + "detection: error: ..."
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("detection: error:") and message in err[-1], err
+
+
+def test_demo_never_writes_into_another_runs_folder(capsys, tmp_path):
+    from slab_ms.experiments import detection
+    (tmp_path / "earlier.txt").write_text("another run's file")
+    assert detection.main(["--quick", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists and is not an empty folder" in err[0], err
+    assert os.listdir(tmp_path) == ["earlier.txt"]
