@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-__all__ = ["UsageError", "str2bool", "json_dict", "optional", "add_model_args", "factory_kwargs", "add_checkpoint_args", "add_device_args",
+__all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
+           "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args",
            "set_context", "check_image_size", "run", "DEVICES"]
 
 DEVICES = ("CPU", "GPU", "Ascend")
@@ -62,6 +63,34 @@ def add_model_args(parser, model_default=None):
     group.add_argument("--model_kwargs", type=json_dict, default=None,
                        help='extra factory kwargs as JSON (or a yaml mapping in a recipe), e.g. \'{"depth": 6}\'')
     return group
+
+
+def int_list(value):
+    """'0,1,2,3' -> (0, 1, 2, 3) (negative indices allowed)."""
+    try:
+        return tuple(int(v) for v in str(value).replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2,3, got '{value}'") from None
+
+
+def add_backbone_args(parser):
+    """``--features_only --out_indices``: the detection / segmentation backbone form of a model."""
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--features_only", type=str2bool, nargs="?", const=True, default=False,
+                       help="the backbone form: one feature map per --out_indices entry instead of logits")
+    group.add_argument("--out_indices", type=optional(int_list), default=None,
+                       help="stages (DeiT: blocks) whose maps the backbone returns, e.g. 0,1,2,3 (default: every "
+                            "stage; DeiT: the last block)")
+    return group
+
+
+def backbone_kwargs(args):
+    """The factory kwargs of :func:`add_backbone_args`' options ({} for the classifier)."""
+    if not args.features_only:
+        if args.out_indices is not None:
+            raise UsageError("--out_indices needs --features_only.")
+        return {}
+    return {"features_only": True, "out_indices": args.out_indices}
 
 
 def factory_kwargs(args):

@@ -70,6 +70,10 @@ def parse_args(argv=None):
     parser.add_argument("-c", "--config", default=None, help="train.py recipe (yaml) the checkpoint was trained with")
     group = cli.add_model_args(parser)
     group.add_argument("--batch_size", default=1, type=int)
+    group.add_argument("--input_size", type=cli.optional(cli.int_list), default=None,
+                       help="height,width of the exported graph's input (default: --image_size square), e.g. "
+                            "800,1216 for a --features_only backbone")
+    cli.add_backbone_args(parser)
     cli.add_checkpoint_args(parser, "MindSpore .ckpt or official .pth (default: the newest checkpoint of the recipe "
                             "or of the demo run)", ema_aliases=("--ema",))
     group = parser.add_argument_group("output")
@@ -150,6 +154,13 @@ def check_args(args):
     if args.batch_size < 1 or args.image_size < 1:
         raise UsageError(f"--batch_size and --image_size must be positive, got {args.batch_size} and "
                          f"{args.image_size}.")
+    args.input_hw = tuple(args.input_size or (args.image_size, args.image_size))
+    if len(args.input_hw) != 2 or min(args.input_hw) < 1:
+        raise UsageError(f"--input_size takes a positive height,width, got {args.input_size}.")
+    if args.input_size and not args.features_only and args.input_hw != (args.image_size, args.image_size):
+        raise UsageError("--input_size other than the square --image_size needs --features_only (the classifier "
+                         "is exported at the size it was built for).")
+    kwargs.update(cli.backbone_kwargs(args))
     if not os.path.isfile(args.ckpt_file):
         raise UsageError(f"checkpoint file not found: '{args.ckpt_file}'.")
     if args.model is None:
@@ -158,8 +169,8 @@ def check_args(args):
             raise UsageError(f"pass --model: the name of '{args.ckpt_file}' does not say which model it holds "
                              f"(registered: {', '.join(list_models())}).")
         args.model = match.group("model")
-    if args.num_classes is None:
-        args.num_classes = checkpoint_num_classes(args.ckpt_file)
+    if args.num_classes is None:  # a backbone has no classifier
+        args.num_classes = 0 if args.features_only else checkpoint_num_classes(args.ckpt_file)
     path = output_path(args)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -224,7 +235,8 @@ def build_model(args, kwargs):
         net = create_model(args.model, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
     except (TypeError, ValueError) as err:
         raise UsageError(f"cannot build {args.model} with --model_kwargs {args.model_kwargs}: {err}") from err
-    cli.check_image_size(net, args.image_size)
+    if not getattr(net, "features_only", False):  # a backbone takes any input size
+        cli.check_image_size(net, args.image_size)
     try:
         load_checkpoint(net, args.ckpt_file, ema=args.ckpt_ema)
     except (FileNotFoundError, ValueError) as err:
@@ -237,22 +249,30 @@ def build_model(args, kwargs):
     return net.set_train(False)
 
 
+def as_arrays(outputs):
+    """A network's output (logits, or a backbone's tuple of maps) as a list of numpy arrays."""
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    return [o.asnumpy() if isinstance(o, ms.Tensor) else np.asarray(o) for o in outputs]
+
+
 def reload_logits(path, file_format, x):
+    """The reloaded file's outputs on ``x`` (a list: one array, or one per backbone output)."""
     if file_format == "MINDIR":
-        return nn.GraphCell(ms.load(path))(ms.Tensor(x)).asnumpy()
+        return as_arrays(nn.GraphCell(ms.load(path))(ms.Tensor(x)))
     import onnxruntime
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return session.run(None, {session.get_inputs()[0].name: x})
 
 
 def export(args, kwargs):
     """Export and check; returns (output path or None, list of failed checks as text)."""
     cli.set_context(args)
     net = build_model(args, kwargs)
-    x = np.random.default_rng(0).standard_normal((args.batch_size, 3, args.image_size, args.image_size),
-                                                 dtype=np.float32)
-    reference = net(ms.Tensor(x)).asnumpy()
-    tolerance = RELATIVE_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    x = np.random.default_rng(0).standard_normal((args.batch_size, 3) + args.input_hw, dtype=np.float32)
+    reference = as_arrays(net(ms.Tensor(x)))
+    largest = max(float(np.abs(r).max()) for r in reference)
+    tolerance = RELATIVE_TOLERANCE * max(1.0, largest)
+    kind = "feature" if getattr(net, "features_only", False) else "logit"
 
     deploy = reparameterize_model(net)
     left = remaining_norms(deploy)
@@ -263,15 +283,18 @@ def export(args, kwargs):
 
     failures = []
 
-    def check(what, logits):
-        err = float(np.abs(logits - reference).max())
+    def check(what, outputs):
+        if [o.shape for o in outputs] != [r.shape for r in reference]:
+            failures.append(f"{what}: output shapes {[o.shape for o in outputs]} vs {[r.shape for r in reference]}")
+            return
+        err = max(float(np.abs(o - r).max()) for o, r in zip(outputs, reference))
         ok = err <= tolerance
-        print(f"{TOOL}: {what} vs training form: max|diff| {err:.3g} (max|logit| "
-              f"{np.abs(reference).max():.4g}, tolerance {tolerance:.3g}) {'ok' if ok else 'MISMATCH'}")
+        print(f"{TOOL}: {what} vs training form: max|diff| {err:.3g} (max|{kind}| {largest:.4g}, "
+              f"tolerance {tolerance:.3g}) {'ok' if ok else 'MISMATCH'}")
         if not ok:
             failures.append(f"{what}: max|diff| {err:.3g} > tolerance {tolerance:.3g}")
 
-    check("deploy form", deploy(ms.Tensor(x)).asnumpy())
+    check("deploy form", as_arrays(deploy(ms.Tensor(x))))
     if failures:
         return None, failures
 

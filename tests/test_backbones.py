@@ -85,6 +85,17 @@ def test_backbone_arguments_are_checked():
         slab_ms.create_model("slab_swin_tiny", features_only=True, frozen_stages=3, **tiny_config("slab_swin_tiny"))
     deit = slab_ms.create_model("slab_deit_tiny", features_only=True, **tiny_config("slab_deit_tiny"))
     assert [i["index"] for i in deit.feature_info] == [1]  # the last block by default
+    official = slab_ms.create_model("slab_swin_tiny", features_only=True, out_norm="ln",
+                                    **tiny_config("slab_swin_tiny"))
+    assert [kind for _, kind, _ in remaining_norms(slab_ms.reparameterize_model(official))] == ["LayerNorm"] * 2
+    plain = slab_ms.create_model("slab_pvt_tiny", features_only=True, out_norm="none", **tiny_config("slab_pvt_tiny"))
+    assert all(isinstance(norm, nn.Identity) for norm in plain.out_norms)
+    # a block whose window covers its whole map at image_size: unshifted in the classifier, shifted by half the
+    # window in the backbone (the official detection backbones never drop the shift)
+    swin = slab_ms.create_model("swin_tiny_prepbn", features_only=True, **dict(tiny_config("swin_tiny_prepbn"),
+                                                                               depths=(2, 2)))
+    last = swin.layers[1].blocks[1]
+    assert (last.window_size, last.shift_size, last.feature_shift) == (4, 0, 2)
 
 
 # ------------------------------------------------------------------------------ parity with the official code
@@ -111,10 +122,11 @@ def test_stage_outputs_equal_the_official_activations(fixture):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     data, meta = load_fixture(fixture)
     cls, kwargs, key, count = _official_model(fixture, meta)
-    classifier = load_official_checkpoint(cls(**kwargs), os.path.join(FIXTURES, fixture))
     backbone = randomize(cls(**kwargs, features_only=True, out_indices=tuple(range(count))))
-    unloaded, _ = ms.load_param_into_net(backbone, dict(classifier.parameters_and_names()))
-    assert unloaded and all(n.startswith("out_norms.") for n in unloaded)
+    norms = {n: p.asnumpy().copy() for n, p in backbone.parameters_and_names() if n.startswith("out_norms.")}
+    # the official classifier's checkpoint: its head and final norm are skipped, the output norms kept
+    load_official_checkpoint(backbone, os.path.join(FIXTURES, fixture))
+    assert all(np.array_equal(p.asnumpy(), norms[n]) for n, p in backbone.parameters_and_names() if n in norms)
     backbone.set_train(False)
     feats = backbone(Tensor(data["__input__"]))
     for i, (feat, info, norm) in enumerate(zip(feats, backbone.feature_info, backbone.out_norms)):
@@ -127,6 +139,25 @@ def test_stage_outputs_equal_the_official_activations(fixture):
         a, b = norm.affine()
         expected = (official * a + b).T.reshape(feat.shape[1:])
         assert act_rel_err(feat.asnumpy()[0], expected) <= 1e-4, (fixture, info)
+
+
+def test_a_classifier_checkpoint_loads_into_its_backbone_and_a_backbone_into_itself(tmp_path):
+    name = "slab_cswin_tiny"
+    classifier = randomize(slab_ms.create_model(name, num_classes=10, **tiny_config(name)))
+    ms.save_checkpoint(classifier, str(tmp_path / "cls.ckpt"))
+    backbone = slab_ms.create_model(name, features_only=True, checkpoint_path=str(tmp_path / "cls.ckpt"),
+                                    **tiny_config(name))
+    weights = dict(classifier.parameters_and_names())
+    for n, p in backbone.parameters_and_names():
+        assert n.startswith("out_norms.") or np.array_equal(p.asnumpy(), weights[n].asnumpy()), n
+    ms.save_checkpoint(randomize(backbone, seed=3), str(tmp_path / "backbone.ckpt"))
+    again = slab_ms.create_model(name, features_only=True, checkpoint_path=str(tmp_path / "backbone.ckpt"),
+                                 **tiny_config(name))
+    assert all(np.array_equal(p.asnumpy(), q.asnumpy()) for p, q in zip(again.get_parameters(),
+                                                                         backbone.get_parameters()))
+    with pytest.raises(ValueError, match="out_norms.3"):  # a backbone with other outputs does not fit
+        slab_ms.create_model(name, features_only=True, out_indices=(0, 1, 2),
+                             checkpoint_path=str(tmp_path / "backbone.ckpt"), **tiny_config(name))
 
 
 # ------------------------------------------------------------------------------ any input size: Swin, CSwin

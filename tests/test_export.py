@@ -171,7 +171,7 @@ def test_mismatch_exits_1_with_the_numbers_and_leaves_no_file(checkpoints, tmp_p
         monkeypatch.setattr(export, "reparameterize_model", broken_fold)
     else:
         reload_logits = export.reload_logits
-        monkeypatch.setattr(export, "reload_logits", lambda *args: reload_logits(*args) + 0.5)
+        monkeypatch.setattr(export, "reload_logits", lambda *args: [out + 0.5 for out in reload_logits(*args)])
     argv = ["--model", "slab_deit_tiny", "--ckpt_file", checkpoints["slab_deit_tiny"], "--file_name",
             str(tmp_path / "net")]
     assert export.main(argv + _tiny_args("slab_deit_tiny")) == 1
@@ -191,3 +191,28 @@ def test_unfinished_gamma_schedule_is_refused_unless_allowed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "γ schedule is unfinished: step 1" in err and "--allow_unfinished" in err
     assert export.main(argv + ["--allow_unfinished"]) == 0 and os.path.isfile(tmp_path / "net.mindir")
+
+
+def test_backbone_exports_at_a_given_odd_input_size(tmp_path, capsys):
+    """--features_only --out_indices --input_size: the folded Swin backbone (per-shape window masks and padding
+    in the graph) is written as MindIR, reloads, and reproduces every feature map of the training form."""
+    name = "slab_swin_tiny"
+    backbone = dict(features_only=True, out_indices=(0, 1))
+    net = finished(randomize(slab_ms.create_model(name, **backbone, **tiny_config(name)), weight_gain=0.5))
+    ckpt = str(tmp_path / f"{name}.ckpt")
+    ms.save_checkpoint(net, ckpt)
+    out = tmp_path / "backbone"
+    argv = ["--model", name, "--ckpt_file", ckpt, "--features_only", "--out_indices", "0,1", "--input_size", "45,71",
+            "--file_name", str(out), "--mode", "1"] + _tiny_args(name)
+    assert export.main(argv) == 0
+    assert "every norm folded" in capsys.readouterr().out
+    x = np.random.default_rng(3).standard_normal((1, 3, 45, 71)).astype(np.float32)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net.set_train(False)
+    reloaded = nn.GraphCell(ms.load(str(out) + ".mindir"))(Tensor(x))
+    for got, want, info in zip(reloaded, net(Tensor(x)), net.feature_info):
+        assert got.shape == (1, info["chs"], -(-45 // info["reduction"]), -(-71 // info["reduction"]))
+        assert relative_error(got.asnumpy(), want.asnumpy()) <= 1e-4
+    assert export.main(argv[:-len(_tiny_args(name))] + ["--overwrite", "--out_indices", "0,5"]
+                       + _tiny_args(name)) == 2
+    assert "out_indices" in capsys.readouterr().err

@@ -6,8 +6,9 @@ head and final norm; it returns one ``(B, C_i, H_i, W_i)`` map per out index, ea
 as MindCV's and timm's feature wrappers do (``chs``, ``reduction``, ``index``, ``name``).
 
 The output norms are built with the model's own norm layer (PRepBN / RepBN / BN / LN), so in the deploy form
-they are exact per-channel affine maps (``ChannelAffine``), which a neck's first 1×1 conv can absorb; the
-official detection code uses LayerNorm there (``out_norm="ln"``, which cannot fold).
+they are exact per-channel affine maps (``ChannelAffine``), which a neck's first 1×1 conv can absorb. The
+official Swin detection backbones use LayerNorm there (``out_norm="ln"``, which cannot fold); the official PVT v1
+detection backbone returns the stage maps without a norm (``out_norm="none"``).
 
 Fine-tuning modes (kwargs of every factory, with ``features_only=True``):
 
@@ -54,6 +55,10 @@ def crop_tokens(x, padded_hw, hw):
     return x.reshape(b, padded_hw[0], padded_hw[1], c)[:, :hw[0], :hw[1]].reshape(b, hw[0] * hw[1], c)
 
 
+def _no_norm(dim):  # pylint: disable=unused-argument
+    return nn.Identity()
+
+
 def _check_index(value, count, what):
     if not isinstance(value, int) or isinstance(value, bool) or not -count <= value < count:
         raise ValueError(f"out_indices: {value!r} is not a {what} index of this model (0 ... {count - 1}, or "
@@ -95,7 +100,10 @@ class BackboneMixin:
             raise ValueError(f"frozen_stages must be -1 (nothing), 0 (the patch embedding) ... {len(groups) - 1} "
                              f"(every {what}), got {frozen_stages}.")
         self.feature_info = [dict(stages[i], index=i) for i in self.out_indices]
-        out_layer = norm_layer if out_norm is None else get_norm_layer(out_norm, ln_eps=ln_eps)
+        if out_norm == "none":
+            out_layer = _no_norm
+        else:
+            out_layer = norm_layer if out_norm is None else get_norm_layer(out_norm, ln_eps=ln_eps)
         self.out_norms = nn.CellList([out_layer(stages[i]["chs"]) for i in self.out_indices])
         self._frozen_names = [name for group in groups[:self.frozen_stages + 1] for name in group]
         self._apply_backbone_modes()

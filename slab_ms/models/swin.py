@@ -13,12 +13,20 @@ stage shifted-window softmax, ``window_size`` the window, default 7: the Swin-T 
 is ``SlabSwinTransformer`` (``attn_type`` default "LLSS", ``window_size`` the SLA window, default
 56). ``norm=`` ("ln", "bn", "repbn", "prepbn") switches the normalization.
 
-Input size: the stage resolutions, effective windows, shifts, attention masks and SLA positional
-encodings are fixed at construction from ``img_size``, as in the reference. Any size works if
-every stage resolution is even (for patch merging) and a multiple of its window (or at most the
+Input size: the classifier's stage resolutions, effective windows, shifts, attention masks and SLA
+positional encodings are fixed at construction from ``img_size``, as in the reference. Any size works
+if every stage resolution is even (for patch merging) and a multiple of its window (or at most the
 window); 224 and 448 do for all three models. A different size at run time is an error naming
 the size the model was built for. Checkpoints carry SLA positional encodings sized for their
 resolution, so a model built for another size needs its own weights.
+
+Backbone (``features_only=True``, ``slab_ms.models.backbone``): any input size, as the official
+detection backbones: the image is padded to the patch size, each block pads its normalised map to
+its window grid and shifts every second block by half the window (masks for the padded grid are
+computed per input shape when a graph is compiled), odd maps are padded before patch merging; each
+block keeps the window it was built with at ``img_size``. Outputs: ``layers.{s}``'s blocks, strides
+``patch_size``·2^s; ``frozen_stages=k`` freezes ``patch_embed`` and ``layers[0..k-1]`` (with their patch
+merging, as the official code).
 """
 import numpy as np
 import mindspore as ms

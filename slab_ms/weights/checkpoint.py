@@ -6,7 +6,7 @@ import mindspore as ms
 
 from ..utils import atomic_output
 from .official import load_official_checkpoint
-from .strict import is_excluded, mismatch_message
+from .strict import backbone_view, is_excluded, mismatch_message
 
 __all__ = ["load_checkpoint", "save_checkpoint", "UnreadableCheckpointError"]
 
@@ -25,7 +25,8 @@ def load_checkpoint(net, path, ema=False, exclude=()):
     Missing parameters, shape mismatches and unknown model parameters are one error that lists them.
     Optimizer slots and training scalars saved by ``train.py`` are ignored. ``ema=True`` loads the
     ``ema.*`` copy of the weights. Parameters under the cell names in ``exclude`` (e.g. ``("head",)``
-    to fine-tune on another number of classes) keep their initial values and are not read.
+    to fine-tune on another number of classes) keep their initial values and are not read. A backbone
+    (``features_only=True``) also takes its classifier's checkpoint (``strict.backbone_view``).
     """
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: '{path}'. Pass the path of a .ckpt written by "
@@ -45,6 +46,8 @@ def load_checkpoint(net, path, ema=False, exclude=()):
         ckpt = {k[len("ema."):]: v for k, v in ckpt.items() if k.startswith("ema.")}
         if not ckpt:
             raise ValueError(f"'{path}' holds no EMA weights (no 'ema.*' entries); load it with ema=False.")
+    skip, exclude = backbone_view(net, ckpt, exclude)
+    ckpt = {k: v for k, v in ckpt.items() if k not in skip}
     every = dict(net.parameters_and_names())
     own = {n: p for n, p in every.items() if not is_excluded(n, exclude)}
     ckpt = {k: v for k, v in ckpt.items() if not is_excluded(k, exclude)}

@@ -23,7 +23,7 @@ from ..layers.norm import prepbn_layers
 from ..layers.schedule import PRepBNSchedule
 from ..models.registry import drop_keys, family_of
 from .pth import CheckpointFormatError, describe_error, read_pth
-from .strict import is_excluded, mismatch_message
+from .strict import backbone_view, is_excluded, mismatch_message
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names",
            "official_parameters", "match_parameters", "load_converted", "schedule_from_counters"]
@@ -175,12 +175,15 @@ def load_converted(net, params, schedule, notes):
 
 
 def convert_state_dict(net, state_dict, exclude=()):
-    """Map an official state dict onto ``net``; parameters under the cell names in ``exclude`` are left out.
+    """Map an official state dict onto ``net``; parameters under the cell names in ``exclude`` are left out
+    (a backbone skips the classifier's head and final norm and keeps its output norms: ``strict.backbone_view``).
 
     Returns ``(params, schedule, notes)``: MindSpore name -> Parameter, the (step, decay_steps,
     warmup_steps) schedule or None, and the notes on what was dropped. Raises ValueError listing
     every missing, unexpected and mis-shaped key.
     """
+    classifier, exclude = backbone_view(net, state_dict, exclude)
+    state_dict = {k: v for k, v in state_dict.items() if k not in classifier}
     targets = official_parameters(net)
     skipped = {src for ms_name, (src, _) in targets.items() if is_excluded(ms_name, exclude)}
     targets = {k: v for k, v in targets.items() if not is_excluded(k, exclude)}
