@@ -181,3 +181,8 @@ def test_demo_never_writes_into_another_runs_folder(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exists and is not an empty folder" in err[0], err
     assert os.listdir(tmp_path) == ["earlier.txt"]
+    (tmp_path / "old.mindir").write_text("another run's export")
+    assert detection.main(["--quick", "--output_dir", str(tmp_path / "new"), "--file_name", str(tmp_path / "old")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "old.mindir' exists" in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["earlier.txt", "old.mindir"]

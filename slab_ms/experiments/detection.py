@@ -473,7 +473,8 @@ def _demo(argv):
     deploy_outputs = predict(deploy, val_images, 50)
     diff, tol = max_diff(outputs, deploy_outputs)
     deploy_result = evaluate(deploy_outputs, val_scenes, detector.stride)
-    print_now(f"folded detector: {'no norm cell left' if not left else f'{len(left)} norm cell(s) left: {left}'}; "
+    kept = f"{len(left)} norm cell(s) left ({', '.join(sorted({kind for _, kind, _ in left}))}: cannot fold)"
+    print_now(f"folded detector: {kept if left else 'no norm cell left'}; "
               f"outputs max|diff| {diff:.3g} (tolerance {tol:.3g}); mAP@0.5 {deploy_result['map50']:.4f}  "
               f"mAP@[.5:.95] {deploy_result['map']:.4f}")
     if diff > tol:
