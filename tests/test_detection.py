@@ -186,3 +186,13 @@ def test_demo_never_writes_into_another_runs_folder(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "old.mindir' exists" in err[0], err
     assert sorted(os.listdir(tmp_path)) == ["earlier.txt", "old.mindir"]
+
+
+def test_console_script_points_at_the_demo():
+    import importlib
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "setup.py"), encoding="utf-8") as f:
+        (target,) = re.findall(r'"slab-detection-demo=([\w.]+:\w+)"', f.read())
+    module, _, function = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), function))
