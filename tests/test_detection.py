@@ -196,3 +196,17 @@ def test_console_script_points_at_the_demo():
         (target,) = re.findall(r'"slab-detection-demo=([\w.]+:\w+)"', f.read())
     module, _, function = target.partition(":")
     assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_export_keeps_the_mindir_only_when_the_reloaded_outputs_agree(tmp_path):
+    import mindspore as ms
+    from slab_ms.experiments.detection import export_mindir
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = ms.nn.Conv2d(1, 2, 1, has_bias=True)
+    images = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    expected = net(ms.Tensor(images)).asnumpy()
+    with pytest.raises(RuntimeError, match="no file written"):
+        export_mindir(net, images, expected + 1.0, str(tmp_path / "bad"))
+    assert os.listdir(tmp_path) == []
+    path, diff, tol = export_mindir(net, images, expected, str(tmp_path / "good"))
+    assert os.listdir(tmp_path) == ["good.mindir"] and diff <= tol

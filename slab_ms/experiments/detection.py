@@ -117,8 +117,9 @@ def decode(outputs, num_classes, stride, top_k=100, min_score=0.01):
 
 
 # ----------------------------------------------------------------------------------------------- model
+@functools.lru_cache(maxsize=None)
 def _detector_cells():
-    """The detector's cells (built on first use: MindSpore is imported only once the arguments are good)."""
+    """The detector's cells (defined on first use: MindSpore is imported only once the arguments are good)."""
     import mindspore as ms
     from mindspore import nn, ops
     from mindspore.common.initializer import Constant, HeNormal, Normal
@@ -390,9 +391,10 @@ def save_picture(path, scenes, detections, count, min_score=0.3, zoom=4, columns
     return path
 
 
-def export_mindir(deploy, images, file_name):
-    """Export ``deploy`` (input shape: one image) to ``file_name``.mindir, reload it and return its outputs on
-    each of ``images`` (stacked); the file is renamed into place only after the reload succeeded."""
+def export_mindir(deploy, images, expected, file_name):
+    """Export ``deploy`` (input shape: one image) to ``file_name``.mindir, reload it and compare its outputs on
+    each of ``images`` with ``expected``; the file is renamed into place only when they agree. Returns
+    ``(path, max|diff|, tolerance)``."""
     import mindspore as ms
     from mindspore import Tensor, nn
     from ..utils import atomic_output
@@ -404,7 +406,11 @@ def export_mindir(deploy, images, file_name):
         ms.export(deploy, Tensor(images[:1]), file_name=tmp[:-len(".mindir")], file_format="MINDIR")
         graph = nn.GraphCell(ms.load(tmp))
         reloaded = np.concatenate([graph(Tensor(images[i:i + 1])).asnumpy() for i in range(len(images))])
-    return path, reloaded
+        diff, tol = max_diff(expected, reloaded)
+        if diff > tol:
+            raise RuntimeError(f"the reloaded MindIR differs from the trained detector: max|diff| {diff:.3g} > "
+                               f"{tol:.3g} (no file written)")
+    return path, diff, tol
 
 
 def max_diff(a, b):
@@ -481,12 +487,9 @@ def _demo(argv):
         raise RuntimeError(f"the folded detector differs from the trained one: max|diff| {diff:.3g} > {tol:.3g}")
     file_name = args.file_name or os.path.join(out_dir, "detector")
     checked = val_images[:4]
-    mindir, reloaded = export_mindir(deploy, checked, file_name)
-    export_diff, export_tol = max_diff(outputs[:len(checked)], reloaded)
+    mindir, export_diff, export_tol = export_mindir(deploy, checked, outputs[:len(checked)], file_name)
     print_now(f"exported {mindir}; reloaded (mindspore.load + nn.GraphCell) on {len(checked)} images: max|diff| "
               f"{export_diff:.3g} vs the trained detector (tolerance {export_tol:.3g})")
-    if export_diff > export_tol:
-        raise RuntimeError(f"the reloaded MindIR differs: max|diff| {export_diff:.3g} > {export_tol:.3g}")
 
     load_end = os.getloadavg()
     metrics = dict(model=args.model, norm=norm, backbone_kwargs=backbone_kwargs, fpn_channels=args.fpn_channels,
