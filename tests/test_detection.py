@@ -210,3 +210,11 @@ def test_export_keeps_the_mindir_only_when_the_reloaded_outputs_agree(tmp_path):
     assert os.listdir(tmp_path) == []
     path, diff, tol = export_mindir(net, images, expected, str(tmp_path / "good"))
     assert os.listdir(tmp_path) == ["good.mindir"] and diff <= tol
+
+
+def test_each_run_gets_a_new_default_folder(tmp_path, monkeypatch):
+    from slab_ms.experiments.detection import new_output_dir
+    monkeypatch.chdir(tmp_path)
+    first, second = new_output_dir(None), new_output_dir(None)
+    assert first != second and os.path.dirname(first) == os.path.dirname(second) == os.path.join("output", "detection")
+    assert os.path.isdir(first) and os.path.isdir(second) and os.listdir(first) == []
