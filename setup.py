@@ -19,6 +19,7 @@ setup(
     },
     entry_points={"console_scripts": [
         f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]
-        + ["slab-lm-demo=slab_ms.experiments.lm_demo:main"]},
+        + ["slab-lm-demo=slab_ms.experiments.lm_demo:main",
+           "slab-detection-demo=slab_ms.experiments.detection:main"]},
     license="Apache-2.0",
 )
