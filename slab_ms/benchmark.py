@@ -10,7 +10,7 @@ baseline), ``prepbn`` PRepBN in training form (eval: RepBN with its statistics),
 ``slab_cswin_tiny`` with softmax stripes (the CSWin-T layout).
 
 Method. Every model runs in its own child process (which also gives its peak memory: the child's
-maximum resident set, including MindSpore's runtime, so compare models, not absolute numbers with
+own maximum resident set, VmHWM, including MindSpore's runtime, so compare models, not absolute numbers with
 other tools). Per family and batch size the baseline, two other forms and a GEMM reference (a
 chain of 24 (1568×192)·(192×768) matmuls in one graph) are alive together and timed in interleaved
 rounds (each round runs each of them once), so a change in machine load hits all of them alike;
@@ -111,6 +111,19 @@ def gemm_flops():
     return 2.0 * m * k * n * GEMM_DEPTH
 
 
+def peak_rss_mb():
+    """This process's peak resident memory in MB: Linux's VmHWM, which starts afresh in a spawned child (its
+    ``ru_maxrss`` starts at the parent's peak, since it survives exec), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _build(spec, quick, with_flops):
     """The network of a (family, form) spec, or the GEMM chain; returns (net, image size, FLOPs per image or None)."""
     if spec == GEMM:
@@ -164,11 +177,11 @@ def _worker(conn, spec, threads, jit_level, quick, flops):
         while True:
             request = conn.recv()
             if request[0] == "stop":
-                conn.send(("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                conn.send(("peak_mb", peak_rss_mb()))
                 return
             kind, b = request
             if kind == "peak":
-                conn.send(("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                conn.send(("peak_mb", peak_rss_mb()))
                 continue
             if b not in inputs:
                 shape = GEMM_SHAPE[:2] if spec == GEMM else (b, 3, image_size, image_size)
@@ -205,11 +218,11 @@ def _torch_worker(conn, model_name, threads):
         while True:
             request = conn.recv()
             if request[0] == "stop":
-                conn.send(("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                conn.send(("peak_mb", peak_rss_mb()))
                 return
             kind, b = request
             if kind == "peak":
-                conn.send(("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+                conn.send(("peak_mb", peak_rss_mb()))
                 continue
             if b not in inputs:
                 inputs[b] = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b))
