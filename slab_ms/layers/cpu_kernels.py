@@ -44,8 +44,11 @@ def _compile():
     compiler = shutil.which("g++")
     if compiler is None or platform.system() != "Linux":
         return None
-    with open(SOURCE, "rb") as f:
-        source = f.read()
+    try:
+        with open(SOURCE, "rb") as f:
+            source = f.read()
+    except OSError:
+        return None
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_identity().encode()).hexdigest()[:16]
     folder = _cache_dir()
     path = os.path.join(folder, f"cpu_kernels-{key}.so")
