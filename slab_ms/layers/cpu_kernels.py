@@ -1,11 +1,12 @@
 """Native CPU kernels for eval-mode forwards: SLA's depth-wise conv and the exact GELU.
 
 ``cpu_kernels.cc`` is compiled with the machine's ``g++`` (``-O3 -march=native``) on first use and cached
-under ``$XDG_CACHE_HOME/slab_ms`` (default ``~/.cache/slab_ms``), one library per source and CPU; the
-kernels run through ``ops.Custom(func_type="aot")``. They have no gradient, so cells use them only in eval
+under ``$XDG_CACHE_HOME/slab_ms`` (default ``~/.cache/slab_ms``; if that is not writable, a per-user folder in
+the temporary directory), one library per source and CPU; the kernels run through
+``ops.Custom(func_type="aot")``. They have no gradient, so cells use them only in eval
 mode on float32 CPU tensors; training, other dtypes and devices, a machine without ``g++`` and
-``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops, which compute the same numbers to float32
-rounding. Exported graphs never contain them: ``use_standard_ops(net)`` switches a network back, and the
+``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops; both agree to float32 tolerance (the conv to
+rounding, the GELU's erf within 4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)`` switches a network back, and the
 export tool calls it before writing MindIR or ONNX.
 """
 import hashlib
@@ -34,13 +35,14 @@ def _cpu_identity():
         return platform.processor()
 
 
-def _cache_dir():
+def _cache_dirs():
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "slab_ms")
+    return [os.path.join(base, "slab_ms"), os.path.join(tempfile.gettempdir(), f"slab_ms-{os.getuid()}")]
 
 
 def _compile():
-    """The cached library's path, compiling it when missing; None when that is impossible."""
+    """The cached library's path, compiling it when missing (in the first writable cache folder); None when
+    that is impossible."""
     compiler = shutil.which("g++")
     if compiler is None or platform.system() != "Linux":
         return None
@@ -50,23 +52,24 @@ def _compile():
     except OSError:
         return None
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_identity().encode()).hexdigest()[:16]
-    folder = _cache_dir()
-    path = os.path.join(folder, f"cpu_kernels-{key}.so")
-    if os.path.exists(path):
-        return path
-    try:
-        os.makedirs(folder, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
-        os.close(handle)
+    for folder in _cache_dirs():
+        path = os.path.join(folder, f"cpu_kernels-{key}.so")
+        if os.path.exists(path):
+            return path
         try:
-            subprocess.run([compiler, *FLAGS, "-o", temp, SOURCE], check=True, capture_output=True, timeout=120)
-            os.replace(temp, path)  # atomic: concurrent first uses each compile, one wins, none reads half a file
-        finally:
-            if os.path.exists(temp):
-                os.remove(temp)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return path
+            os.makedirs(folder, exist_ok=True)
+            handle, temp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
+            os.close(handle)
+            try:
+                subprocess.run([compiler, *FLAGS, "-o", temp, SOURCE], check=True, capture_output=True, timeout=120)
+                os.replace(temp, path)  # atomic: concurrent first uses each compile, one wins, none reads half a file
+            finally:
+                if os.path.exists(temp):
+                    os.remove(temp)
+            return path
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
 
 
 def library_path():
