@@ -8,6 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["slab_ms", "slab_ms.*"]),
+    package_data={"slab_ms.layers": ["cpu_kernels.cc"]},  # the native CPU kernels' source, compiled on first use
     python_requires=">=3.9",
     install_requires=["mindspore>=2.3,<2.11", "mindcv==0.3.0", "numpy>=1.26.4,<2", "pyyaml", "pillow"],
     extras_require={

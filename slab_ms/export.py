@@ -27,6 +27,7 @@ from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``).
 ONNX: MindSpore's ONNX exporter has no ``Erf``, so for ONNX only the exact GELU is written as
 GELU(x) = x/2 + |x|/2 · erf(|x|/√2) with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7,
 Exp/Abs/Div only); the same 1e-4 relative tolerance applies (measured deviation ~1e-6).
+The exported graph uses standard MindSpore ops only (``slab_ms.layers.cpu_kernels.use_standard_ops``).
 AIR is compiled by Ascend's ATC: it is exported only with ``--device_target Ascend`` and cannot be
 reloaded by MindSpore, so for AIR only the in-process deploy check is made.
 """
@@ -44,6 +45,7 @@ from . import cli
 from .cli import UsageError
 from .factory import create_model
 from .layers import PRepBNSchedule
+from .layers.cpu_kernels import use_standard_ops
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
@@ -275,6 +277,7 @@ def export(args, kwargs):
     kind = "feature" if getattr(net, "features_only", False) else "logit"
 
     deploy = reparameterize_model(net)
+    use_standard_ops(deploy)  # exported graphs hold standard MindSpore ops only, no native CPU kernel
     left = remaining_norms(deploy)
     print(f"{TOOL}: {args.model}: " + (f"{len(left)} norm(s) kept: " + ", ".join(
         f"{name} ({kind})" for name, kind, _ in left) if left else "every norm folded"))

@@ -86,3 +86,36 @@ def test_flop_count_of_sla_uses_the_linear_formula():
     dense = 2 * n * c * 3 * c + 2 * n * c * c + 2 * 2 * n * c * 4 * c
     expected = 2 * n * c * 3 * 16 * 16 + depth * (dense + attention) + 2 * c * classes
     assert count_flops(net, 64) == pytest.approx(expected)
+
+
+def _png_size(path):
+    """(width, height) of a PNG file from its IHDR chunk; fails on anything that is not a PNG."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_committed_benchmark_plot_is_a_small_png():
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmark.png")
+    width, height = _png_size(path)
+    assert 600 <= width <= 3000 and 300 <= height <= 2000, (width, height)
+    assert 10_000 < os.path.getsize(path) < 200_000
+
+
+def test_plot_writes_a_png(quick_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    benchmark.plot(quick_run[0], str(tmp_path / "p.png"))
+    width, height = _png_size(tmp_path / "p.png")
+    assert width > 100 and height > 100
+
+
+def test_child_peak_memory_is_its_own_not_the_parents():
+    import multiprocessing as mp
+    import numpy as np
+    ballast = np.ones(300 * 2**20 // 8)  # 300 MB resident in this process only
+    with mp.get_context("spawn").Pool(1) as pool:
+        child_peak = pool.apply(benchmark.peak_rss_mb)
+    assert 0 < child_peak < benchmark.peak_rss_mb() - 200 and ballast[-1] == 1.0

@@ -1,12 +1,15 @@
 """The faster formulations equal the straightforward ones they replace (numpy references or MindSpore ops)."""
 import math
+import os
+import shutil
 
 import numpy as np
 import mindspore as ms
 import pytest
 from mindspore import Tensor, nn, ops
 
-from slab_ms.layers import SimplifiedLinearAttention
+from slab_ms import create_model, reparameterize_model
+from slab_ms.layers import SimplifiedLinearAttention, cpu_kernels
 from slab_ms.layers.attention import head_block_mask, head_indicator
 from slab_ms.layers.mlp import GELU
 from slab_ms.layers.patch_embed import PatchConv2d
@@ -25,7 +28,7 @@ def pynative():
 def test_gelu_is_the_exact_erf_gelu():
     x = np.concatenate([np.linspace(-8, 8, 2001), RNG.normal(0, 3, 1000)]).astype(np.float32)
     expected = np.array([v * (1 + math.erf(v / math.sqrt(2))) / 2 for v in x.astype(np.float64)])
-    got = GELU()(Tensor(x)).asnumpy()
+    got = GELU().set_train(True)(Tensor(x)).asnumpy()  # the standard ops (eval mode may use the native kernel)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got, nn.GELU(approximate=False)(Tensor(x)).asnumpy(), rtol=1e-6, atol=1e-7)
     assert isinstance(GELU(), nn.GELU)  # ONNX export swaps nn.GELU cells for an Erf-free form
@@ -95,3 +98,67 @@ def test_window_order_is_shift_then_partition(resolution, window, shift):
     if shift:
         reversed_ = cyclic_shift(reversed_, shift)
     np.testing.assert_array_equal(reversed_.asnumpy(), x)
+
+
+# ------------------------------------------------------------------ native CPU kernels (eval mode)
+def test_native_kernels_are_built_where_gpp_exists():
+    assert (cpu_kernels.library_path() is not None) == (shutil.which("g++") is not None)
+    assert (GELU().native_kernel is not None) == (shutil.which("g++") is not None)
+
+
+def test_native_kernels_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("SLAB_MS_NATIVE_KERNELS", "0")
+    assert cpu_kernels.kernel("ExactGelu") is None and GELU().native_kernel is None
+
+
+needs_native = pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels need g++")
+
+
+@needs_native
+def test_native_gelu_is_the_exact_erf_gelu():
+    x = np.concatenate([np.linspace(-8, 8, 2001), RNG.normal(0, 3, 1003), [0.0, -0.0, 1e-30, 50.0, -50.0]])
+    x = x.astype(np.float32).reshape(1, -1)  # 3009 values: the vector loop and its scalar tail
+    expected = np.array([v * (1 + math.erf(v / math.sqrt(2))) / 2 for v in x[0].astype(np.float64)])
+    gelu = GELU().set_train(False)
+    native = gelu(Tensor(x)).asnumpy()[0]
+    # erf within 4.3e-7 (a few float32 ulps of 1): |ΔGELU| ≤ 2.2e-7·|x| + rounding
+    assert np.all(np.abs(native - expected) <= 2.2e-7 * np.abs(x[0]) + 1e-6 * np.abs(expected) + 1e-7)
+    standard = GELU().set_train(True)(Tensor(x)).asnumpy()[0]  # training: the differentiable standard ops
+    np.testing.assert_allclose(native, standard, rtol=1e-6, atol=1e-6)
+
+
+@needs_native
+@pytest.mark.parametrize("hw, heads, head_dim", [((6, 7), 3, 8), ((5, 5), 1, 12), ((3, 9), 2, 5)])
+def test_native_depthwise_conv_equals_the_conv2d(hw, heads, head_dim):
+    sla = SimplifiedLinearAttention(heads * head_dim, heads, hw)
+    sla.dwc.weight.set_data(Tensor(RNG.normal(size=(head_dim, 1, 5, 5)).astype(np.float32)))
+    sla.dwc.bias.set_data(Tensor(RNG.normal(size=head_dim).astype(np.float32)))
+    v = RNG.normal(size=(2, hw[0] * hw[1], heads * head_dim)).astype(np.float32)
+    grid = v.reshape(2, hw[0], hw[1], heads, head_dim).transpose(0, 3, 4, 1, 2).reshape(2 * heads, head_dim, *hw)
+    expected = sla.dwc(Tensor(grid)).asnumpy().reshape(2, heads * head_dim, -1).transpose(0, 2, 1)
+    native = sla.set_train(False)._dwc_tokens(Tensor(v), hw).asnumpy()
+    np.testing.assert_allclose(native, expected, rtol=1e-5, atol=1e-5)
+    other_grid = (hw[1], hw[0])  # any grid, not only the one the cell was built for
+    transposed = sla._dwc_tokens(Tensor(v), other_grid).asnumpy()
+    np.testing.assert_allclose(transposed, sla.set_train(True)._dwc_tokens(Tensor(v), other_grid).asnumpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_deploy_model_with_native_kernels_matches_standard_ops_and_exports_without_them(tmp_path):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = create_model("slab_deit_tiny", num_classes=10, image_size=32, patch_size=4, embed_dim=24, depth=1,
+                       num_heads=3).set_train(False)
+    for param in net.trainable_params():
+        param.set_data(Tensor(RNG.normal(0, 0.5, param.shape).astype(np.float32)))
+    x = Tensor(RNG.normal(size=(2, 3, 32, 32)).astype(np.float32))
+    deploy = reparameterize_model(net)
+    native = deploy(x).asnumpy()
+    assert cpu_kernels.use_standard_ops(deploy) == 2  # the SLA's depth-wise conv and the MLP's GELU
+    standard = deploy(x).asnumpy()
+    assert np.abs(standard).max() > 1.0
+    np.testing.assert_allclose(native, standard, rtol=1e-5, atol=1e-5 * np.abs(standard).max())
+    ms.export(deploy, x, file_name=str(tmp_path / "m"), file_format="MINDIR")
+    with open(tmp_path / "m.mindir", "rb") as f:
+        graph = f.read()
+    assert b"Erf" in graph and b"Custom" not in graph and b"cpu_kernels" not in graph

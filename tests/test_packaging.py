@@ -20,6 +20,7 @@ def test_wheel_holds_every_tool_and_its_console_script(tmp_path):
     for tool in TOOLS:
         assert f"slab_ms/{tool}.py" in names
         assert f"slab-{tool} = slab_ms.{tool}:main" in entry_points
+    assert "slab_ms/layers/cpu_kernels.cc" in names  # compiled on first use by slab_ms.layers.cpu_kernels
     assert not [n for n in names if n.startswith(("tests/", "configs/"))]
 
 

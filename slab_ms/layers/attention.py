@@ -12,8 +12,9 @@ per-head sums of K, and Q (Kᵀ V) lands back in (B, N, C): no split/merge trans
 no reduction kernels, at the price of h× the flops of the two small products. With N ≤ head_dim
 (Q Kᵀ) V per head is cheaper and q, k, v are split into heads. Both give the reference's numbers
 to float rounding. The normaliser and products run in float32 even under mixed precision. One
-depth-wise convolution ``dwc`` over head_dim channels is shared by all heads; on the grid the cell
-was built for it is computed as two matmuls (``depthwise_conv_as_matmuls``).
+depth-wise convolution ``dwc`` over head_dim channels is shared by all heads; in eval mode on CPU it
+is one native pass over the (B, N, C) tokens (``cpu_kernels``), otherwise, on the grid the cell was
+built for, two matmuls (``depthwise_conv_as_matmuls``).
 ``SimplifiedLinearAttention.attend`` is the single implementation; the PVT, Swin and CSwin
 attentions call it.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .cpu_kernels import kernel
 from .helpers import dense, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
@@ -176,6 +178,8 @@ class SimplifiedLinearAttention(nn.Cell):
             self.dwc_row_shifts = Tensor(row_shift_matrix(self.grid_size[0], kernel_size))
         self.head_mask = Tensor(head_block_mask(num_heads, self.head_dim))
         self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
+        self.native_kernel = kernel("DepthwiseConvTokens")
+        self.bmm_transposed_a = ops.BatchMatMul(transpose_a=True)
         if with_proj:
             self.proj = dense(dim, dim)
             self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
@@ -197,7 +201,7 @@ class SimplifiedLinearAttention(nn.Cell):
     def _kv_first(self, q, k, v):
         """Q (Kᵀ V) / (Q Σ_j K_j) per head, every product batched over all heads in (B, N, C)."""
         b, n, c = q.shape
-        kv = ops.bmm(k.transpose(0, 2, 1), v)  # (B, C, C); its diagonal blocks are the heads' Kᵀ V
+        kv = self.bmm_transposed_a(k, v)  # (B, C, C); its diagonal blocks are the heads' Kᵀ V (no Transpose op)
         if self.num_heads > 1:
             kv = kv * self.head_mask
         # Σ_j K_j as a matmul with ones: MindSpore's CPU ReduceSum over the token axis is ~4x slower.
@@ -217,13 +221,17 @@ class SimplifiedLinearAttention(nn.Cell):
         return merge_heads(out, self.num_heads)
 
     def _dwc_tokens(self, v, hw):
-        """``dwc`` on the (B, N, C) values laid out on ``hw``, one conv per head: as matmuls on the grid the
-        cell was built for (same numbers, 5-10x faster on CPU, training and deploy form alike), as the
-        Conv2d itself on any other grid (other input sizes)."""
+        """``dwc`` on the (B, N, C) float32 values laid out on ``hw``, one conv per head: in eval mode the native
+        kernel on the tokens as they are (any grid); otherwise as matmuls on the grid the cell was built for
+        (same numbers, 5-10x faster than the Conv2d on CPU), as the Conv2d itself on any other grid."""
+        b, n, c = v.shape
+        if self.native_kernel is not None and not self.training:
+            out = self.native_kernel(v.reshape(b, hw[0], hw[1], self.num_heads, self.head_dim),
+                                     self.dwc.weight.astype(v.dtype), self.dwc.bias.astype(v.dtype))
+            return out.reshape(b, n, c)
         if tuple(hw) == self.grid_size:
             return depthwise_conv_as_matmuls(v, self.dwc.weight.astype(v.dtype), self.dwc.bias.astype(v.dtype), hw,
                                              self.dwc_column_index, self.dwc_row_shifts)
-        b, n, c = v.shape
         grid = v.reshape(b, hw[0], hw[1], self.num_heads, self.head_dim).transpose(0, 3, 4, 1, 2)
         out = self.dwc(grid.reshape(b * self.num_heads, self.head_dim, hw[0], hw[1]))
         return out.reshape(b, c, n).transpose(0, 2, 1)

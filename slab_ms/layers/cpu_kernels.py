@@ -1,0 +1,116 @@
+"""Native CPU kernels for eval-mode forwards: SLA's depth-wise conv and the exact GELU.
+
+``cpu_kernels.cc`` is compiled with the machine's ``g++`` (``-O3 -march=native``) on first use and cached
+under ``$XDG_CACHE_HOME/slab_ms`` (default ``~/.cache/slab_ms``; if that is not writable, a per-user folder in
+the temporary directory), one library per source and CPU; the kernels run through
+``ops.Custom(func_type="aot")``. They have no gradient, so cells use them only in eval
+mode on float32 CPU tensors; training, other dtypes and devices, a machine without ``g++`` and
+``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops; both agree to float32 tolerance (the conv to
+rounding, the GELU's erf within 4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)`` switches a network back, and the
+export tool calls it before writing MindIR or ONNX.
+"""
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import mindspore as ms
+from mindspore import ops
+
+__all__ = ["library_path", "NativeKernel", "kernel", "use_standard_ops", "NATIVE_ATTRIBUTE"]
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
+FLAGS = ["-std=c++17", "-O3", "-march=native", "-shared", "-fPIC"]
+NATIVE_ATTRIBUTE = "native_kernel"  # the attribute a cell keeps its kernel in (None: standard ops)
+_LIBRARY = []  # [path or None] once decided in this process
+
+
+def _cpu_identity():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(line for line in f if line.startswith(("model name", "flags")))
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dirs():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [os.path.join(base, "slab_ms"), os.path.join(tempfile.gettempdir(), f"slab_ms-{os.getuid()}")]
+
+
+def _compile():
+    """The cached library's path, compiling it when missing (in the first writable cache folder); None when
+    that is impossible."""
+    compiler = shutil.which("g++")
+    if compiler is None or platform.system() != "Linux":
+        return None
+    try:
+        with open(SOURCE, "rb") as f:
+            source = f.read()
+    except OSError:
+        return None
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_identity().encode()).hexdigest()[:16]
+    for folder in _cache_dirs():
+        path = os.path.join(folder, f"cpu_kernels-{key}.so")
+        if os.path.exists(path):
+            return path
+        try:
+            os.makedirs(folder, exist_ok=True)
+            handle, temp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
+            os.close(handle)
+            try:
+                subprocess.run([compiler, *FLAGS, "-o", temp, SOURCE], check=True, capture_output=True, timeout=120)
+                os.replace(temp, path)  # atomic: concurrent first uses each compile, one wins, none reads half a file
+            finally:
+                if os.path.exists(temp):
+                    os.remove(temp)
+            return path
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
+
+
+def library_path():
+    """Path of the compiled kernels, or None where they are not used (see the module docstring)."""
+    if os.environ.get("SLAB_MS_NATIVE_KERNELS", "1") == "0" or ms.get_context("device_target") != "CPU":
+        return None
+    if not _LIBRARY:
+        _LIBRARY.append(_compile())
+    return _LIBRARY[0]
+
+
+class NativeKernel(ops.Custom):
+    """``ops.Custom`` running one function of the compiled kernels; its output has the first input's shape and dtype.
+
+    Stateless, so copies of a network (``copy.deepcopy``, as ``reparameterize_model`` makes) share it.
+    """
+
+    def __init__(self, path, name):
+        super().__init__(f"{path}:{name}", out_shape=lambda shape, *_: shape, out_dtype=lambda dtype, *_: dtype,
+                         func_type="aot")
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def kernel(name):
+    """The ``NativeKernel`` running ``name`` from ``cpu_kernels.cc``, or None where native kernels are not used."""
+    path = library_path()
+    if path is None:
+        return None
+    try:
+        return NativeKernel(path, name)
+    except (TypeError, ValueError, RuntimeError):  # e.g. a MS_CUSTOM_AOT_WHITE_LIST that excludes the cache
+        return None
+
+
+def use_standard_ops(net):
+    """Switch every cell of ``net`` from its native kernel to the standard ops; returns how many were switched."""
+    switched = 0
+    for _, cell in net.cells_and_names():
+        if getattr(cell, NATIVE_ATTRIBUTE, None) is not None:
+            setattr(cell, NATIVE_ATTRIBUTE, None)
+            switched += 1
+    return switched
