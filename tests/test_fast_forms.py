@@ -11,7 +11,7 @@ from mindspore import Tensor, nn, ops
 from slab_ms import create_model, reparameterize_model
 from slab_ms.layers import SimplifiedLinearAttention, cpu_kernels
 from slab_ms.layers.attention import head_block_mask, head_indicator
-from slab_ms.layers.mlp import GELU
+from slab_ms.layers.mlp import GELU, exact_gelu
 from slab_ms.layers.patch_embed import PatchConv2d
 from slab_ms.models.swin import cyclic_shift, window_order, window_partition, window_reverse
 
@@ -108,7 +108,7 @@ def test_native_kernels_are_built_where_gpp_exists():
 
 def test_native_kernels_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("SLAB_MS_NATIVE_KERNELS", "0")
-    assert cpu_kernels.kernel("ExactGelu") is None and GELU().native_kernel is None
+    assert cpu_kernels.kernel("ExactGelu", exact_gelu) is None and GELU().native_kernel is None
 
 
 needs_native = pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels need g++")
@@ -162,3 +162,37 @@ def test_deploy_model_with_native_kernels_matches_standard_ops_and_exports_witho
     with open(tmp_path / "m.mindir", "rb") as f:
         graph = f.read()
     assert b"Erf" in graph and b"Custom" not in graph and b"cpu_kernels" not in graph
+
+
+class _SquaredLogits(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x):
+        return (self.net(x) ** 2).sum()
+
+
+@needs_native
+def test_an_eval_mode_network_with_native_kernels_differentiates_as_the_standard_ops():
+    """Gradients through eval-mode cells (input saliency, frozen stages under a trainer) take the kernels'
+    standard-ops formulas: the same input and parameter gradients as with the kernels switched off."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    grads = []
+    for native in (True, False):
+        net = create_model("slab_deit_tiny", num_classes=10, image_size=32, patch_size=4, embed_dim=24, depth=1,
+                           num_heads=3).set_train(False)
+        rng = np.random.default_rng(3)
+        for param in net.trainable_params():
+            param.set_data(Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
+        if not native:
+            assert cpu_kernels.use_standard_ops(net) == 2
+
+        x = Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
+        names = [p.name for p in net.trainable_params()]  # before the wrapper prefixes them
+        dx, dparams = ms.grad(_SquaredLogits(net), grad_position=0, weights=net.trainable_params())(x)
+        named = dict(zip(names, dparams))
+        grads.append((dx.asnumpy(), named["blocks.0.attn.dwc.weight"].asnumpy(), named["blocks.0.mlp.fc1.weight"].asnumpy()))
+    for native, standard in zip(*grads):
+        assert np.abs(standard).max() > 0
+        np.testing.assert_allclose(native, standard, rtol=1e-4, atol=1e-5 * np.abs(standard).max())

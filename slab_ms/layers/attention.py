@@ -89,6 +89,15 @@ def row_shift_matrix(height, kernel_size):
     return matrix
 
 
+def depthwise_conv_tokens(tokens, weight, bias):
+    """The depth-wise conv (zero padding keeps the grid) on (B, H, W, heads, d) tokens, the filters (d, 1, k, k)
+    shared by the heads, in standard ops (the native kernel's formula and gradient)."""
+    b, h, w, heads, d = tokens.shape
+    grid = tokens.transpose(0, 3, 4, 1, 2).reshape(b * heads, d, h, w)
+    out = ops.conv2d(grid, weight, bias, pad_mode="pad", padding=weight.shape[-1] // 2, groups=d)
+    return out.reshape(b, heads, d, h, w).transpose(0, 3, 4, 1, 2)
+
+
 def depthwise_conv_as_matmuls(tokens, weight, bias, hw, column_index, row_shifts):
     """A stride-1, zero-padded k×k depth-wise convolution of (B, H·W, C) row-major tokens, as two matmuls.
 
@@ -178,7 +187,7 @@ class SimplifiedLinearAttention(nn.Cell):
             self.dwc_row_shifts = Tensor(row_shift_matrix(self.grid_size[0], kernel_size))
         self.head_mask = Tensor(head_block_mask(num_heads, self.head_dim))
         self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
-        self.native_kernel = kernel("DepthwiseConvTokens")
+        self.native_kernel = kernel("DepthwiseConvTokens", depthwise_conv_tokens)
         self.bmm_transposed_a = ops.BatchMatMul(transpose_a=True)
         if with_proj:
             self.proj = dense(dim, dim)

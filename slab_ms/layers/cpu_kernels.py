@@ -3,13 +3,14 @@
 ``cpu_kernels.cc`` is compiled with the machine's ``g++`` (``-O3 -march=native``) on first use and cached
 under ``$XDG_CACHE_HOME/slab_ms`` (default ``~/.cache/slab_ms``; if that is not writable, a per-user folder in
 the temporary directory), one library per source and CPU; the kernels run through
-``ops.Custom(func_type="aot")``. They have no gradient, so cells use them only in eval
-mode on float32 CPU tensors; training, other dtypes and devices, a machine without ``g++`` and
+``ops.Custom(func_type="aot")`` and differentiate as the same function in standard ops. Cells use them only
+in eval mode on float32 CPU tensors; training, other dtypes and devices, a machine without ``g++`` and
 ``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops; both agree to float32 tolerance (the conv to
 rounding, the GELU's erf within 4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)`` switches a network back, and the
 export tool calls it before writing MindIR or ONNX.
 """
 import hashlib
+import inspect
 import os
 import platform
 import shutil
@@ -81,27 +82,45 @@ def library_path():
     return _LIBRARY[0]
 
 
+def _bprop(reference):
+    """The bprop of a kernel computing ``reference`` (graph mode wants its parameters spelled out)."""
+    grad = ops.GradOperation(get_all=True, sens_param=True)(reference)
+    arity = len(inspect.signature(reference).parameters)
+    if arity == 1:
+        def bprop(x, out, dout):
+            return grad(x, dout)
+    elif arity == 3:
+        def bprop(x, y, z, out, dout):
+            return grad(x, y, z, dout)
+    else:
+        raise ValueError(f"no bprop for a kernel of {arity} inputs")
+    return bprop
+
+
 class NativeKernel(ops.Custom):
     """``ops.Custom`` running one function of the compiled kernels; its output has the first input's shape and dtype.
 
-    Stateless, so copies of a network (``copy.deepcopy``, as ``reparameterize_model`` makes) share it.
+    Its gradient is that of ``reference``, the same function in standard ops, so a network in evaluation mode
+    still differentiates (input saliency, frozen stages under a trainer). Stateless, so copies of a network
+    (``copy.deepcopy``, as ``reparameterize_model`` makes) share it.
     """
 
-    def __init__(self, path, name):
+    def __init__(self, path, name, reference):
         super().__init__(f"{path}:{name}", out_shape=lambda shape, *_: shape, out_dtype=lambda dtype, *_: dtype,
-                         func_type="aot")
+                         func_type="aot", bprop=_bprop(reference))
 
     def __deepcopy__(self, memo):
         return self
 
 
-def kernel(name):
-    """The ``NativeKernel`` running ``name`` from ``cpu_kernels.cc``, or None where native kernels are not used."""
+def kernel(name, reference):
+    """The ``NativeKernel`` running ``name`` from ``cpu_kernels.cc`` (differentiated as ``reference``, the same
+    function in standard ops), or None where native kernels are not used."""
     path = library_path()
     if path is None:
         return None
     try:
-        return NativeKernel(path, name)
+        return NativeKernel(path, name, reference)
     except (TypeError, ValueError, RuntimeError):  # e.g. a MS_CUSTOM_AOT_WHITE_LIST that excludes the cache
         return None
 

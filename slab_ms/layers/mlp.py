@@ -20,12 +20,17 @@ class GELU(nn.GELU):
 
     def __init__(self):
         super().__init__(approximate=False)
-        self.native_kernel = kernel("ExactGelu")
+        self.native_kernel = kernel("ExactGelu", exact_gelu)
 
     def construct(self, x):
         if self.native_kernel is not None and not self.training and x.dtype == ms.float32:
             return self.native_kernel(x)
-        return x * (ops.erf(x * SQRT_HALF) + 1.0) * 0.5
+        return exact_gelu(x)
+
+
+def exact_gelu(x):
+    """x · (1 + erf(x · √½)) / 2 in standard ops."""
+    return x * (ops.erf(x * SQRT_HALF) + 1.0) * 0.5
 
 
 class Mlp(nn.Cell):
