@@ -526,6 +526,7 @@ def plot(result, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from .utils import save_figure
     families = list(dict.fromkeys(r["family"] for r in result["results"]))
     batch_sizes = result["meta"]["batch_sizes"]
     fig, axes = plt.subplots(len(batch_sizes), len(families), squeeze=False,
@@ -545,8 +546,7 @@ def plot(result, path):
             ax.set_title(f"{rows[0]['family_name'] if rows else family}, batch {b}", fontsize=9)
             ax.set_ylabel("ms per batch (median, min-max)", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import sys
 __all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
            "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args", "available_devices",
            "resolve_device",
-           "set_context", "check_image_size", "run", "DEVICES"]
+           "set_context", "check_image_size", "add_budget_args", "apply_budget", "run", "DEVICES"]
 
 DEVICES = ("CPU", "GPU", "Ascend")
 PREFERENCE = ("Ascend", "GPU", "CPU")  # the default device_target: the first of these this MindSpore can use
@@ -181,6 +181,24 @@ def check_image_size(net, image_size, error=UsageError):
     if isinstance(built, (tuple, list)) and tuple(built) != (image_size, image_size):
         raise error(f"--image_size {image_size} differs from the {built[0]}x{built[1]} {type(net).__name__} was "
                     "built for; pass the same size to the model (image_size in model_kwargs) and the tool")
+
+
+
+def add_budget_args(parser, full, quick, quick_help):
+    """``--quick`` and one option per budget setting of a demo (``full`` and ``quick``: name -> default); the
+    options stay None until :func:`apply_budget` fills in the full or the quick default."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    for name, value in full.items():
+        parser.add_argument(f"--{name}", type=type(value), default=None,
+                            help=f"default {value} ({quick[name]} with --quick)")
+
+
+def apply_budget(args, full, quick):
+    """Fill each budget option the user left out with the full or (``--quick``) the quick default."""
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def run(tool, main, argv=None):

@@ -6,7 +6,7 @@ import fcntl
 import os
 import re
 
-__all__ = ["atomic_output", "default_file_mode", "remove_stale_temporaries", "check_writable_folder", "RunLock",
+__all__ = ["atomic_output", "save_figure", "default_file_mode", "remove_stale_temporaries", "check_writable_folder", "RunLock",
            "FolderInUseError"]
 
 # The temporary names atomic_output writes, ".<name>.tmp<pid><suffix>", and the ".<name>.tmp<pid>.tmp" that
@@ -47,6 +47,14 @@ def atomic_output(path, suffix=""):
         for leftover in (tmp, tmp[:-len(suffix)] + ".tmp" if suffix else None):
             if leftover and os.path.exists(leftover):
                 os.remove(leftover)
+
+def save_figure(fig, path, dpi="figure"):
+    """Write a matplotlib figure as PNG atomically (``atomic_output``) and close it."""
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
 
 
 def _alive(pid):

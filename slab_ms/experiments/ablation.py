@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from .. import cli
+
 TOOL = "ablation"
 print_now = functools.partial(print, flush=True)
 
@@ -61,11 +63,8 @@ CSV_FIELDS = ("variant", "seed", "epoch", "step", "lr", "train_loss", "val_loss"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=TOOL, description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--quick", action="store_true", help="a tiny model on a few images (seconds, for tests)")
+    cli.add_budget_args(parser, FULL, QUICK, "a tiny model on a few images (seconds, for tests)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
-    for name, value in FULL.items():
-        parser.add_argument(f"--{name}", type=type(value), default=None,
-                            help=f"default {value} ({QUICK[name]} with --quick)")
     parser.add_argument("--weight_decay", type=float, default=0.05)
     parser.add_argument("--warmup_epochs", type=float, default=1.0)
     parser.add_argument("--prepbn_decay_ratio", type=float, default=0.7,
@@ -77,9 +76,7 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace existing --csv / --plot files")
     parser.add_argument("--threads", type=int, default=2, help="MindSpore CPU runtime threads")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    cli.apply_budget(args, FULL, QUICK)
     args.plot = args.plot or os.path.splitext(args.csv)[0] + ".png"
     return args
 
@@ -322,7 +319,7 @@ def plot(rows, summary, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ..utils import atomic_output
+    from ..utils import save_figure
 
     variants = list(summary)
     colors = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
@@ -356,9 +353,7 @@ def plot(rows, summary, path, title):
     axes[3].set_title("final val top-1 (%), mean ± std, dots: seeds", fontsize=10)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_output(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _ablation(argv):

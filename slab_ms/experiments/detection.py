@@ -214,10 +214,8 @@ def build_detector(model, image_size, fpn_channels, backbone_kwargs):
 def parse_args(argv=None):
     from .. import cli
     parser = argparse.ArgumentParser(prog=TOOL, description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--quick", action="store_true", help="a tiny backbone and a few steps (for the tests)")
+    cli.add_budget_args(parser, FULL, QUICK, "a tiny backbone and a few steps (for the tests)")
     cli.add_model_args(parser, model_default=DEFAULT_MODEL)
-    for name, value in FULL.items():
-        parser.add_argument(f"--{name}", type=type(value), default=None, help=f"default {value} ({QUICK[name]} with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     group = parser.add_argument_group("output")
     group.add_argument("--output_dir", default=None,
@@ -226,10 +224,7 @@ def parse_args(argv=None):
                        help="MindIR path of the folded detector without extension (default <output_dir>/detector)")
     cli.add_device_args(parser)
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+    return cli.apply_budget(args, FULL, QUICK)
 
 
 def check_args(args):

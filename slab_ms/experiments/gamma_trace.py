@@ -60,7 +60,7 @@ def plot(rows, path, decay_steps, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ..utils import atomic_output
+    from ..utils import save_figure
 
     step, gamma, eta, eta_min, eta_max, loss = (np.array(c) for c in zip(*rows))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=72)
@@ -83,9 +83,7 @@ def plot(rows, path, decay_steps, title):
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_output(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _main(argv):

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from .. import cli
+
 TOOL = "lm_demo"
 PROMPT_BYTES = 24
 print_now = functools.partial(print, flush=True)
@@ -40,20 +42,15 @@ QUICK = dict(steps=24, batch_size=4, seq_len=32, layers=2, hidden=32, heads=2, i
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=TOOL, description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--quick", action="store_true", help="a tiny model and a few steps (seconds, for tests)")
+    cli.add_budget_args(parser, FULL, QUICK, "a tiny model and a few steps (seconds, for tests)")
     parser.add_argument("--corpus", default=None, help="UTF-8 text file (default: Python's pydoc_data.topics)")
-    for name, value in FULL.items():
-        parser.add_argument(f"--{name}", type=type(value), default=None, help=f"default {value} ({QUICK[name]} with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bn_init", choices=("ones", "zeros"), default="ones",
                         help="RepBN start: 'ones' (η = 1, BN weight 1, as the vision models) or 'zeros' (η, weight and "
                              "bias 0, as the reference LLaMA, which trained for 28,000 steps)")
     parser.add_argument("--norms", default="rmsnorm,prepbn", help="comma-separated norms to train (rmsnorm, repbn, prepbn)")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
+    return cli.apply_budget(args, FULL, QUICK)
 
 
 def check_args(args):
