@@ -23,10 +23,10 @@ Fine-tuning modes (kwargs of every factory, with ``features_only=True``):
 from mindspore import nn, ops
 
 from ..layers import get_norm_layer
-from ..layers.fold import keep_as_affine
+from ..layers.fold import fold_final_norm, keep_as_affine
 from ..layers.norm import RepBN, TokenBatchNorm
 
-__all__ = ["BackboneMixin", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms"]
+__all__ = ["BackboneMixin", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms", "fold_head_or_output_norms"]
 
 
 def tokens_to_map(x, hw):
@@ -165,3 +165,12 @@ def fold_output_norms(model):
     nothing inside the backbone can absorb it)."""
     for j in range(len(model.out_norms)):
         keep_as_affine(model.out_norms, str(j))
+
+
+def fold_head_or_output_norms(model):
+    """The model-level fold of a family with a final norm: final norm → head (classifier), or the backbone's
+    output norms → their eval maps."""
+    if model.features_only:
+        fold_output_norms(model)
+    else:
+        fold_final_norm(model)

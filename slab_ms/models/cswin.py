@@ -31,11 +31,11 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
-                      fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer, merge_heads,
+                      fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer, merge_heads,
                       register_fold, split_heads, to_2tuple)
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, sla_flops, softmax_flops
-from .backbone import BackboneMixin, crop_tokens, fold_output_norms, pad_grid
+from .backbone import BackboneMixin, crop_tokens, fold_head_or_output_norms, pad_grid
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["CSWinTransformer", "slab_cswin_tiny"]
@@ -442,13 +442,7 @@ def _fold_merge(merge):
     fold_norm_into_producer(merge, "conv", "norm")
 
 
-@register_fold(CSWinTransformer)
-def _fold_model(model):
-    """Final norm → head (classifier), or the backbone's output norms → their eval maps."""
-    if model.features_only:
-        fold_output_norms(model)
-    else:
-        fold_final_norm(model)
+register_fold(CSWinTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):

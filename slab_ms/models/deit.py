@@ -16,9 +16,9 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (Attention, DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
-                      check_input, dense, fold_final_norm, fold_norm_into_consumers, get_norm_layer, register_fold,
+                      check_input, dense, fold_norm_into_consumers, get_norm_layer, register_fold,
                       resize_token_grid, to_2tuple)
-from .backbone import BackboneMixin, fold_output_norms
+from .backbone import BackboneMixin, fold_head_or_output_norms
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["VisionTransformer", "deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
@@ -160,13 +160,7 @@ def _fold_block(block):
     fold_norm_into_consumers(block, "norm2", [(block.mlp, "fc1")])
 
 
-@register_fold(VisionTransformer)
-def _fold_model(model):
-    """Final norm → head (classifier), or the backbone's output norms → their eval maps."""
-    if model.features_only:
-        fold_output_norms(model)
-    else:
-        fold_final_norm(model)
+register_fold(VisionTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):

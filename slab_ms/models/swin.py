@@ -35,10 +35,10 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops import constexpr
 
 from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule, check_input,
-                      dense, fold_final_norm, fold_norm_into_consumers, get_norm_layer, register_fold, to_2tuple)
+                      dense, fold_norm_into_consumers, get_norm_layer, register_fold, to_2tuple)
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, softmax_flops
-from .backbone import BackboneMixin, fold_output_norms, pad_grid
+from .backbone import BackboneMixin, fold_head_or_output_norms, pad_grid
 from .registry import build_model, default_cfg, drop_keys, register_model
 
 __all__ = ["SwinTransformer", "swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small"]
@@ -441,13 +441,7 @@ def _fold_patch_merging(merging):
     fold_norm_into_consumers(merging, "norm", [(merging, "reduction")])
 
 
-@register_fold(SwinTransformer)
-def _fold_model(model):
-    """Final norm → head (classifier), or the backbone's output norms → their eval maps."""
-    if model.features_only:
-        fold_output_norms(model)
-    else:
-        fold_final_norm(model)
+register_fold(SwinTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):
