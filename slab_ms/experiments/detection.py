@@ -298,7 +298,7 @@ def train(args, detector, scenes):
     from mindspore import Tensor, nn
     from ..layers import PRepBNSchedule
     from ..training import GammaDecay, NetWithLoss, TrainStep, param_groups
-    from ..training.callbacks import format_seconds
+    from ..training.callbacks import rate_and_eta
     _, CenterNetLoss = _detector_cells()
 
     images = scene_arrays(scenes)
@@ -333,8 +333,7 @@ def train(args, detector, scenes):
                 print_now(f"step 1 (compiles the train step) took {first_done - start:.1f} s")
             if done % args.log_interval == 0 or done == steps:
                 now = time.perf_counter()
-                rate = (done - 1) * args.batch_size / (now - first_done) if done > 1 and now > first_done else math.nan
-                eta = format_seconds((now - first_done) / (done - 1) * (steps - done)) if done > 1 else "?"
+                rate, eta = rate_and_eta(done, steps, first_done, args.batch_size, now)
                 g_text = f" γ {g:.3f}" if g is not None else ""
                 print_now(f"epoch {epoch}/{args.epochs} step {done}/{steps} loss "
                           f"{np.mean(losses[-args.log_interval:]):.4f}{g_text} img/s {rate:.1f} ETA {eta}")

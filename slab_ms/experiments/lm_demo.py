@@ -154,7 +154,7 @@ def train_one(args, norm, train_ids, val_batches, vocab_size):
     from ..layers import PRepBNSchedule
     from ..models import CausalLMLoss
     from ..training import GammaDecay, NetWithLoss, TrainStep, param_groups
-    from ..training.callbacks import format_seconds
+    from ..training.callbacks import format_seconds, rate_and_eta
 
     ms.set_seed(args.seed)
     net = build(args, norm, vocab_size)
@@ -185,8 +185,7 @@ def train_one(args, norm, train_ids, val_batches, vocab_size):
             first_done = time.perf_counter()
         if i % args.log_interval == 0 or i == args.steps:
             now = time.perf_counter()
-            rate = (i - 1) * args.batch_size * args.seq_len / (now - first_done) if i > 1 and now > first_done else math.nan
-            eta = format_seconds((now - first_done) / (i - 1) * (args.steps - i)) if i > 1 else "?"
+            rate, eta = rate_and_eta(i, args.steps, first_done, args.batch_size * args.seq_len, now)
             g_text = f" γ {g:.3f}" if g is not None else ""
             print_now(f"[{norm}] step {i}/{args.steps} loss {np.mean(losses[-args.log_interval:]):.4f}{g_text} "
                       f"train tok/s {rate:,.0f} elapsed {format_seconds(now - start)} ETA {eta}")

@@ -11,12 +11,21 @@ from mindspore.train import Callback
 
 from ..layers import PRepBNSchedule
 
-__all__ = ["GammaDecay", "ProgressLogger", "format_seconds"]
+__all__ = ["GammaDecay", "ProgressLogger", "format_seconds", "rate_and_eta"]
 
 
 def format_seconds(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def rate_and_eta(done, total, first_done, units_per_step, now):
+    """Units per second and the time left (``h:mm:ss``) after ``done`` of ``total`` steps, both measured from the
+    end of step 1 at ``first_done`` (step 1 compiles the graph); NaN and "?" before there is a second step."""
+    if done <= 1 or now <= first_done:
+        return math.nan, "?"
+    elapsed = now - first_done
+    return (done - 1) * units_per_step / elapsed, format_seconds(elapsed / (done - 1) * (total - done))
 
 
 class GammaDecay(Callback):
