@@ -13,6 +13,7 @@ from slab_ms.layers import SimplifiedLinearAttention, cpu_kernels
 from slab_ms.layers.attention import head_block_mask, head_indicator
 from slab_ms.layers.mlp import GELU, exact_gelu
 from slab_ms.layers.patch_embed import PatchConv2d
+from slab_ms.models.cswin import LePEConv, grid_to_tokens, tokens_to_grid
 from slab_ms.models.swin import cyclic_shift, window_order, window_partition, window_reverse
 
 RNG = np.random.default_rng(0)
@@ -127,21 +128,43 @@ def test_native_gelu_is_the_exact_erf_gelu():
     np.testing.assert_allclose(native, standard, rtol=1e-6, atol=1e-6)
 
 
+def _standard_ops(cell, *args):
+    """``cell`` run with its native kernel switched off (PyNative mode: no cached graph)."""
+    native = cell.native_kernel
+    cell.native_kernel = None
+    try:
+        return cell(*args).asnumpy()
+    finally:
+        cell.native_kernel = native
+
+
 @needs_native
-@pytest.mark.parametrize("hw, heads, head_dim", [((6, 7), 3, 8), ((5, 5), 1, 12), ((3, 9), 2, 5)])
-def test_native_depthwise_conv_equals_the_conv2d(hw, heads, head_dim):
-    sla = SimplifiedLinearAttention(heads * head_dim, heads, hw)
-    sla.dwc.weight.set_data(Tensor(RNG.normal(size=(head_dim, 1, 5, 5)).astype(np.float32)))
-    sla.dwc.bias.set_data(Tensor(RNG.normal(size=head_dim).astype(np.float32)))
-    v = RNG.normal(size=(2, hw[0] * hw[1], heads * head_dim)).astype(np.float32)
-    grid = v.reshape(2, hw[0], hw[1], heads, head_dim).transpose(0, 3, 4, 1, 2).reshape(2 * heads, head_dim, *hw)
-    expected = sla.dwc(Tensor(grid)).asnumpy().reshape(2, heads * head_dim, -1).transpose(0, 2, 1)
-    native = sla.set_train(False)._dwc_tokens(Tensor(v), hw).asnumpy()
-    np.testing.assert_allclose(native, expected, rtol=1e-5, atol=1e-5)
-    other_grid = (hw[1], hw[0])  # any grid, not only the one the cell was built for
-    transposed = sla._dwc_tokens(Tensor(v), other_grid).asnumpy()
-    np.testing.assert_allclose(transposed, sla.set_train(True)._dwc_tokens(Tensor(v), other_grid).asnumpy(),
-                               rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("hw, heads, head_dim", [((6, 7), 3, 8), ((5, 5), 2, 16), ((3, 9), 2, 5), ((2, 3), 1, 32)])
+def test_native_sla_equals_the_standard_ops(hw, heads, head_dim):
+    """The register-blocked (head_dim % 16 == 0) and scalar paths of the native kernel, token counts not a multiple
+    of its 4-row block, N ≤ head_dim (the standard ops then take (Q Kᵀ) V), and a grid other than the built one."""
+    sla = SimplifiedLinearAttention(heads * head_dim, heads, hw).set_train(False)
+    for param in sla.get_parameters():
+        param.set_data(Tensor(RNG.normal(0, 0.5, param.shape).astype(np.float32)))
+    for grid in (hw, (hw[1] + 1, hw[0])):
+        x = Tensor(RNG.normal(size=(2, grid[0] * grid[1], heads * head_dim)).astype(np.float32))
+        native = sla(x, grid).asnumpy()
+        standard = _standard_ops(sla, x, grid)
+        assert np.abs(standard).max() > 1.0
+        np.testing.assert_allclose(native, standard, rtol=1e-5, atol=1e-5 * np.abs(standard).max())
+
+
+@needs_native
+def test_native_lepe_equals_the_conv2d():
+    lepe = LePEConv(12).set_train(False)
+    for param in lepe.get_parameters():
+        param.set_data(Tensor(RNG.normal(size=param.shape).astype(np.float32)))
+    window = (4, 9)  # wide enough for the kernel's four-pixel blocks and the per-pixel edges
+    v = Tensor(RNG.normal(size=(3, 36, 12)).astype(np.float32))
+    expected = lepe.conv2d(tokens_to_grid(v, window), lepe.weight)
+    expected = grid_to_tokens(lepe.bias_add(expected, lepe.bias)).asnumpy()
+    np.testing.assert_allclose(lepe(v, window).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_standard_ops(lepe, v, window), expected, rtol=1e-5, atol=1e-5)
 
 
 @needs_native
@@ -154,7 +177,7 @@ def test_deploy_model_with_native_kernels_matches_standard_ops_and_exports_witho
     x = Tensor(RNG.normal(size=(2, 3, 32, 32)).astype(np.float32))
     deploy = reparameterize_model(net)
     native = deploy(x).asnumpy()
-    assert cpu_kernels.use_standard_ops(deploy) == 2  # the SLA's depth-wise conv and the MLP's GELU
+    assert cpu_kernels.use_standard_ops(deploy) == 2  # the SLA layer and the MLP's GELU
     standard = deploy(x).asnumpy()
     assert np.abs(standard).max() > 1.0
     np.testing.assert_allclose(native, standard, rtol=1e-5, atol=1e-5 * np.abs(standard).max())
@@ -192,7 +215,8 @@ def test_an_eval_mode_network_with_native_kernels_differentiates_as_the_standard
         names = [p.name for p in net.trainable_params()]  # before the wrapper prefixes them
         dx, dparams = ms.grad(_SquaredLogits(net), grad_position=0, weights=net.trainable_params())(x)
         named = dict(zip(names, dparams))
-        grads.append((dx.asnumpy(), named["blocks.0.attn.dwc.weight"].asnumpy(), named["blocks.0.mlp.fc1.weight"].asnumpy()))
+        grads.append([dx.asnumpy()] + [named[f"blocks.0.{name}"].asnumpy() for name in (
+            "attn.dwc.weight", "attn.positional_encoding", "attn.qkv.weight", "mlp.fc1.weight")])
     for native, standard in zip(*grads):
         assert np.abs(standard).max() > 0
         np.testing.assert_allclose(native, standard, rtol=1e-4, atol=1e-5 * np.abs(standard).max())

@@ -12,9 +12,11 @@ per-head sums of K, and Q (Kᵀ V) lands back in (B, N, C): no split/merge trans
 no reduction kernels, at the price of h× the flops of the two small products. With N ≤ head_dim
 (Q Kᵀ) V per head is cheaper and q, k, v are split into heads. Both give the reference's numbers
 to float rounding. The normaliser and products run in float32 even under mixed precision. One
-depth-wise convolution ``dwc`` over head_dim channels is shared by all heads; in eval mode on CPU it
-is one native pass over the (B, N, C) tokens (``cpu_kernels``), otherwise, on the grid the cell was
-built for, two matmuls (``depthwise_conv_as_matmuls``).
+depth-wise convolution ``dwc`` over head_dim channels is shared by all heads; on the grid the cell was
+built for it runs as two matmuls (``depthwise_conv_as_matmuls``), on any other as the Conv2d. In eval
+mode on float32 CPU tensors the whole layer (positional encoding, ReLUs, the per-head products, the
+normaliser and ``dwc``) is one native pass (``cpu_kernels``): per-head Kᵀ V without the mask's h×
+flops and without the intermediates.
 ``SimplifiedLinearAttention.attend`` is the single implementation; the PVT, Swin and CSwin
 attentions call it.
 """
@@ -27,7 +29,9 @@ from .helpers import dense, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
            "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls", "head_block_mask",
-           "head_indicator"]
+           "head_indicator", "simplified_linear_attention_tokens", "SLA_EPS"]
+
+SLA_EPS = 1e-6  # added to the normaliser, as in the reference
 
 
 def split_heads(x, num_heads):
@@ -96,6 +100,21 @@ def depthwise_conv_tokens(tokens, weight, bias):
     grid = tokens.transpose(0, 3, 4, 1, 2).reshape(b * heads, d, h, w)
     out = ops.conv2d(grid, weight, bias, pad_mode="pad", padding=weight.shape[-1] // 2, groups=d)
     return out.reshape(b, heads, d, h, w).transpose(0, 3, 4, 1, 2)
+
+
+def simplified_linear_attention_tokens(q, k, v, positional_encoding, weight, bias):
+    """SLA with its depth-wise conv on (B, H, W, heads, d) q, k, v and a (1, H, W, heads, d) positional encoding,
+    per head in standard ops: the native kernel's formula and gradient."""
+    b, h, w, heads, d = q.shape
+
+    def per_head(t):
+        return t.reshape(b, h * w, heads, d).transpose(0, 2, 1, 3)
+
+    q, k = per_head(ops.relu(q)), per_head(ops.relu(k + positional_encoding))
+    kv = ops.matmul(k.transpose(0, 1, 3, 2), per_head(v))  # (B, heads, d, d)
+    normaliser = ops.matmul(q, k.sum(axis=2, keepdims=True).transpose(0, 1, 3, 2)) + SLA_EPS  # (B, heads, N, 1)
+    out = (ops.matmul(q, kv) / normaliser).transpose(0, 2, 1, 3).reshape(b, h, w, heads, d)
+    return out + depthwise_conv_tokens(v, weight, bias)
 
 
 def depthwise_conv_as_matmuls(tokens, weight, bias, hw, column_index, row_shifts):
@@ -171,8 +190,7 @@ class SimplifiedLinearAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.grid_size = to_2tuple(grid_size)
-        self.eps = 1e-6  # added to the normaliser, as in the reference (an attribute: MindSpore's AMP
-        # rewrite of a cell does not see module-level constants)
+        self.eps = SLA_EPS  # an attribute: MindSpore's AMP rewrite of a cell does not see module-level constants
         num_tokens = self.grid_size[0] * self.grid_size[1]
         if with_proj:
             self.qkv = dense(dim, dim * 3, has_bias=qkv_bias)
@@ -187,7 +205,8 @@ class SimplifiedLinearAttention(nn.Cell):
             self.dwc_row_shifts = Tensor(row_shift_matrix(self.grid_size[0], kernel_size))
         self.head_mask = Tensor(head_block_mask(num_heads, self.head_dim))
         self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
-        self.native_kernel = kernel("DepthwiseConvTokens", depthwise_conv_tokens)
+        self.native_kernel = (kernel("SimplifiedLinearAttention", simplified_linear_attention_tokens)
+                              if self.use_dwc else None)
         self.bmm_transposed_a = ops.BatchMatMul(transpose_a=True)
         if with_proj:
             self.proj = dense(dim, dim)
@@ -197,8 +216,15 @@ class SimplifiedLinearAttention(nn.Cell):
         """The SLA core on (B, N, C) q, k, v laid out row-major on the ``hw`` grid; returns (B, N, C)."""
         out_dtype = v.dtype
         q, k, v = q.astype(ms.float32), k.astype(ms.float32), v.astype(ms.float32)
-        k = k + resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
-        q, k = ops.relu(q), ops.relu(k)
+        positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
+        if self.native_kernel is not None and not self.training:
+            b, n, c = q.shape
+            grid = (b, hw[0], hw[1], self.num_heads, self.head_dim)
+            out = self.native_kernel(q.reshape(grid), k.reshape(grid), v.reshape(grid),
+                                     positional_encoding.reshape((1,) + grid[1:]), self.dwc.weight.astype(ms.float32),
+                                     self.dwc.bias.astype(ms.float32))
+            return out.reshape(b, n, c).astype(out_dtype)
+        q, k = ops.relu(q), ops.relu(k + positional_encoding)
         if q.shape[1] > self.head_dim:
             out = self._kv_first(q, k, v)
         else:
@@ -230,14 +256,9 @@ class SimplifiedLinearAttention(nn.Cell):
         return merge_heads(out, self.num_heads)
 
     def _dwc_tokens(self, v, hw):
-        """``dwc`` on the (B, N, C) float32 values laid out on ``hw``, one conv per head: in eval mode the native
-        kernel on the tokens as they are (any grid); otherwise as matmuls on the grid the cell was built for
-        (same numbers, 5-10x faster than the Conv2d on CPU), as the Conv2d itself on any other grid."""
+        """``dwc`` on the (B, N, C) float32 values laid out on ``hw``, one conv per head: as matmuls on the grid the
+        cell was built for (same numbers, 5-10x faster than the Conv2d on CPU), as the Conv2d on any other grid."""
         b, n, c = v.shape
-        if self.native_kernel is not None and not self.training:
-            out = self.native_kernel(v.reshape(b, hw[0], hw[1], self.num_heads, self.head_dim),
-                                     self.dwc.weight.astype(v.dtype), self.dwc.bias.astype(v.dtype))
-            return out.reshape(b, n, c)
         if tuple(hw) == self.grid_size:
             return depthwise_conv_as_matmuls(v, self.dwc.weight.astype(v.dtype), self.dwc.bias.astype(v.dtype), hw,
                                              self.dwc_column_index, self.dwc_row_shifts)

@@ -1,4 +1,4 @@
-"""Native CPU kernels for eval-mode forwards: SLA's depth-wise conv and the exact GELU.
+"""Native CPU kernels for eval-mode forwards: simplified linear attention, depth-wise convs and the exact GELU.
 
 ``cpu_kernels.cc`` is compiled with the machine's ``g++`` (``-O3 -march=native``) on first use and cached
 under ``$XDG_CACHE_HOME/slab_ms`` (default ``~/.cache/slab_ms``; if that is not writable, a per-user folder in
@@ -23,7 +23,7 @@ from mindspore import ops
 __all__ = ["library_path", "NativeKernel", "kernel", "use_standard_ops", "NATIVE_ATTRIBUTE"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
-FLAGS = ["-std=c++17", "-O3", "-march=native", "-shared", "-fPIC"]
+FLAGS = ["-std=c++17", "-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
 NATIVE_ATTRIBUTE = "native_kernel"  # the attribute a cell keeps its kernel in (None: standard ops)
 _LIBRARY = []  # [path or None] once decided in this process
 
@@ -92,6 +92,9 @@ def _bprop(reference):
     elif arity == 3:
         def bprop(x, y, z, out, dout):
             return grad(x, y, z, dout)
+    elif arity == 6:
+        def bprop(q, k, v, p, w, b, out, dout):
+            return grad(q, k, v, p, w, b, dout)
     else:
         raise ValueError(f"no bprop for a kernel of {arity} inputs")
     return bprop

@@ -28,11 +28,14 @@ input must give every two-branch stage a map that its stripe width divides; othe
 ValueError names the input sizes that work.
 """
 import numpy as np
+import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
                       fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer, merge_heads,
                       register_fold, split_heads, to_2tuple)
+from ..layers.attention import depthwise_conv_tokens
+from ..layers.cpu_kernels import kernel
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, sla_flops, softmax_flops
 from .backbone import BackboneMixin, crop_tokens, fold_head_or_output_norms, pad_grid
@@ -102,14 +105,22 @@ def grid_to_tokens(x):
     return x.reshape(b, c, h * w).transpose(0, 2, 1)
 
 
-def lepe_conv(dim):
-    """LePE's 3×3 depth-wise convolution (with bias) over all ``dim`` channels of a branch."""
-    return nn.Conv2d(dim, dim, 3, group=dim, pad_mode="pad", padding=1, has_bias=True)
+class LePEConv(nn.Conv2d):
+    """LePE: a 3×3 depth-wise convolution (with bias) over all ``dim`` channels of a branch, applied to its
+    windowed values (B', N, C) on the ``window`` grid and returned as tokens. In eval mode on CPU one native
+    pass over the tokens (``cpu_kernels``), without the NCHW round trip of the Conv2d."""
 
+    def __init__(self, dim):
+        super().__init__(dim, dim, 3, group=dim, pad_mode="pad", padding=1, has_bias=True)
+        self.native_kernel = kernel("DepthwiseConvTokens", depthwise_conv_tokens)
 
-def locally_enhanced_pe(get_v, v, window):
-    """LePE of windowed values (B', N, C) laid out on ``window``: get_v over each window, as tokens."""
-    return grid_to_tokens(get_v(tokens_to_grid(v, window)))
+    def construct(self, v, window):
+        if self.native_kernel is not None and not self.training:
+            b, n, c = v.shape
+            out = self.native_kernel(v.astype(ms.float32).reshape(b, window[0], window[1], 1, c),
+                                     self.weight.astype(ms.float32), self.bias.astype(ms.float32))
+            return out.reshape(b, n, c).astype(v.dtype)
+        return grid_to_tokens(super().construct(tokens_to_grid(v, window)))
 
 
 class LePEAttention(nn.Cell):
@@ -128,12 +139,12 @@ class LePEAttention(nn.Cell):
         self.stripe = stripe
         self.split = split
         self.scale = (dim // num_heads) ** -0.5
-        self.get_v = lepe_conv(dim)
+        self.get_v = LePEConv(dim)
 
     def construct(self, q, k, v, hw):
         window = stripe_window(self.stripe, self.split, hw)
         q, k, v = to_windows(q, hw, window), to_windows(k, hw, window), to_windows(v, hw, window)
-        lepe = locally_enhanced_pe(self.get_v, v, window)
+        lepe = self.get_v(v, window)
         q = split_heads(q * self.scale, self.num_heads)
         k = split_heads(k, self.num_heads)
         attn = ops.softmax(ops.bmm(q, k.transpose(0, 2, 1)), axis=-1)
@@ -153,12 +164,12 @@ class SLALePEAttention(SimplifiedLinearAttention):
                          with_proj=False)
         self.stripe = stripe
         self.split = split
-        self.get_v = lepe_conv(dim)
+        self.get_v = LePEConv(dim)
 
     def construct(self, q, k, v, hw):
         window = stripe_window(self.stripe, self.split, hw)
         q, k, v = to_windows(q, hw, window), to_windows(k, hw, window), to_windows(v, hw, window)
-        out = self.attend(q, k, v, window) + locally_enhanced_pe(self.get_v, v, window)
+        out = self.attend(q, k, v, window) + self.get_v(v, window)
         return from_windows(out, hw, window)
 
 
