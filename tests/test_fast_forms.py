@@ -2,6 +2,8 @@
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import mindspore as ms
@@ -165,6 +167,43 @@ def test_native_lepe_equals_the_conv2d():
     expected = grid_to_tokens(lepe.bias_add(expected, lepe.bias)).asnumpy()
     np.testing.assert_allclose(lepe(v, window).asnumpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_standard_ops(lepe, v, window), expected, rtol=1e-5, atol=1e-5)
+
+
+_THREADED_RUN = """
+import sys
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor
+from slab_ms.layers import SimplifiedLinearAttention
+from slab_ms.layers.mlp import GELU
+from slab_ms.models.cswin import LePEConv
+ms.set_context(mode=ms.PYNATIVE_MODE)
+rng = np.random.default_rng(0)
+cells = [SimplifiedLinearAttention(32, 2, (12, 12)), GELU(), LePEConv(32)]
+for cell in cells:
+    cell.set_train(False)
+    assert cell.native_kernel is not None
+    for param in cell.get_parameters():
+        param.set_data(Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
+x = Tensor(rng.normal(size=(4, 144, 32)).astype(np.float32))
+np.savez(sys.argv[1], sla=cells[0](x, (12, 12)).asnumpy(), gelu=cells[1](x).asnumpy(), lepe=cells[2](x, (12, 12)).asnumpy())
+"""
+
+
+@needs_native
+def test_native_kernels_give_the_same_numbers_on_any_number_of_threads(tmp_path):
+    """SLAB_MS_NATIVE_THREADS splits each kernel's work (these shapes are large enough for 2-3 threads); every item is
+    computed the same way on any thread, so the outputs are bitwise equal."""
+    outputs = []
+    for threads in ("1", "3"):
+        env = dict(os.environ, SLAB_MS_NATIVE_THREADS=threads, PYTHONPATH=os.pathsep.join(sys.path))
+        path = tmp_path / f"threads{threads}.npz"
+        subprocess.run([sys.executable, "-c", _THREADED_RUN, str(path)], env=env, check=True, capture_output=True,
+                       timeout=300)
+        outputs.append(np.load(path))
+    for name in ("sla", "gelu", "lepe"):
+        assert np.abs(outputs[0][name]).max() > 0.1
+        np.testing.assert_array_equal(outputs[0][name], outputs[1][name])
 
 
 @needs_native
