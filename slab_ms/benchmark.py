@@ -1,7 +1,7 @@
 """Inference latency, throughput, FLOP rate and peak memory of the SLAB families and their baselines.
 
     python -m slab_ms.benchmark [--families deit swin pvt cswin] [--forms ...] [--batch_sizes 1 8]
-        [--repeats 7] [--threads N] [--train] [--torch] [--profile] [--json F] [--csv F] [--plot F.png]
+        [--repeats 7] [--warmup 3] [--threads N] [--train] [--torch] [--profile] [--json F] [--csv F] [--plot F.png]
 
 Forms per family (random weights, eval mode, GRAPH_MODE): ``ln`` LayerNorm + softmax attention (the
 baseline), ``prepbn`` PRepBN in training form (eval: RepBN with its statistics), ``prepbn_deploy``
@@ -12,8 +12,9 @@ baseline), ``prepbn`` PRepBN in training form (eval: RepBN with its statistics),
 Method. Every model runs in its own child process (which also gives its peak memory: the child's
 own maximum resident set, VmHWM, including MindSpore's runtime, so compare models, not absolute numbers with
 other tools). Per family and batch size the baseline, two other forms and a GEMM reference (a
-chain of 24 (1568×192)·(192×768) matmuls in one graph) are alive together and timed in interleaved
-rounds (each round runs each of them once), so a change in machine load hits all of them alike;
+chain of 24 (1568×192)·(192×768) matmuls in one graph) are alive together and, after ``--warmup``
+untimed rounds, timed in interleaved rounds (each round runs each of them once), so a change in machine
+load hits all of them alike;
 the baseline takes part in every group, and each speed-up is taken against the baseline of its own
 group. The table reports medians with min–max. FLOPs are counted per model from the shapes of one
 batch-1 forward in PyNative mode: Dense and Conv2d layers from their weights and outputs, the
@@ -305,6 +306,9 @@ def parse_args(argv=None):
                         help="forms to time (the ln baseline is always included)")
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=7, help="timed interleaved rounds (median, min, max reported)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed interleaved rounds first (the first compiles; the next ones still ran 10-30 %% "
+                             "slower on a 2-core machine as memory pools and caches fill)")
     parser.add_argument("--threads", type=int, default=2 * (os.cpu_count() or 1),
                         help="MindSpore CPU op threads (default: 2 per CPU core, the best of 2/3/4/6/8 measured "
                              "on a 2-core machine); also torch's threads for --torch")
@@ -319,7 +323,7 @@ def parse_args(argv=None):
     parser.add_argument("--csv", metavar="FILE", help="write one row per model and batch size as CSV")
     parser.add_argument("--plot", metavar="FILE.png", help="latency bars per family with the baseline line")
     args = parser.parse_args(argv)
-    for name in ("repeats", "threads"):
+    for name in ("repeats", "warmup", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if min(args.batch_sizes) < 1:
@@ -381,8 +385,9 @@ def run(args):
                                                  flops.get(member))
                         flops[member] = children[member].flops
                 for b in args.batch_sizes:
-                    for child in children.values():  # compile and warm up
-                        child.ask("time", b)
+                    for _ in range(args.warmup):  # compile, then fill memory pools and caches
+                        for child in children.values():
+                            child.ask("time", b)
                     for r in range(args.repeats):
                         for member, child in children.items():
                             key = (index, member, b)
@@ -456,7 +461,7 @@ def summarise(args, samples, train_samples, peaks, flops, profiles, load_start, 
                 results.append(row)
     return {"meta": {"threads": args.threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
                      "processor": platform.processor(), "mindspore": ms.__version__, "jit_level": args.jit_level,
-                     "repeats": args.repeats, "batch_sizes": args.batch_sizes, "quick": args.quick,
+                     "repeats": args.repeats, "warmup": args.warmup, "batch_sizes": args.batch_sizes, "quick": args.quick,
                      "load_average_start": list(load_start), "load_average_end": list(load_end),
                      "gemm": {"shape": list(GEMM_SHAPE), "depth": GEMM_DEPTH, "gflop": gemm_flops() * 1e-9},
                      "flops": "per image, by the reference formulas of Dense, Conv2d and attention products"},

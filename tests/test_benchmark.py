@@ -24,7 +24,7 @@ def quick_run(tmp_path_factory):
 def test_json_has_every_form_with_positive_numbers(quick_run):
     result, _ = quick_run
     meta = result["meta"]
-    assert meta["batch_sizes"] == [1] and meta["repeats"] == 1 and meta["quick"] is True
+    assert meta["batch_sizes"] == [1] and meta["repeats"] == 1 and meta["warmup"] == 3 and meta["quick"] is True
     assert isinstance(meta["threads"], int) and meta["threads"] >= 1
     assert len(meta["load_average_start"]) == 3 and len(meta["load_average_end"]) == 3
     assert meta["gemm"]["gflop"] > 0
@@ -56,6 +56,7 @@ def test_table_names_every_form(quick_run):
 @pytest.mark.parametrize("argv, message", [
     (["--batch_sizes", "0"], "--batch_sizes must be positive"),
     (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--warmup", "0"], "--warmup must be at least 1"),
     (["--families", "vgg"], "invalid choice"),
     (["--json", "/no/such/folder/out.json"], "its folder does not exist"),
 ])
