@@ -173,7 +173,7 @@ class SimplifiedLinearAttention(nn.Cell):
             Other grids at run time get P bilinearly resized.
         qkv_bias: bias of the qkv projection.
         kernel_size: kernel of the depth-wise convolution on v (5 in every released model); 0 builds no
-            depth-wise conv (the "SLA without DWC" ablation).
+            depth-wise conv (the "SLA without DWC" ablation, which always runs the standard ops).
         proj_drop: dropout after the output projection.
         with_proj: build ``qkv`` and ``proj`` Dense layers (subclasses that project differently
             pass False).
