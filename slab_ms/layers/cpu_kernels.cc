@@ -50,15 +50,16 @@ static inline v8f load8(const float *p) {
 
 static inline void store8(float *p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
 
-// Four interior output pixels (all K×K taps inside the map) of 8 channels: each input row's K + 3 pixels are loaded
-// once and each tap's weights once for the four. src: input row y − K/2 at column x − K/2; tp: tap-major weights.
+// Four interior output pixels (all K taps of a row inside the map) of 8 channels over kernel rows a0..a1−1: each
+// input row's K + 3 pixels are loaded once and each tap's weights once for the four. src: the input pixel of kernel
+// row a0, column x − K/2; tp: tap-major weights.
 template <int K>
 static inline void four_pixels(const float *src, int64_t row_stride, int64_t pixel_stride, const float *tp, int64_t C,
                                v8f bias, float *out, int64_t out_stride, int64_t a0, int64_t a1) {
   v8f acc[4] = {bias, bias, bias, bias};
   for (int64_t a = a0; a < a1; ++a) {
     v8f window[K + 3];
-    for (int e = 0; e < K + 3; ++e) window[e] = load8(src + a * row_stride + e * pixel_stride);
+    for (int e = 0; e < K + 3; ++e) window[e] = load8(src + (a - a0) * row_stride + e * pixel_stride);
     for (int bb = 0; bb < K; ++bb) {
       const v8f w = load8(tp + (a * K + bb) * C);
       for (int p = 0; p < 4; ++p) acc[p] += window[p + bb] * w;
@@ -80,11 +81,10 @@ static void depthwise_conv(const float *x, const float *weight, const float *bia
     for (int64_t row = first; row < last; ++row) {
       const int64_t b = row / H, y = row % H;
       const int64_t a0 = std::max<int64_t>(0, r - y), a1 = std::min<int64_t>(k, H + r - y);
-      const float *rows = x + (b * H + y - r) * W * GC;  // input row y − r (rows outside the map are never read)
       for (int64_t g = 0; g < G; ++g)
         for (int64_t c = 0; c < C; ++c) {
           const bool vector = c + 8 <= C;
-          const float *xc = rows + g * C + c;
+          const float *xc = x + b * H * W * GC + g * C + c;  // this image's channel c; pixel (y', x') at (y'·W + x')·GC
           float *oc = out + row * W * GC + g * C + c;
           auto pixel = [&](int64_t xo) {  // one output pixel of 8 channels (or 1 in the channel tail)
             const int64_t b0 = std::max<int64_t>(0, r - xo), b1 = std::min<int64_t>(k, W + r - xo);
@@ -92,12 +92,13 @@ static void depthwise_conv(const float *x, const float *weight, const float *bia
               v8f acc = load8(bias + c);
               for (int64_t a = a0; a < a1; ++a)
                 for (int64_t bb = b0; bb < b1; ++bb)
-                  acc += load8(xc + (a * W + xo + bb - r) * GC) * load8(tp + (a * k + bb) * C + c);
+                  acc += load8(xc + ((y + a - r) * W + xo + bb - r) * GC) * load8(tp + (a * k + bb) * C + c);
               store8(oc + xo * GC, acc);
             } else {
               float acc = bias[c];
               for (int64_t a = a0; a < a1; ++a)
-                for (int64_t bb = b0; bb < b1; ++bb) acc += xc[(a * W + xo + bb - r) * GC] * tp[(a * k + bb) * C + c];
+                for (int64_t bb = b0; bb < b1; ++bb)
+                  acc += xc[((y + a - r) * W + xo + bb - r) * GC] * tp[(a * k + bb) * C + c];
               oc[xo * GC] = acc;
             }
           };
@@ -106,7 +107,8 @@ static void depthwise_conv(const float *x, const float *weight, const float *bia
           if (vector && (k == 3 || k == 5 || k == 7)) {
             auto four = k == 3 ? four_pixels<3> : k == 5 ? four_pixels<5> : four_pixels<7>;
             for (; xo + 4 + r <= W; xo += 4)
-              four(xc + (xo - r) * GC, W * GC, GC, tp + c, C, load8(bias + c), oc + xo * GC, GC, a0, a1);
+              four(xc + ((y + a0 - r) * W + xo - r) * GC, W * GC, GC, tp + c, C, load8(bias + c), oc + xo * GC, GC, a0,
+                   a1);
           }
           for (; xo < W; ++xo) pixel(xo);
           if (vector) c += 7;
@@ -132,17 +134,18 @@ extern "C" int DepthwiseConvTokens(int nparam, void **params, int *ndims, int64_
   return 0;
 }
 
-// out[t·ldo + 8u + 0..7] += Σ_{i < D} a[t·D + i] · m[i·D + 8u + 0..7] · scale[t] for t < R, u < V: R rows of the
-// (rows, D) a times an 8V-column slice of the (D, D) m, held in R·V vector registers.
+// out[t·ldo + 8u + 0..7] += scale[t] · Σ_{i < depth} a[t·a_row + i·a_depth] · m[i·ldm + 8u + 0..7] for t < R, u < V:
+// R rows of a (rows a_row floats apart, depth steps a_depth) times an 8V-column slice of m, in R·V vector registers.
+// Both SLA products: Kᵀ V (the rows of Kᵀ are columns of the packed K block) and Q (Kᵀ V).
 template <int R, int V>
-static inline void rows_times_slice(const float *a, const float *m, int64_t D, const float *scale, float *out,
-                                    int64_t ldo) {
+static inline void block_product(const float *a, int64_t a_row, int64_t a_depth, const float *m, int64_t ldm,
+                                 int64_t depth, const float *scale, float *out, int64_t ldo) {
   v8f acc[R][V] = {};
-  for (int64_t i = 0; i < D; ++i) {
+  for (int64_t i = 0; i < depth; ++i) {
     v8f col[V];
-    for (int u = 0; u < V; ++u) col[u] = load8(m + i * D + 8 * u);
+    for (int u = 0; u < V; ++u) col[u] = load8(m + i * ldm + 8 * u);
     for (int t = 0; t < R; ++t) {
-      const float s = a[t * D + i];
+      const float s = a[t * a_row + i * a_depth];
       for (int u = 0; u < V; ++u) acc[t][u] += s * col[u];
     }
   }
@@ -153,13 +156,15 @@ static inline void rows_times_slice(const float *a, const float *m, int64_t D, c
     }
 }
 
-// rows_times_slice over all rows and columns: the widest register block that D allows, then one row at a time.
+// out[n] += scale[n] · a[n] · m for the rows n of the (rows, D) a that fill whole R-row blocks, m (D, D); returns how
+// many rows that was (the caller finishes the rest one row at a time).
 template <int R, int V>
 static int64_t rows_times_matrix(const float *a, int64_t rows, const float *m, int64_t D, const float *scale,
                                  float *out, int64_t ldo) {
   int64_t n = 0;
   for (; n + R <= rows; n += R)
-    for (int64_t j = 0; j < D; j += 8 * V) rows_times_slice<R, V>(a + n * D, m + j, D, scale + n, out + n * ldo + j, ldo);
+    for (int64_t j = 0; j < D; j += 8 * V)
+      block_product<R, V>(a + n * D, D, 1, m + j, D, D, scale + n, out + n * ldo + j, ldo);
   return n;
 }
 
@@ -184,20 +189,10 @@ static void sla_head(const float *q, const float *k, const float *v, const float
       }
     const float *vb = v + n0 * stride;
     if (vector) {
+      static const float ones[4] = {1.0f, 1.0f, 1.0f, 1.0f};
       for (int64_t i = 0; i < D; i += 4)  // KV[i..i+3, j..j+15] += block[:, i..i+3]ᵀ · v[:, j..j+15]
-        for (int64_t j = 0; j < D; j += 16) {
-          v8f acc[4][2];
-          for (int t = 0; t < 4; ++t) acc[t][0] = load8(kv + (i + t) * D + j), acc[t][1] = load8(kv + (i + t) * D + j + 8);
-          for (int64_t n = 0; n < rows; ++n) {
-            const v8f m0 = load8(vb + n * stride + j), m1 = load8(vb + n * stride + j + 8);
-            for (int t = 0; t < 4; ++t) {
-              const float s = block[n * D + i + t];
-              acc[t][0] += s * m0;
-              acc[t][1] += s * m1;
-            }
-          }
-          for (int t = 0; t < 4; ++t) store8(kv + (i + t) * D + j, acc[t][0]), store8(kv + (i + t) * D + j + 8, acc[t][1]);
-        }
+        for (int64_t j = 0; j < D; j += 16)
+          block_product<4, 2>(block + i, 1, D, vb + j, stride, rows, ones, kv + i * D + j, D);
     } else {
       for (int64_t n = 0; n < rows; ++n)
         for (int64_t i = 0; i < D; ++i)
@@ -303,10 +298,8 @@ extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes
     int64_t i = first * 1024;
     const int64_t end = std::min<int64_t>(n, last * 1024);
     for (; i + 8 <= end; i += 8) {
-      v8f v;
-      std::memcpy(&v, x + i, sizeof(v));
-      const v8f y = 0.5f * v * (1.0f + erf_rational(v * sqrt_half, lo, hi));
-      std::memcpy(out + i, &y, sizeof(y));
+      const v8f v = load8(x + i);
+      store8(out + i, 0.5f * v * (1.0f + erf_rational(v * sqrt_half, lo, hi)));
     }
     for (; i < end; ++i) out[i] = 0.5f * x[i] * (1.0f + erf_rational(x[i] * sqrt_half, -4.0f, 4.0f));
   });
