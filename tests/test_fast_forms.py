@@ -141,10 +141,12 @@ def _standard_ops(cell, *args):
 
 
 @needs_native
-@pytest.mark.parametrize("hw, heads, head_dim", [((6, 7), 3, 8), ((5, 5), 2, 16), ((3, 9), 2, 5), ((2, 3), 1, 32)])
+@pytest.mark.parametrize("hw, heads, head_dim", [((6, 7), 3, 8), ((5, 5), 2, 16), ((3, 9), 2, 5), ((2, 3), 1, 32),
+                                                 ((24, 25), 2, 16), ((2, 131), 1, 16)])
 def test_native_sla_equals_the_standard_ops(hw, heads, head_dim):
     """The register-blocked (head_dim % 16 == 0) and scalar paths of the native kernel, token counts not a multiple
-    of its 4-row block, N ≤ head_dim (the standard ops then take (Q Kᵀ) V), and a grid other than the built one."""
+    of its 6-row block, N ≤ head_dim (the standard ops then take (Q Kᵀ) V), several 512-token chunks of Kᵀ V, rows
+    wider than a 128-token block, and a grid other than the built one."""
     sla = SimplifiedLinearAttention(heads * head_dim, heads, hw).set_train(False)
     for param in sla.get_parameters():
         param.set_data(Tensor(RNG.normal(0, 0.5, param.shape).astype(np.float32)))
@@ -179,31 +181,33 @@ from slab_ms.layers.mlp import GELU
 from slab_ms.models.cswin import LePEConv
 ms.set_context(mode=ms.PYNATIVE_MODE)
 rng = np.random.default_rng(0)
-cells = [SimplifiedLinearAttention(32, 2, (12, 12)), GELU(), LePEConv(32)]
+cells = [SimplifiedLinearAttention(32, 2, (24, 24)), GELU(), LePEConv(32)]
 for cell in cells:
     cell.set_train(False)
     assert cell.native_kernel is not None
     for param in cell.get_parameters():
         param.set_data(Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
-x = Tensor(rng.normal(size=(4, 144, 32)).astype(np.float32))
-np.savez(sys.argv[1], sla=cells[0](x, (12, 12)).asnumpy(), gelu=cells[1](x).asnumpy(), lepe=cells[2](x, (12, 12)).asnumpy())
+x = Tensor(rng.normal(size=(int(sys.argv[2]), 576, 32)).astype(np.float32))
+np.savez(sys.argv[1], sla=cells[0](x, (24, 24)).asnumpy(), gelu=cells[1](x).asnumpy(), lepe=cells[2](x, (24, 24)).asnumpy())
 """
 
 
 @needs_native
 def test_native_kernels_give_the_same_numbers_on_any_number_of_threads(tmp_path):
     """SLAB_MS_NATIVE_THREADS splits each kernel's work (these shapes are large enough for 2-3 threads); every item is
-    computed the same way on any thread, so the outputs are bitwise equal."""
-    outputs = []
-    for threads in ("1", "3"):
-        env = dict(os.environ, SLAB_MS_NATIVE_THREADS=threads, PYTHONPATH=os.pathsep.join(sys.path))
-        path = tmp_path / f"threads{threads}.npz"
-        subprocess.run([sys.executable, "-c", _THREADED_RUN, str(path)], env=env, check=True, capture_output=True,
-                       timeout=300)
-        outputs.append(np.load(path))
-    for name in ("sla", "gelu", "lepe"):
-        assert np.abs(outputs[0][name]).max() > 0.1
-        np.testing.assert_array_equal(outputs[0][name], outputs[1][name])
+    computed the same way on any thread, so the outputs are bitwise equal. Four images give the SLA kernel's
+    image-per-thread path on 3 threads, two images its shared-image path (the 576 tokens make two Kᵀ V chunks)."""
+    for images in ("4", "2"):
+        outputs = []
+        for threads in ("1", "3"):
+            env = dict(os.environ, SLAB_MS_NATIVE_THREADS=threads, PYTHONPATH=os.pathsep.join(sys.path))
+            path = tmp_path / f"threads{threads}_{images}.npz"
+            subprocess.run([sys.executable, "-c", _THREADED_RUN, str(path), images], env=env, check=True,
+                           capture_output=True, timeout=300)
+            outputs.append(np.load(path))
+        for name in ("sla", "gelu", "lepe"):
+            assert np.abs(outputs[0][name]).max() > 0.1
+            np.testing.assert_array_equal(outputs[0][name], outputs[1][name])
 
 
 @needs_native

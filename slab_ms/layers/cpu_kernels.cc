@@ -50,6 +50,16 @@ static inline v8f load8(const float *p) {
 
 static inline void store8(float *p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
 
+// Keeps a loaded vector in a register. Without it GCC folds the load into every FMA that uses the vector, and the
+// small products below become bound by loads instead of multiply-adds.
+static inline void in_register(v8f &v) {
+#if defined(__x86_64__)
+  asm("" : "+x"(v));
+#else
+  (void)v;
+#endif
+}
+
 // Four interior output pixels (all K taps of a row inside the map) of 8 channels over kernel rows a0..a1−1: each
 // input row's K + 3 pixels are loaded once and each tap's weights once for the four. src: the input pixel of kernel
 // row a0, column x − K/2; tp: tap-major weights.
@@ -59,7 +69,10 @@ static inline void four_pixels(const float *src, int64_t row_stride, int64_t pix
   v8f acc[4] = {bias, bias, bias, bias};
   for (int64_t a = a0; a < a1; ++a) {
     v8f window[K + 3];
-    for (int e = 0; e < K + 3; ++e) window[e] = load8(src + (a - a0) * row_stride + e * pixel_stride);
+    for (int e = 0; e < K + 3; ++e) {
+      window[e] = load8(src + (a - a0) * row_stride + e * pixel_stride);
+      in_register(window[e]);
+    }
     for (int bb = 0; bb < K; ++bb) {
       const v8f w = load8(tp + (a * K + bb) * C);
       for (int p = 0; p < 4; ++p) acc[p] += window[p + bb] * w;
@@ -68,53 +81,64 @@ static inline void four_pixels(const float *src, int64_t row_stride, int64_t pix
   for (int p = 0; p < 4; ++p) store8(out + p * out_stride, acc[p]);
 }
 
-// Depth-wise k×k convolution, stride 1, zero padding k/2, of row-major tokens x (B, H, W, G, C) with weight
-// (C, 1, k, k) and bias (C,), written to out (B, H, W, G, C): the G channel groups share the C filters.
-static void depthwise_conv(const float *x, const float *weight, const float *bias, float *out, int64_t B, int64_t H,
-                           int64_t W, int64_t G, int64_t C, int64_t k) {
-  const int64_t r = k / 2, GC = G * C;
-  std::vector<float> taps(k * k * C);  // tap-major: taps[(a·k + b)·C + c] = weight[c, 0, a, b]
+// Tap-major copy of a (C, 1, k, k) depth-wise weight: taps[(a·k + b)·C + c] = weight[c, 0, a, b].
+static std::vector<float> tap_major(const float *weight, int64_t C, int64_t k) {
+  std::vector<float> taps(k * k * C);
   for (int64_t c = 0; c < C; ++c)
     for (int64_t t = 0; t < k * k; ++t) taps[t * C + c] = weight[c * k * k + t];
-  const float *tp = taps.data();
-  parallel_for(B * H, double(B * H) * W * GC * k * k, [&](int64_t first, int64_t last) {
-    for (int64_t row = first; row < last; ++row) {
-      const int64_t b = row / H, y = row % H;
-      const int64_t a0 = std::max<int64_t>(0, r - y), a1 = std::min<int64_t>(k, H + r - y);
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t c = 0; c < C; ++c) {
-          const bool vector = c + 8 <= C;
-          const float *xc = x + b * H * W * GC + g * C + c;  // this image's channel c; pixel (y', x') at (y'·W + x')·GC
-          float *oc = out + row * W * GC + g * C + c;
-          auto pixel = [&](int64_t xo) {  // one output pixel of 8 channels (or 1 in the channel tail)
-            const int64_t b0 = std::max<int64_t>(0, r - xo), b1 = std::min<int64_t>(k, W + r - xo);
-            if (vector) {
-              v8f acc = load8(bias + c);
-              for (int64_t a = a0; a < a1; ++a)
-                for (int64_t bb = b0; bb < b1; ++bb)
-                  acc += load8(xc + ((y + a - r) * W + xo + bb - r) * GC) * load8(tp + (a * k + bb) * C + c);
-              store8(oc + xo * GC, acc);
-            } else {
-              float acc = bias[c];
-              for (int64_t a = a0; a < a1; ++a)
-                for (int64_t bb = b0; bb < b1; ++bb)
-                  acc += xc[((y + a - r) * W + xo + bb - r) * GC] * tp[(a * k + bb) * C + c];
-              oc[xo * GC] = acc;
-            }
-          };
-          int64_t xo = 0;
-          for (; xo < std::min(r, W); ++xo) pixel(xo);
-          if (vector && (k == 3 || k == 5 || k == 7)) {
-            auto four = k == 3 ? four_pixels<3> : k == 5 ? four_pixels<5> : four_pixels<7>;
-            for (; xo + 4 + r <= W; xo += 4)
-              four(xc + ((y + a0 - r) * W + xo - r) * GC, W * GC, GC, tp + c, C, load8(bias + c), oc + xo * GC, GC, a0,
-                   a1);
-          }
-          for (; xo < W; ++xo) pixel(xo);
-          if (vector) c += 7;
-        }
+  return taps;
+}
+
+// Output row y of the depth-wise k×k convolution (stride 1, zero padding k/2) of one image x (H, W, G, C), pixels
+// `ld` floats apart, with tap-major weights tp and bias (C,): out (W, G, C), the G channel groups sharing the C
+// filters. Interior pixels go four at a time, all channels of one four-pixel block before the next (its input stays
+// in L1).
+static void depthwise_row(const float *x, int64_t ld, const float *tp, const float *bias, float *out, int64_t y,
+                          int64_t H, int64_t W, int64_t G, int64_t C, int64_t k) {
+  const int64_t r = k / 2, GC = G * C;
+  const int64_t a0 = std::max<int64_t>(0, r - y), a1 = std::min<int64_t>(k, H + r - y);
+  auto pixel = [&](int64_t xo, int64_t c, bool vector) {  // one output pixel of 8 channels (or 1)
+    const int64_t b0 = std::max<int64_t>(0, r - xo), b1 = std::min<int64_t>(k, W + r - xo);
+    const float *xc = x + c;
+    if (vector) {
+      v8f acc = load8(bias + c % C);
+      for (int64_t a = a0; a < a1; ++a)
+        for (int64_t bb = b0; bb < b1; ++bb)
+          acc += load8(xc + ((y + a - r) * W + xo + bb - r) * ld) * load8(tp + (a * k + bb) * C + c % C);
+      store8(out + xo * GC + c, acc);
+    } else {
+      float acc = bias[c % C];
+      for (int64_t a = a0; a < a1; ++a)
+        for (int64_t bb = b0; bb < b1; ++bb) acc += xc[((y + a - r) * W + xo + bb - r) * ld] * tp[(a * k + bb) * C + c % C];
+      out[xo * GC + c] = acc;
     }
-  });
+  };
+  auto all_channels = [&](int64_t xo) {
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t c = 0; c < C;) {
+        const bool vector = c + 8 <= C;
+        pixel(xo, g * C + c, vector);
+        c += vector ? 8 : 1;
+      }
+  };
+  int64_t xo = 0;
+  for (; xo < std::min(r, W); ++xo) all_channels(xo);
+  if (k == 3 || k == 5 || k == 7) {
+    auto four = k == 3 ? four_pixels<3> : k == 5 ? four_pixels<5> : four_pixels<7>;
+    for (; xo + 4 + r <= W; xo += 4)
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t c = 0; c < C;) {
+          if (c + 8 <= C) {
+            four(x + ((y + a0 - r) * W + xo - r) * ld + g * C + c, W * ld, ld, tp + c, C, load8(bias + c),
+                 out + xo * GC + g * C + c, GC, a0, a1);
+            c += 8;
+          } else {
+            for (int64_t p = 0; p < 4; ++p) pixel(xo + p, g * C + c, false);
+            ++c;
+          }
+        }
+  }
+  for (; xo < W; ++xo) all_channels(xo);
 }
 
 static bool depthwise_shapes_ok(int64_t **shapes, int weight_at, int64_t C) {
@@ -128,9 +152,14 @@ extern "C" int DepthwiseConvTokens(int nparam, void **params, int *ndims, int64_
   if (nparam != 4 || ndims[0] != 5 || ndims[1] != 4 || ndims[2] != 1 || !all_float32(4, dtypes)) return 1;
   const int64_t *s = shapes[0];
   if (!depthwise_shapes_ok(shapes, 1, s[4])) return 1;
-  depthwise_conv(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                 static_cast<const float *>(params[2]), static_cast<float *>(params[3]), s[0], s[1], s[2], s[3], s[4],
-                 shapes[1][3]);
+  const int64_t B = s[0], H = s[1], W = s[2], G = s[3], C = s[4], k = shapes[1][3], GC = G * C;
+  const float *x = static_cast<const float *>(params[0]), *bias = static_cast<const float *>(params[2]);
+  float *out = static_cast<float *>(params[3]);
+  const std::vector<float> taps = tap_major(static_cast<const float *>(params[1]), C, k);
+  parallel_for(B * H, double(B * H) * W * GC * k * k, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row)
+      depthwise_row(x + (row / H) * H * W * GC, GC, taps.data(), bias, out + row * W * GC, row % H, H, W, G, C, k);
+  });
   return 0;
 }
 
@@ -143,7 +172,10 @@ static inline void block_product(const float *a, int64_t a_row, int64_t a_depth,
   v8f acc[R][V] = {};
   for (int64_t i = 0; i < depth; ++i) {
     v8f col[V];
-    for (int u = 0; u < V; ++u) col[u] = load8(m + i * ldm + 8 * u);
+    for (int u = 0; u < V; ++u) {
+      col[u] = load8(m + i * ldm + 8 * u);
+      in_register(col[u]);
+    }
     for (int t = 0; t < R; ++t) {
       const float s = a[t * a_row + i * a_depth];
       for (int u = 0; u < V; ++u) acc[t][u] += s * col[u];
@@ -156,80 +188,167 @@ static inline void block_product(const float *a, int64_t a_row, int64_t a_depth,
     }
 }
 
-// out[n] += scale[n] · a[n] · m for the rows n of the (rows, D) a that fill whole R-row blocks, m (D, D); returns how
-// many rows that was (the caller finishes the rest one row at a time).
-template <int R, int V>
-static int64_t rows_times_matrix(const float *a, int64_t rows, const float *m, int64_t D, const float *scale,
-                                 float *out, int64_t ldo) {
-  int64_t n = 0;
-  for (; n + R <= rows; n += R)
-    for (int64_t j = 0; j < D; j += 8 * V)
-      block_product<R, V>(a + n * D, D, 1, m + j, D, D, scale + n, out + n * ldo + j, ldo);
-  return n;
+// block_product over `rows` rows of a (6 at a time, then 4, 2, 1) times one 16-column slice of m: the two SLA
+// products with 6 × 2 vector accumulators, two columns and a broadcast in AVX2's 16 registers.
+static void strip_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m, int64_t ldm,
+                          int64_t depth, const float *scale, float *out, int64_t ldo) {
+  int64_t t = 0;
+  for (; t + 6 <= rows; t += 6) block_product<6, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
+  for (; t + 4 <= rows; t += 4) block_product<4, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
+  for (; t + 2 <= rows; t += 2) block_product<2, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
+  for (; t < rows; ++t) block_product<1, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
 }
 
-constexpr int64_t kTokenBlock = 128;  // tokens packed at a time: a (128, head_dim) block stays in L1 / L2
+constexpr int64_t kTokenBlock = 128;   // about this many tokens (whole image rows) are packed at a time
+constexpr int64_t kChunkTokens = 512;  // Kᵀ V and Σ K are summed over chunks of about this many tokens
 
-// SLA of one head: out[n] += ReLU(q_n) · KV / (ReLU(q_n) · Σ_j K_j + 1e-6), KV = Σ_j K_jᵀ v_j, K_j = ReLU(k_j + p_j),
-// for N tokens of D channels, consecutive tokens `stride` floats apart in q, k, v, p and out. scratch: D·D + D +
-// kTokenBlock·(D + 1) floats.
-static void sla_head(const float *q, const float *k, const float *v, const float *p, float *out, int64_t N,
-                     int64_t D, int64_t stride, float *scratch) {
-  float *kv = scratch, *ksum = kv + D * D, *block = ksum + D, *z = block + kTokenBlock * D;
-  std::fill(kv, kv + D * D + D, 0.0f);
-  const bool vector = D % 16 == 0;
-  for (int64_t n0 = 0; n0 < N; n0 += kTokenBlock) {  // KV and Σ K, one block of tokens at a time
-    const int64_t rows = std::min(kTokenBlock, N - n0);
-    for (int64_t n = 0; n < rows; ++n)
-      for (int64_t i = 0; i < D; ++i) {
-        const int64_t at = (n0 + n) * stride + i;
-        const float kk = std::max(k[at] + p[at], 0.0f);
-        block[n * D + i] = kk;
-        ksum[i] += kk;
+// The SLA layer of a batch of images: shapes, the token stride of q, k, v, and how the work is cut.
+struct SlaProblem {
+  int64_t B, H, W, G, D, k, ld;  // ld: floats between consecutive tokens of q, k and v (p and out: G·D)
+  int64_t block_rows, blocks, chunk_blocks, chunks;
+  SlaProblem(int64_t B, int64_t H, int64_t W, int64_t G, int64_t D, int64_t k, int64_t ld)
+      : B(B), H(H), W(W), G(G), D(D), k(k), ld(ld) {
+    block_rows = std::max<int64_t>(1, kTokenBlock / W);
+    blocks = (H + block_rows - 1) / block_rows;
+    chunk_blocks = std::max<int64_t>(1, kChunkTokens / (block_rows * W));
+    chunks = (blocks + chunk_blocks - 1) / chunk_blocks;
+  }
+  int64_t block_tokens() const { return block_rows * W; }
+  int64_t kv_size() const { return G * (D * D + D); }  // every head's Kᵀ V (D, D), then every head's Σ K (D)
+};
+
+// Pass 1, one chunk of one image: kv (G·D·D) and ksum (G·D) = Σ over the chunk's tokens of K_jᵀ v_j and K_j per head,
+// K_j = ReLU(k_j + p_j). q, k, v, p point at the image's first token; block: block_tokens·G·D floats.
+static void sla_chunk_sums(const SlaProblem &s, const float *k, const float *v, const float *p, int64_t chunk,
+                           float *kv, float *block) {
+  const int64_t GD = s.G * s.D, D = s.D;
+  float *ksum = kv + s.G * D * D;
+  std::fill(kv, kv + s.kv_size(), 0.0f);
+  const int64_t first = chunk * s.chunk_blocks * s.block_tokens(), N = s.H * s.W;
+  const int64_t last = std::min(N, first + s.chunk_blocks * s.block_tokens());
+  const std::vector<float> ones(D, 1.0f);  // the scale of Kᵀ V's rows
+  for (int64_t n0 = first; n0 < last; n0 += s.block_tokens()) {
+    const int64_t rows = std::min(s.block_tokens(), last - n0);
+    for (int64_t n = 0; n < rows; ++n) {
+      const float *kn = k + (n0 + n) * s.ld, *pn = p + (n0 + n) * GD, *vn = v + (n0 + n) * s.ld;
+      float *bn = block + n * GD;
+      for (int64_t c = 0; c < GD; c += 16) __builtin_prefetch(vn + c);  // v's rows arrive while K is packed
+      for (int64_t c = 0; c < GD; ++c) {
+        const float kk = std::max(kn[c] + pn[c], 0.0f);
+        bn[c] = kk;
+        ksum[c] += kk;
       }
-    const float *vb = v + n0 * stride;
-    if (vector) {
-      static const float ones[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-      for (int64_t i = 0; i < D; i += 4)  // KV[i..i+3, j..j+15] += block[:, i..i+3]ᵀ · v[:, j..j+15]
-        for (int64_t j = 0; j < D; j += 16)
-          block_product<4, 2>(block + i, 1, D, vb + j, stride, rows, ones, kv + i * D + j, D);
-    } else {
-      for (int64_t n = 0; n < rows; ++n)
-        for (int64_t i = 0; i < D; ++i)
-          for (int64_t j = 0; j < D; ++j) kv[i * D + j] += block[n * D + i] * vb[n * stride + j];
+    }
+    const float *vb = v + n0 * s.ld;
+    for (int64_t g = 0; g < s.G; ++g) {
+      float *kvg = kv + g * D * D;
+      const float *bg = block + g * D, *vg = vb + g * D;
+      if (D % 16 == 0) {  // kv_g[:, j..j+15] += block_gᵀ · v_g[:, j..j+15]
+        for (int64_t j = 0; j < D; j += 16) strip_product(bg, 1, GD, D, vg + j, s.ld, rows, ones.data(), kvg + j, D);
+      } else {
+        for (int64_t n = 0; n < rows; ++n)
+          for (int64_t i = 0; i < D; ++i)
+            for (int64_t j = 0; j < D; ++j) kvg[i * D + j] += bg[n * GD + i] * vg[n * s.ld + j];
+      }
     }
   }
-  for (int64_t n0 = 0; n0 < N; n0 += kTokenBlock) {  // out += ReLU(Q) · KV / z, one block of tokens at a time
-    const int64_t rows = std::min(kTokenBlock, N - n0);
-    for (int64_t n = 0; n < rows; ++n) {
-      float *row = block + n * D;
-      for (int64_t i = 0; i < D; ++i) row[i] = std::max(q[(n0 + n) * stride + i], 0.0f);
+}
+
+// Pass 2, one block of image rows: out = DWC(v) + ReLU(q) · KV_g / (ReLU(q) · Σ K_g + 1e-6) per head g, for the
+// block's tokens. kv: the image's summed pass-1 result; taps: tap-major DWC weights; scratch: block_tokens·(G·D + G).
+static void sla_block_output(const SlaProblem &s, const float *q, const float *v, const float *kv, const float *taps,
+                             const float *bias, float *out, int64_t blk, float *scratch) {
+  const int64_t GD = s.G * s.D, D = s.D, y0 = blk * s.block_rows, y1 = std::min(s.H, y0 + s.block_rows);
+  const int64_t n0 = y0 * s.W, rows = (y1 - y0) * s.W;
+  const float *ksum = kv + s.G * D * D;
+  float *qr = scratch, *z = scratch + s.block_tokens() * GD;  // ReLU(q) (rows, GD); z (G, rows): 1 / normaliser
+  for (int64_t y = y0; y < y1; ++y) depthwise_row(v, s.ld, taps, bias, out + y * s.W * GD, y, s.H, s.W, s.G, D, s.k);
+  for (int64_t n = 0; n < rows; ++n) {
+    const float *qn = q + (n0 + n) * s.ld;
+    float *row = qr + n * GD;
+    for (int64_t c = 0; c < GD; ++c) row[c] = std::max(qn[c], 0.0f);
+    for (int64_t g = 0; g < s.G; ++g) {
       // ReLU(q_n) · Σ K in 8 partial sums (a single running sum would serialise on the add latency)
+      const float *rg = row + g * D, *sg = ksum + g * D;
       float partial[8] = {};
       int64_t i = 0;
       for (; i + 8 <= D; i += 8)
-        for (int u = 0; u < 8; ++u) partial[u] += row[i + u] * ksum[i + u];
+        for (int u = 0; u < 8; ++u) partial[u] += rg[i + u] * sg[i + u];
       float dot = 1e-6f;
-      for (; i < D; ++i) dot += row[i] * ksum[i];
+      for (; i < D; ++i) dot += rg[i] * sg[i];
       for (int u = 0; u < 8; ++u) dot += partial[u];
-      z[n] = 1.0f / dot;  // one division per token, not per channel
+      z[g * rows + n] = 1.0f / dot;  // one division per token and head, not per channel
     }
-    float *ob = out + n0 * stride;
-    const int64_t n = D % 32 == 0 ? rows_times_matrix<3, 4>(block, rows, kv, D, z, ob, stride)
-                      : D % 16 == 0 ? rows_times_matrix<4, 2>(block, rows, kv, D, z, ob, stride) : 0;
-    for (int64_t t = n; t < rows; ++t)
-      for (int64_t j = 0; j < D; ++j) {
-        float acc = 0.0f;
-        for (int64_t i = 0; i < D; ++i) acc += block[t * D + i] * kv[i * D + j];
-        ob[t * stride + j] += acc * z[t];
-      }
+  }
+  float *ob = out + n0 * GD;
+  for (int64_t g = 0; g < s.G; ++g) {
+    const float *ag = qr + g * D, *kvg = kv + g * D * D, *zg = z + g * rows;
+    float *og = ob + g * D;
+    if (D % 16 == 0) {
+      for (int64_t j = 0; j < D; j += 16) strip_product(ag, GD, 1, rows, kvg + j, D, D, zg, og + j, GD);
+    } else {
+      for (int64_t t = 0; t < rows; ++t)
+        for (int64_t j = 0; j < D; ++j) {
+          float acc = 0.0f;
+          for (int64_t i = 0; i < D; ++i) acc += ag[t * GD + i] * kvg[i * D + j];
+          og[t * GD + j] += acc * zg[t];
+        }
+    }
   }
 }
 
-// Simplified linear attention of one image or window, per head, with its depth-wise conv on v:
+// Simplified linear attention with its depth-wise conv on v, per head, of B images (or windows):
 //   out_n = ReLU(q_n) · Σ_j ReLU(k_j + p_j)ᵀ v_j / (ReLU(q_n) · Σ_j ReLU(k_j + p_j) + 1e-6)  +  DWC(v)_n
-// q, k, v (B, H, W, G, D) with G heads of D channels, p (1, H, W, G, D), weight (D, 1, k, k), bias (D,) -> out
-// (B, H, W, G, D). Kᵀ V is formed first for every head (no block-diagonal mask, no (B, N, N) scores).
+// Pass 1 sums Kᵀ V and Σ K over fixed chunks of tokens, then adds the chunks in order (the same numbers however the
+// chunks are shared out); pass 2 writes each block of image rows once, its DWC and its attention together. With at
+// least one image per thread each thread takes whole images (an image's q, k, v stay in cache from pass 1 to pass
+// 2); otherwise the threads share each image's chunks, then its blocks.
+static void simplified_linear_attention(const SlaProblem &s, const float *q, const float *k, const float *v,
+                                        const float *p, const float *weight, const float *bias, float *out) {
+  const int64_t GD = s.G * s.D, N = s.H * s.W, image = N * s.ld;
+  const std::vector<float> taps = tap_major(weight, s.D, s.k);
+  std::vector<float> sums(s.B * s.chunks * s.kv_size());
+  auto image_sums = [&](int64_t b) { return sums.data() + b * s.chunks * s.kv_size(); };
+  auto chunk_sums = [&](int64_t b, int64_t chunk, float *block) {
+    sla_chunk_sums(s, k + b * image, v + b * image, p, chunk, image_sums(b) + chunk * s.kv_size(), block);
+  };
+  auto add_chunks = [&](int64_t b) {
+    float *total = image_sums(b);
+    for (int64_t c = 1; c < s.chunks; ++c)
+      for (int64_t i = 0; i < s.kv_size(); ++i) total[i] += total[c * s.kv_size() + i];
+  };
+  auto block_output = [&](int64_t b, int64_t blk, float *scratch) {
+    sla_block_output(s, q + b * image, v + b * image, image_sums(b), taps.data(), bias, out + b * N * GD, blk,
+                     scratch);
+  };
+  const double pass1_work = 2.0 * N * GD * s.D, pass2_work = N * GD * (2.0 * s.D + s.k * s.k);
+  const int64_t block_floats = s.block_tokens() * GD, scratch_floats = s.block_tokens() * (GD + s.G);
+  if (s.B >= native_threads()) {
+    parallel_for(s.B, s.B * (pass1_work + pass2_work), [&](int64_t first, int64_t last) {
+      std::vector<float> scratch(scratch_floats);
+      for (int64_t b = first; b < last; ++b) {
+        for (int64_t c = 0; c < s.chunks; ++c) chunk_sums(b, c, scratch.data());
+        add_chunks(b);
+        for (int64_t blk = 0; blk < s.blocks; ++blk) block_output(b, blk, scratch.data());
+      }
+    });
+    return;
+  }
+  for (int64_t b = 0; b < s.B; ++b) {
+    parallel_for(s.chunks, pass1_work, [&](int64_t first, int64_t last) {
+      std::vector<float> block(block_floats);
+      for (int64_t c = first; c < last; ++c) chunk_sums(b, c, block.data());
+    });
+    add_chunks(b);
+    parallel_for(s.blocks, pass2_work, [&](int64_t first, int64_t last) {
+      std::vector<float> scratch(scratch_floats);
+      for (int64_t blk = first; blk < last; ++blk) block_output(b, blk, scratch.data());
+    });
+  }
+}
+
+// The layer above as an op: q, k, v (B, H, W, G, D) with G heads of D channels, p (1, H, W, G, D), weight
+// (D, 1, k, k), bias (D,) -> out (B, H, W, G, D).
 extern "C" int SimplifiedLinearAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                          void *, void *) {
   if (nparam != 7 || !all_float32(7, dtypes)) return 1;
@@ -237,28 +356,18 @@ extern "C" int SimplifiedLinearAttention(int nparam, void **params, int *ndims, 
     if (ndims[i] != 5) return 1;
   if (ndims[4] != 4 || ndims[5] != 1) return 1;
   const int64_t *s = shapes[0];
-  const int64_t B = s[0], N = s[1] * s[2], G = s[3], D = s[4], GD = G * D;
   for (int i = 1; i < 3; ++i)
     for (int d = 0; d < 5; ++d)
       if (shapes[i][d] != s[d]) return 1;
   if (shapes[3][0] != 1) return 1;
   for (int d = 1; d < 5; ++d)
     if (shapes[3][d] != s[d]) return 1;
-  if (!depthwise_shapes_ok(shapes, 4, D)) return 1;
-  const float *q = static_cast<const float *>(params[0]);
-  const float *k = static_cast<const float *>(params[1]);
-  const float *v = static_cast<const float *>(params[2]);
-  const float *p = static_cast<const float *>(params[3]);
-  float *out = static_cast<float *>(params[6]);
-  depthwise_conv(v, static_cast<const float *>(params[4]), static_cast<const float *>(params[5]), out, B, s[1], s[2],
-                 G, D, shapes[4][3]);
-  parallel_for(B * G, 4.0 * B * G * N * D * D, [&](int64_t first, int64_t last) {
-    std::vector<float> scratch(D * D + D + kTokenBlock * (D + 1));
-    for (int64_t item = first; item < last; ++item) {
-      const int64_t offset = (item / G) * N * GD + (item % G) * D;
-      sla_head(q + offset, k + offset, v + offset, p + (item % G) * D, out + offset, N, D, GD, scratch.data());
-    }
-  });
+  if (!depthwise_shapes_ok(shapes, 4, s[4])) return 1;
+  const SlaProblem problem(s[0], s[1], s[2], s[3], s[4], shapes[4][3], s[3] * s[4]);
+  simplified_linear_attention(problem, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                              static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                              static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
+                              static_cast<float *>(params[6]));
   return 0;
 }
 
