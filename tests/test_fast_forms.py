@@ -13,7 +13,7 @@ from mindspore import Tensor, nn, ops
 from slab_ms import create_model, reparameterize_model
 from slab_ms.layers import SimplifiedLinearAttention, cpu_kernels
 from slab_ms.layers.attention import head_block_mask, head_indicator
-from slab_ms.layers.mlp import GELU, exact_gelu
+from slab_ms.layers.mlp import GELU, Mlp, exact_gelu
 from slab_ms.layers.patch_embed import PatchConv2d
 from slab_ms.models.cswin import LePEConv, grid_to_tokens, tokens_to_grid
 from slab_ms.models.swin import cyclic_shift, window_order, window_partition, window_reverse
@@ -130,14 +130,19 @@ def test_native_gelu_is_the_exact_erf_gelu():
     np.testing.assert_allclose(native, standard, rtol=1e-6, atol=1e-6)
 
 
-def _standard_ops(cell, *args):
-    """``cell`` run with its native kernel switched off (PyNative mode: no cached graph)."""
-    native = cell.native_kernel
-    cell.native_kernel = None
+def _standard_ops(cell, *args, kernels=None):
+    """``cell`` run with its native kernels (or those named in ``kernels``) switched off (PyNative mode: no cached
+    graph)."""
+    names = kernels or [name for name, value in vars(cell).items() if isinstance(value, cpu_kernels.NativeKernel)]
+    saved = {name: getattr(cell, name) for name in names}
+    assert saved and all(kernel is not None for kernel in saved.values())
+    for name in names:
+        setattr(cell, name, None)
     try:
         return cell(*args).asnumpy()
     finally:
-        cell.native_kernel = native
+        for name, kernel in saved.items():
+            setattr(cell, name, kernel)
 
 
 @needs_native
@@ -152,10 +157,23 @@ def test_native_sla_equals_the_standard_ops(hw, heads, head_dim):
         param.set_data(Tensor(RNG.normal(0, 0.5, param.shape).astype(np.float32)))
     for grid in (hw, (hw[1] + 1, hw[0])):
         x = Tensor(RNG.normal(size=(2, grid[0] * grid[1], heads * head_dim)).astype(np.float32))
-        native = sla(x, grid).asnumpy()
         standard = _standard_ops(sla, x, grid)
         assert np.abs(standard).max() > 1.0
-        np.testing.assert_allclose(native, standard, rtol=1e-5, atol=1e-5 * np.abs(standard).max())
+        # the kernel on the packed qkv projection, then the one on separate q, k, v (PVT's and CSwin's attend)
+        for native in (sla(x, grid).asnumpy(), _standard_ops(sla, x, grid, kernels=["native_qkv_kernel"])):
+            np.testing.assert_allclose(native, standard, rtol=1e-5, atol=1e-5 * np.abs(standard).max())
+
+
+@needs_native
+@pytest.mark.parametrize("hidden", [32, 20])  # vector rows, and rows with a scalar tail
+def test_native_mlp_adds_the_fc1_bias_in_the_gelu_pass(hidden):
+    mlp = Mlp(12, hidden).set_train(False)
+    for param in mlp.get_parameters():
+        param.set_data(Tensor(RNG.normal(size=param.shape).astype(np.float32)))
+    x = Tensor(RNG.normal(size=(2, 7, 12)).astype(np.float32))
+    expected = mlp.fc2(exact_gelu(mlp.fc1(x))).asnumpy()
+    assert np.abs(expected).max() > 1.0
+    np.testing.assert_allclose(mlp(x).asnumpy(), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 @needs_native
@@ -220,7 +238,7 @@ def test_deploy_model_with_native_kernels_matches_standard_ops_and_exports_witho
     x = Tensor(RNG.normal(size=(2, 3, 32, 32)).astype(np.float32))
     deploy = reparameterize_model(net)
     native = deploy(x).asnumpy()
-    assert cpu_kernels.use_standard_ops(deploy) == 2  # the SLA layer and the MLP's GELU
+    assert cpu_kernels.use_standard_ops(deploy) == 4  # the SLA layer (two forms), the MLP (fc1 bias + GELU), its GELU
     standard = deploy(x).asnumpy()
     assert np.abs(standard).max() > 1.0
     np.testing.assert_allclose(native, standard, rtol=1e-5, atol=1e-5 * np.abs(standard).max())
@@ -252,14 +270,14 @@ def test_an_eval_mode_network_with_native_kernels_differentiates_as_the_standard
         for param in net.trainable_params():
             param.set_data(Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
         if not native:
-            assert cpu_kernels.use_standard_ops(net) == 2
+            assert cpu_kernels.use_standard_ops(net) == 4
 
         x = Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
         names = [p.name for p in net.trainable_params()]  # before the wrapper prefixes them
         dx, dparams = ms.grad(_SquaredLogits(net), grad_position=0, weights=net.trainable_params())(x)
         named = dict(zip(names, dparams))
         grads.append([dx.asnumpy()] + [named[f"blocks.0.{name}"].asnumpy() for name in (
-            "attn.dwc.weight", "attn.positional_encoding", "attn.qkv.weight", "mlp.fc1.weight")])
+            "attn.dwc.weight", "attn.positional_encoding", "attn.qkv.weight", "mlp.fc1.weight", "mlp.fc1.bias")])
     for native, standard in zip(*grads):
         assert np.abs(standard).max() > 0
         np.testing.assert_allclose(native, standard, rtol=1e-4, atol=1e-5 * np.abs(standard).max())

@@ -29,7 +29,7 @@ from .helpers import dense, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
            "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls", "head_block_mask",
-           "head_indicator", "simplified_linear_attention_tokens", "SLA_EPS"]
+           "head_indicator", "simplified_linear_attention_tokens", "simplified_linear_attention_qkv", "SLA_EPS"]
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference
 
@@ -115,6 +115,12 @@ def simplified_linear_attention_tokens(q, k, v, positional_encoding, weight, bia
     normaliser = ops.matmul(q, k.sum(axis=2, keepdims=True).transpose(0, 1, 3, 2)) + SLA_EPS  # (B, heads, N, 1)
     out = (ops.matmul(q, kv) / normaliser).transpose(0, 2, 1, 3).reshape(b, h, w, heads, d)
     return out + depthwise_conv_tokens(v, weight, bias)
+
+
+def simplified_linear_attention_qkv(qkv, positional_encoding, weight, bias):
+    """``simplified_linear_attention_tokens`` of a (B, H, W, 3, heads, d) qkv projection."""
+    q, k, v = ops.unstack(qkv, axis=3)
+    return simplified_linear_attention_tokens(q, k, v, positional_encoding, weight, bias)
 
 
 def depthwise_conv_as_matmuls(tokens, weight, bias, hw, column_index, row_shifts):
@@ -207,6 +213,9 @@ class SimplifiedLinearAttention(nn.Cell):
         self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
         self.native_kernel = (kernel("SimplifiedLinearAttention", simplified_linear_attention_tokens)
                               if self.use_dwc else None)
+        self.native_qkv_kernel = (kernel("SimplifiedLinearAttentionQKV", simplified_linear_attention_qkv,
+                                         lambda qkv, *_: qkv[:3] + qkv[4:])
+                                  if self.use_dwc and with_proj else None)
         self.bmm_transposed_a = ops.BatchMatMul(transpose_a=True)
         if with_proj:
             self.proj = dense(dim, dim)
@@ -267,5 +276,19 @@ class SimplifiedLinearAttention(nn.Cell):
         return out.reshape(b, c, n).transpose(0, 2, 1)
 
     def construct(self, x, hw):
-        q, k, v = ops.split(self.qkv(x), self.dim, axis=-1)
-        return self.proj_drop(self.proj(self.attend(q, k, v, hw)))
+        qkv = self.qkv(x)
+        if self.native_qkv_kernel is not None and not self.training:
+            out = self._attend_qkv(qkv, hw)
+        else:
+            q, k, v = ops.split(qkv, self.dim, axis=-1)
+            out = self.attend(q, k, v, hw)
+        return self.proj_drop(self.proj(out))
+
+    def _attend_qkv(self, qkv, hw):
+        """``attend`` of the native kernel on the (B, N, 3C) projection as it is (no split into q, k, v)."""
+        b, n, c3 = qkv.shape
+        positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
+        out = self.native_qkv_kernel(qkv.astype(ms.float32).reshape(b, hw[0], hw[1], 3, self.num_heads, self.head_dim),
+                                     positional_encoding.reshape(1, hw[0], hw[1], self.num_heads, self.head_dim),
+                                     self.dwc.weight.astype(ms.float32), self.dwc.bias.astype(ms.float32))
+        return out.reshape(b, n, c3 // 3).astype(qkv.dtype)

@@ -347,6 +347,13 @@ static void simplified_linear_attention(const SlaProblem &s, const float *q, con
   }
 }
 
+static bool sla_shapes_ok(const int64_t *grid, int64_t **shapes, int pos_at) {
+  if (shapes[pos_at][0] != 1) return false;
+  for (int d = 1; d < 5; ++d)
+    if (shapes[pos_at][d] != grid[d]) return false;
+  return depthwise_shapes_ok(shapes, pos_at + 1, grid[4]);
+}
+
 // The layer above as an op: q, k, v (B, H, W, G, D) with G heads of D channels, p (1, H, W, G, D), weight
 // (D, 1, k, k), bias (D,) -> out (B, H, W, G, D).
 extern "C" int SimplifiedLinearAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -359,15 +366,30 @@ extern "C" int SimplifiedLinearAttention(int nparam, void **params, int *ndims, 
   for (int i = 1; i < 3; ++i)
     for (int d = 0; d < 5; ++d)
       if (shapes[i][d] != s[d]) return 1;
-  if (shapes[3][0] != 1) return 1;
-  for (int d = 1; d < 5; ++d)
-    if (shapes[3][d] != s[d]) return 1;
-  if (!depthwise_shapes_ok(shapes, 4, s[4])) return 1;
+  if (!sla_shapes_ok(s, shapes, 3)) return 1;
   const SlaProblem problem(s[0], s[1], s[2], s[3], s[4], shapes[4][3], s[3] * s[4]);
   simplified_linear_attention(problem, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                               static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
                               static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
                               static_cast<float *>(params[6]));
+  return 0;
+}
+
+// The same layer reading q, k, v from the qkv projection's output as it is, (B, H, W, 3, G, D) (no split
+// into three tensors): p (1, H, W, G, D), weight (D, 1, k, k), bias (D,) -> out (B, H, W, G, D).
+extern "C" int SimplifiedLinearAttentionQKV(int nparam, void **params, int *ndims, int64_t **shapes,
+                                            const char **dtypes, void *, void *) {
+  if (nparam != 5 || !all_float32(5, dtypes)) return 1;
+  if (ndims[0] != 6 || ndims[1] != 5 || ndims[2] != 4 || ndims[3] != 1) return 1;
+  const int64_t *s = shapes[0];
+  const int64_t grid[5] = {s[0], s[1], s[2], s[4], s[5]};
+  if (s[3] != 3 || !sla_shapes_ok(grid, shapes, 1)) return 1;
+  const int64_t GD = s[4] * s[5];
+  const SlaProblem problem(s[0], s[1], s[2], s[4], s[5], shapes[2][3], 3 * GD);
+  const float *qkv = static_cast<const float *>(params[0]);
+  simplified_linear_attention(problem, qkv, qkv + GD, qkv + 2 * GD, static_cast<const float *>(params[1]),
+                              static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                              static_cast<float *>(params[4]));
   return 0;
 }
 
@@ -391,26 +413,44 @@ static inline T erf_rational(T v, T lo, T hi) {
   return x * p / q;
 }
 
-// Exact (erf) GELU, x·(1 + erf(x/√2))/2, element-wise over a float32 tensor of any shape (|Δerf| ≤ 4.3e-7,
-// so |ΔGELU| ≤ 2.2e-7·|x| + rounding).
-extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                         void *) {
-  if (nparam != 2 || !all_float32(2, dtypes)) return 1;
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
-  const float *__restrict x = static_cast<const float *>(params[0]);
-  float *__restrict out = static_cast<float *>(params[1]);
+// GELU(x + bias) of len values (bias: len values, or none).
+static void gelu_span(const float *__restrict x, const float *__restrict bias, float *__restrict out, int64_t len) {
   const v8f lo = {-4, -4, -4, -4, -4, -4, -4, -4}, hi = -lo;
   const float sqrt_half = 0.70710678118654752f;
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const v8f v = bias ? load8(x + i) + load8(bias + i) : load8(x + i);
+    store8(out + i, 0.5f * v * (1.0f + erf_rational(v * sqrt_half, lo, hi)));
+  }
+  for (; i < len; ++i) {
+    const float v = bias ? x[i] + bias[i] : x[i];
+    out[i] = 0.5f * v * (1.0f + erf_rational(v * sqrt_half, -4.0f, 4.0f));
+  }
+}
+
+// Exact (erf) GELU, x·(1 + erf(x/√2))/2, element-wise over a float32 tensor of any shape (|Δerf| ≤ 4.3e-7,
+// so |ΔGELU| ≤ 2.2e-7·|x| + rounding). With three parameters (x, bias, out) GELU(x + bias), bias along x's last
+// axis: the bias of the Dense layer before it, added in the same pass.
+extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                         void *) {
+  if ((nparam != 2 && nparam != 3) || !all_float32(nparam, dtypes)) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const float *x = static_cast<const float *>(params[0]);
+  float *out = static_cast<float *>(params[nparam - 1]);
+  if (nparam == 3) {
+    const int64_t width = shapes[0][ndims[0] - 1];
+    if (ndims[1] != 1 || shapes[1][0] != width) return 1;
+    const float *bias = static_cast<const float *>(params[1]);
+    parallel_for(n / width, 16.0 * n, [&](int64_t first, int64_t last) {
+      for (int64_t row = first; row < last; ++row) gelu_span(x + row * width, bias, out + row * width, width);
+    });
+    return 0;
+  }
   const int64_t blocks = (n + 1023) / 1024;  // 1024-value chunks, multiples of the vector width
   parallel_for(blocks, 16.0 * n, [&](int64_t first, int64_t last) {
-    int64_t i = first * 1024;
-    const int64_t end = std::min<int64_t>(n, last * 1024);
-    for (; i + 8 <= end; i += 8) {
-      const v8f v = load8(x + i);
-      store8(out + i, 0.5f * v * (1.0f + erf_rational(v * sqrt_half, lo, hi)));
-    }
-    for (; i < end; ++i) out[i] = 0.5f * x[i] * (1.0f + erf_rational(x[i] * sqrt_half, -4.0f, 4.0f));
+    const int64_t begin = first * 1024;
+    gelu_span(x + begin, nullptr, out + begin, std::min<int64_t>(n, last * 1024) - begin);
   });
   return 0;
 }

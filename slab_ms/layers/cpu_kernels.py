@@ -6,8 +6,8 @@ the temporary directory), one library per source and CPU; the kernels run throug
 ``ops.Custom(func_type="aot")`` and differentiate as the same function in standard ops. Cells use them only
 in eval mode on float32 CPU tensors; training, other dtypes and devices, a machine without ``g++`` and
 ``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops; both agree to float32 tolerance (the conv to
-rounding, the GELU's erf within 4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)`` switches a network back, and the
-export tool calls it before writing MindIR or ONNX.
+rounding, the GELU's erf within 4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)``
+switches a network back, and the export tool calls it before writing MindIR or ONNX.
 """
 import hashlib
 import inspect
@@ -20,11 +20,10 @@ import tempfile
 import mindspore as ms
 from mindspore import ops
 
-__all__ = ["library_path", "NativeKernel", "kernel", "use_standard_ops", "NATIVE_ATTRIBUTE"]
+__all__ = ["library_path", "NativeKernel", "kernel", "use_standard_ops"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
-NATIVE_ATTRIBUTE = "native_kernel"  # the attribute a cell keeps its kernel in (None: standard ops)
 _LIBRARY = []  # [path or None] once decided in this process
 
 
@@ -89,9 +88,15 @@ def _bprop(reference):
     if arity == 1:
         def bprop(x, out, dout):
             return grad(x, dout)
+    elif arity == 2:
+        def bprop(x, y, out, dout):
+            return grad(x, y, dout)
     elif arity == 3:
         def bprop(x, y, z, out, dout):
             return grad(x, y, z, dout)
+    elif arity == 4:
+        def bprop(x, p, w, b, out, dout):
+            return grad(x, p, w, b, dout)
     elif arity == 6:
         def bprop(q, k, v, p, w, b, out, dout):
             return grad(q, k, v, p, w, b, dout)
@@ -101,38 +106,42 @@ def _bprop(reference):
 
 
 class NativeKernel(ops.Custom):
-    """``ops.Custom`` running one function of the compiled kernels; its output has the first input's shape and dtype.
+    """``ops.Custom`` running one function of the compiled kernels; its output has the first input's dtype and, unless
+    ``out_shape`` maps the input shapes to another, its shape.
 
     Its gradient is that of ``reference``, the same function in standard ops, so a network in evaluation mode
     still differentiates (input saliency, frozen stages under a trainer). Stateless, so copies of a network
     (``copy.deepcopy``, as ``reparameterize_model`` makes) share it.
     """
 
-    def __init__(self, path, name, reference):
-        super().__init__(f"{path}:{name}", out_shape=lambda shape, *_: shape, out_dtype=lambda dtype, *_: dtype,
-                         func_type="aot", bprop=_bprop(reference))
+    def __init__(self, path, name, reference, out_shape=None):
+        super().__init__(f"{path}:{name}", out_shape=out_shape or (lambda shape, *_: shape),
+                         out_dtype=lambda dtype, *_: dtype, func_type="aot", bprop=_bprop(reference))
 
     def __deepcopy__(self, memo):
         return self
 
 
-def kernel(name, reference):
+def kernel(name, reference, out_shape=None):
     """The ``NativeKernel`` running ``name`` from ``cpu_kernels.cc`` (differentiated as ``reference``, the same
-    function in standard ops), or None where native kernels are not used."""
+    function in standard ops), or None where native kernels are not used. A cell keeps it in an attribute and
+    takes the standard ops where that attribute is None."""
     path = library_path()
     if path is None:
         return None
     try:
-        return NativeKernel(path, name, reference)
+        return NativeKernel(path, name, reference, out_shape)
     except (TypeError, ValueError, RuntimeError):  # e.g. a MS_CUSTOM_AOT_WHITE_LIST that excludes the cache
         return None
 
 
 def use_standard_ops(net):
-    """Switch every cell of ``net`` from its native kernel to the standard ops; returns how many were switched."""
+    """Switch every cell of ``net`` from its native kernels to the standard ops (each attribute holding a
+    ``NativeKernel`` becomes None); returns how many kernels were switched."""
     switched = 0
     for _, cell in net.cells_and_names():
-        if getattr(cell, NATIVE_ATTRIBUTE, None) is not None:
-            setattr(cell, NATIVE_ATTRIBUTE, None)
-            switched += 1
+        for name, value in list(vars(cell).items()):
+            if isinstance(value, NativeKernel):
+                setattr(cell, name, None)
+                switched += 1
     return switched

@@ -1,16 +1,17 @@
 """FLOPs of a model (2 per multiply-add), counted from the shapes its cells see in one batch-1 forward.
 
-Dense and Conv2d layers count from their weights and outputs, a patch embedding as the matmul it runs,
-and each attention core by its formula: softmax Q Kᵀ and A V over its keys; SLA Kᵀ V and Q (Kᵀ V), or
-(Q Kᵀ) V when N ≤ head_dim, plus the normaliser and the k×k depth-wise conv on V. Element-wise work is
-not counted. Each family registers the formula of its own attention cells (``register_flops``), so this
-counter imports no family.
+Dense and Conv2d layers count from their weights and outputs (an MLP's two from its input), a patch
+embedding as the matmul it runs, and each attention core by its formula: softmax Q Kᵀ and A V over its
+keys; SLA Kᵀ V and Q (Kᵀ V), or (Q Kᵀ) V when N ≤ head_dim, plus the normaliser and the k×k depth-wise
+conv on V. Element-wise work is not counted. Each family registers the formula of its own attention cells
+(``register_flops``), so this counter imports no family.
 """
 import numpy as np
 import mindspore as ms
 from mindspore import nn
 
 from .attention import Attention, SimplifiedLinearAttention
+from .mlp import Mlp
 from .patch_embed import PatchConv2d, PatchEmbed
 
 __all__ = ["count_flops", "register_flops", "softmax_flops", "sla_flops"]
@@ -61,6 +62,12 @@ def _patch_embed(cell, inputs, output):  # the patch conv runs as a matmul over 
     return 2.0 * b * n * d * int(np.prod(cell.proj.weight.shape[1:]))
 
 
+@register_flops(Mlp)
+def _mlp(cell, inputs, output):  # its two Dense layers (in eval mode fc1 runs inside the fused bias-GELU kernel)
+    tokens = np.prod(inputs[0].shape[:-1])
+    return 2.0 * tokens * sum(np.prod(fc.weight.shape) for fc in (cell.fc1, cell.fc2))
+
+
 @register_flops(Attention)
 def _softmax(cell, inputs, output):
     b, n, c = inputs[0].shape
@@ -77,9 +84,12 @@ def count_flops(net, image_size, in_channels=3):
     """FLOPs of one ``image_size``² image through ``net`` (a batch-1 forward in PyNative mode with forward
     hooks; GRAPH_MODE is restored afterwards)."""
     total = [0.0]
-    # The depth-wise conv of SLA is in its formula; a patch conv is in its patch embedding's (or its spatial
-    # reduction's) formula. Every other Dense / Conv2d, also inside an attention cell, counts on its own.
-    inside = {id(c.dwc) for _, c in net.cells_and_names() if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
+    # The depth-wise conv of SLA and an Mlp's two Dense layers are in their cell's formula; a patch conv is in its
+    # patch embedding's (or its spatial reduction's) formula. Every other Dense / Conv2d, also inside an attention
+    # cell, counts on its own.
+    cells = [c for _, c in net.cells_and_names()]
+    inside = {id(c.dwc) for c in cells if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
+    inside |= {id(fc) for c in cells if isinstance(c, Mlp) for fc in (c.fc1, c.fc2)}
     counted = [(cell, _formula(cell)) for _, cell in net.cells_and_names()
                if _formula(cell) is not None and id(cell) not in inside and not isinstance(cell, PatchConv2d)]
 

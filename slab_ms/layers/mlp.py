@@ -33,7 +33,19 @@ def exact_gelu(x):
     return x * (ops.erf(x * SQRT_HALF) + 1.0) * 0.5
 
 
+def exact_gelu_of_sum(x, bias):
+    """GELU(x + bias) in standard ops."""
+    return exact_gelu(x + bias)
+
+
 class Mlp(nn.Cell):
+    """fc1 -> exact GELU -> dropout -> fc2 -> dropout.
+
+    In eval mode on float32 CPU tensors fc1 runs as its matmul and the native GELU pass adds its bias
+    (one BiasAdd kernel and one pass over the widest activation less per block); ``use_standard_ops``
+    switches back to ``fc1`` then ``act``.
+    """
+
     def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0):
         super().__init__()
         hidden_features = hidden_features or in_features
@@ -42,6 +54,14 @@ class Mlp(nn.Cell):
         self.act = GELU()
         self.fc2 = dense(hidden_features, out_features)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+        self.native_kernel = kernel("ExactGelu", exact_gelu_of_sum)
+        self.matmul_transposed_b = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        if self.native_kernel is not None and not self.training and x.dtype == ms.float32:
+            shape = x.shape
+            hidden = self.matmul_transposed_b(x.reshape(-1, shape[-1]), self.fc1.weight)
+            hidden = self.native_kernel(hidden, self.fc1.bias).reshape(shape[:-1] + (-1,))
+        else:
+            hidden = self.act(self.fc1(x))
+        return self.drop(self.fc2(self.drop(hidden)))
