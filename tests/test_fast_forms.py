@@ -206,7 +206,8 @@ for cell in cells:
     for param in cell.get_parameters():
         param.set_data(Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
 x = Tensor(rng.normal(size=(int(sys.argv[2]), 576, 32)).astype(np.float32))
-np.savez(sys.argv[1], sla=cells[0](x, (24, 24)).asnumpy(), gelu=cells[1](x).asnumpy(), lepe=cells[2](x, (24, 24)).asnumpy())
+np.savez(sys.argv[1], sla=cells[0](x, (24, 24)).asnumpy(), gelu=cells[1](x).asnumpy(),
+         lepe=cells[2](x, (24, 24)).asnumpy())
 """
 
 

@@ -16,7 +16,7 @@ depth-wise convolution ``dwc`` over head_dim channels is shared by all heads; on
 built for it runs as two matmuls (``depthwise_conv_as_matmuls``), on any other as the Conv2d. In eval
 mode on float32 CPU tensors the whole layer (positional encoding, ReLUs, the per-head products, the
 normaliser and ``dwc``) is one native pass (``cpu_kernels``): per-head Kᵀ V without the mask's h×
-flops and without the intermediates.
+flops and without the intermediates; ``construct`` hands it the qkv projection unsplit.
 ``SimplifiedLinearAttention.attend`` is the single implementation; the PVT, Swin and CSwin
 attentions call it.
 """

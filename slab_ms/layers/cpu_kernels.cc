@@ -109,7 +109,8 @@ static void depthwise_row(const float *x, int64_t ld, const float *tp, const flo
     } else {
       float acc = bias[c % C];
       for (int64_t a = a0; a < a1; ++a)
-        for (int64_t bb = b0; bb < b1; ++bb) acc += xc[((y + a - r) * W + xo + bb - r) * ld] * tp[(a * k + bb) * C + c % C];
+        for (int64_t bb = b0; bb < b1; ++bb)
+          acc += xc[((y + a - r) * W + xo + bb - r) * ld] * tp[(a * k + bb) * C + c % C];
       out[xo * GC + c] = acc;
     }
   };
@@ -193,10 +194,14 @@ static inline void block_product(const float *a, int64_t a_row, int64_t a_depth,
 static void strip_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m, int64_t ldm,
                           int64_t depth, const float *scale, float *out, int64_t ldo) {
   int64_t t = 0;
-  for (; t + 6 <= rows; t += 6) block_product<6, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
-  for (; t + 4 <= rows; t += 4) block_product<4, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
-  for (; t + 2 <= rows; t += 2) block_product<2, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
-  for (; t < rows; ++t) block_product<1, 2>(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
+  auto rows_from_t = [&](auto product, int r) {  // one block_product<r, 2> of rows t .. t + r − 1
+    product(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
+    t += r;
+  };
+  while (t + 6 <= rows) rows_from_t(block_product<6, 2>, 6);
+  if (t + 4 <= rows) rows_from_t(block_product<4, 2>, 4);
+  if (t + 2 <= rows) rows_from_t(block_product<2, 2>, 2);
+  if (t < rows) rows_from_t(block_product<1, 2>, 1);
 }
 
 constexpr int64_t kTokenBlock = 128;   // about this many tokens (whole image rows) are packed at a time
