@@ -287,8 +287,9 @@ class SimplifiedLinearAttention(nn.Cell):
     def _attend_qkv(self, qkv, hw):
         """``attend`` of the native kernel on the (B, N, 3C) projection as it is (no split into q, k, v)."""
         b, n, c3 = qkv.shape
+        heads = (self.num_heads, self.head_dim)
         positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
-        out = self.native_qkv_kernel(qkv.astype(ms.float32).reshape(b, hw[0], hw[1], 3, self.num_heads, self.head_dim),
-                                     positional_encoding.reshape(1, hw[0], hw[1], self.num_heads, self.head_dim),
+        out = self.native_qkv_kernel(qkv.astype(ms.float32).reshape((b, hw[0], hw[1], 3) + heads),
+                                     positional_encoding.reshape((1, hw[0], hw[1]) + heads),
                                      self.dwc.weight.astype(ms.float32), self.dwc.bias.astype(ms.float32))
         return out.reshape(b, n, c3 // 3).astype(qkv.dtype)
