@@ -133,7 +133,7 @@ def test_native_gelu_is_the_exact_erf_gelu():
 def _standard_ops(cell, *args, kernels=None):
     """``cell`` run with its native kernels (or those named in ``kernels``) switched off (PyNative mode: no cached
     graph)."""
-    names = kernels or [name for name, value in vars(cell).items() if isinstance(value, cpu_kernels.NativeKernel)]
+    names = kernels or list(cpu_kernels.native_kernels(cell))
     saved = {name: getattr(cell, name) for name in names}
     assert saved and all(kernel is not None for kernel in saved.values())
     for name in names:

@@ -225,14 +225,12 @@ class SimplifiedLinearAttention(nn.Cell):
         """The SLA core on (B, N, C) q, k, v laid out row-major on the ``hw`` grid; returns (B, N, C)."""
         out_dtype = v.dtype
         q, k, v = q.astype(ms.float32), k.astype(ms.float32), v.astype(ms.float32)
-        positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
         if self.native_kernel is not None and not self.training:
             b, n, c = q.shape
             grid = (b, hw[0], hw[1], self.num_heads, self.head_dim)
-            out = self.native_kernel(q.reshape(grid), k.reshape(grid), v.reshape(grid),
-                                     positional_encoding.reshape((1,) + grid[1:]), self.dwc.weight.astype(ms.float32),
-                                     self.dwc.bias.astype(ms.float32))
+            out = self.native_kernel(q.reshape(grid), k.reshape(grid), v.reshape(grid), *self._native_operands(hw))
             return out.reshape(b, n, c).astype(out_dtype)
+        positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
         q, k = ops.relu(q), ops.relu(k + positional_encoding)
         if q.shape[1] > self.head_dim:
             out = self._kv_first(q, k, v)
@@ -287,9 +285,13 @@ class SimplifiedLinearAttention(nn.Cell):
     def _attend_qkv(self, qkv, hw):
         """``attend`` of the native kernel on the (B, N, 3C) projection as it is (no split into q, k, v)."""
         b, n, c3 = qkv.shape
-        heads = (self.num_heads, self.head_dim)
-        positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
-        out = self.native_qkv_kernel(qkv.astype(ms.float32).reshape((b, hw[0], hw[1], 3) + heads),
-                                     positional_encoding.reshape((1, hw[0], hw[1]) + heads),
-                                     self.dwc.weight.astype(ms.float32), self.dwc.bias.astype(ms.float32))
+        packed = (b, hw[0], hw[1], 3, self.num_heads, self.head_dim)
+        out = self.native_qkv_kernel(qkv.astype(ms.float32).reshape(packed), *self._native_operands(hw))
         return out.reshape(b, n, c3 // 3).astype(qkv.dtype)
+
+    def _native_operands(self, hw):
+        """The native kernels' inputs after q, k, v, in float32: the positional encoding on ``hw`` as (1, H, W, heads,
+        head_dim), then the DWC's weight and bias."""
+        positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
+        return (positional_encoding.reshape(1, hw[0], hw[1], self.num_heads, self.head_dim),
+                self.dwc.weight.astype(ms.float32), self.dwc.bias.astype(ms.float32))

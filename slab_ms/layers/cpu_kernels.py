@@ -20,7 +20,7 @@ import tempfile
 import mindspore as ms
 from mindspore import ops
 
-__all__ = ["library_path", "NativeKernel", "kernel", "use_standard_ops"]
+__all__ = ["library_path", "NativeKernel", "kernel", "native_kernels", "use_standard_ops"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
@@ -135,13 +135,17 @@ def kernel(name, reference, out_shape=None):
         return None
 
 
+def native_kernels(cell):
+    """{attribute name: kernel} of the ``NativeKernel`` attributes of ``cell`` (not of its sub-cells)."""
+    return {name: value for name, value in vars(cell).items() if isinstance(value, NativeKernel)}
+
+
 def use_standard_ops(net):
     """Switch every cell of ``net`` from its native kernels to the standard ops (each attribute holding a
     ``NativeKernel`` becomes None); returns how many kernels were switched."""
     switched = 0
     for _, cell in net.cells_and_names():
-        for name, value in list(vars(cell).items()):
-            if isinstance(value, NativeKernel):
-                setattr(cell, name, None)
-                switched += 1
+        for name in native_kernels(cell):
+            setattr(cell, name, None)
+            switched += 1
     return switched

@@ -90,7 +90,7 @@ def count_flops(net, image_size, in_channels=3):
     cells = [c for _, c in net.cells_and_names()]
     inside = {id(c.dwc) for c in cells if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
     inside |= {id(fc) for c in cells if isinstance(c, Mlp) for fc in (c.fc1, c.fc2)}
-    counted = [(cell, _formula(cell)) for _, cell in net.cells_and_names()
+    counted = [(cell, _formula(cell)) for cell in cells
                if _formula(cell) is not None and id(cell) not in inside and not isinstance(cell, PatchConv2d)]
 
     def hook(formula):
