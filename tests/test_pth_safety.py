@@ -180,11 +180,15 @@ def test_torch_layout_with_numpy_values_and_shared_storage_loads(tmp_path):
 
 
 def test_garbage_data_pkl_random_npz_and_missing_safetensors_are_one_clear_message(tmp_path, monkeypatch):
-    garbage = _torch_zip(tmp_path / "garbage.pth", os.urandom(300))
-    with pytest.raises(CheckpointFormatError, match="not a readable PyTorch checkpoint"):
+    # Seeded bytes: random ones that happen to reach a refused opcode (INST, OBJ, EXT*) are "not a safe
+    # checkpoint" instead, the case test_stand_ins_cannot_be_called_or_given_state_through_reduce covers.
+    noise = np.random.default_rng(0)
+    garbage = _torch_zip(tmp_path / "garbage.pth", noise.bytes(300))
+    with pytest.raises(CheckpointFormatError, match="not a readable PyTorch checkpoint: byte 0x.. of its pickle "
+                                                    "is not a pickle opcode"):
         read_state_dict(garbage)
     npz = tmp_path / "random.npz"
-    npz.write_bytes(os.urandom(500))
+    npz.write_bytes(noise.bytes(500))
     with pytest.raises(CheckpointFormatError, match="is not an .npz archive") as err:
         read_state_dict(str(npz))
     assert "pickled data" not in str(err.value)

@@ -218,10 +218,17 @@ _CALLABLE = {id(v) for v in _ALLOWED.values() if callable(v)}
 _OPS = pickle._Unpickler.dispatch  # pylint: disable=protected-access
 
 
+class _Opcodes(dict):
+    """The opcode table; a byte that is no opcode names itself (Python's table raises a bare KeyError)."""
+
+    def __missing__(self, code):
+        raise CheckpointFormatError(f"byte 0x{code:02x} of its pickle is not a pickle opcode (damaged file)")
+
+
 class _Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     """Python's pickle interpreter with every calling / constructing / mutating opcode checked (see module)."""
 
-    dispatch = dict(_OPS)
+    dispatch = _Opcodes(_OPS)
 
     def __init__(self, file, storage):
         super().__init__(file)
