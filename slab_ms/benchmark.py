@@ -16,7 +16,9 @@ chain of 24 (1568×192)·(192×768) matmuls in one graph) are alive together and
 untimed rounds, timed in interleaved rounds (each round runs each of them once), so a change in machine
 load hits all of them alike;
 the baseline takes part in every group, and each speed-up is taken against the baseline of its own
-group. The table reports medians with min–max. FLOPs are counted per model from the shapes of one
+group. The table reports medians with min–max, and below it each form's paired time ratio: its time over
+the baseline's in the same round, median and quartiles over the rounds (the host's slow phases hit both
+sides of a pair, so this spread says how far to trust a ratio). FLOPs are counted per model from the shapes of one
 batch-1 forward in PyNative mode: Dense and Conv2d layers from their weights and outputs, the
 attention products by the reference formulas (softmax: Q Kᵀ and A V; SLA: Kᵀ V and Q (Kᵀ V), or
 (Q Kᵀ) V when N ≤ head_dim, the normaliser and the 5×5 depth-wise conv); element-wise work is not
@@ -440,6 +442,10 @@ def summarise(args, samples, train_samples, peaks, flops, profiles, load_start, 
                 # each form against the baseline of its own group; the baseline's row pools all its groups
                 base = (stats["median_ms"] if form == "ln" else
                         float(np.median(samples[(index, (family, "ln"), b)])) * 1e3)
+                # the same ratio per round (each round times every member once, back to back), whose spread
+                # shows how far the host's slow phases move it
+                paired = np.asarray(samples[(index, member, b)]) / np.asarray(samples[(index, (family, "ln"), b)])
+                q1, ratio, q3 = (float(v) for v in np.percentile(paired, [25, 50, 75]))
                 gemm = float(np.median(samples[(index, GEMM, b)])) * 1e3
                 gemm_rate = gemm_flops() / gemm * 1e-6
                 name, kwargs, deploy = FAMILIES[family][2].get(form, (FAMILIES[family][1], {}, False))
@@ -447,6 +453,7 @@ def summarise(args, samples, train_samples, peaks, flops, profiles, load_start, 
                        "form_label": FORM_LABELS[form], "model": name, "model_kwargs": kwargs, "deploy": deploy,
                        "batch_size": b, **stats, "images_per_s": b * 1e3 / stats["median_ms"],
                        "baseline_median_ms": base, "speedup_vs_baseline": base / stats["median_ms"],
+                       "time_ratio_paired": ratio, "time_ratio_q1": q1, "time_ratio_q3": q3,
                        "gemm_gflop_per_s": gemm_rate, "peak_rss_mb": peaks.get((member, b))}
                 counted = flops.get(member) or (flops.get((family, "ln")) if form == "torch" else None)
                 if counted:  # timm's model is the LayerNorm + softmax baseline's architecture
@@ -496,6 +503,13 @@ def table(result):
     lines.append("GEMM reference (same groups, median over groups): " + ", ".join(
         f"{np.median([r['gemm_gflop_per_s'] for r in result['results'] if r['batch_size'] == b]):.0f} GFLOP/s "
         f"(b={b} groups)" for b in sorted(gemm)))
+    lines.append("paired time ratio: this ms / the baseline's ms of the same round, median [25-75 %] over the "
+                 "rounds (lower is faster):")
+    for (family, label), by_b in rows.items():
+        if any(r["form"] not in ("ln", "torch") for r in by_b.values()):
+            lines.append(f"  {family:8} {label:22}" + "".join(
+                f"  b={b}: {r['time_ratio_paired']:.2f} [{r['time_ratio_q1']:.2f}-{r['time_ratio_q3']:.2f}]"
+                for b, r in sorted(by_b.items())))
     trains = [r for r in result["results"] if "train_step_ms" in r]
     for r in trains:
         lines.append(f"train step {r['family_name']:8} {r['form_label']:22} b={r['batch_size']}: "
@@ -520,7 +534,8 @@ def table(result):
 
 def write_csv(result, path):
     fields = ["family", "form", "model", "batch_size", "median_ms", "min_ms", "max_ms", "images_per_s",
-              "speedup_vs_baseline", "gflop_per_image", "gflop_per_s", "gemm_gflop_per_s", "gemm_fraction",
+              "speedup_vs_baseline", "time_ratio_paired", "time_ratio_q1", "time_ratio_q3", "gflop_per_image",
+              "gflop_per_s", "gemm_gflop_per_s", "gemm_fraction",
               "peak_rss_mb", "train_step_ms", "train_images_per_s"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

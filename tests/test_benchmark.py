@@ -2,6 +2,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from slab_ms import benchmark, create_model
@@ -39,6 +40,30 @@ def test_json_has_every_form_with_positive_numbers(quick_run):
         assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
     baseline = result["results"][0]
     assert baseline["form"] == "ln" and baseline["speedup_vs_baseline"] == 1.0
+
+
+def test_paired_ratio_divides_each_round_by_the_baseline_of_its_own_group():
+    """Synthetic samples: group 0's baseline is slow in round 2 and group 1's in round 1, so only the right
+    pairing gives these ratios (the ratio of medians differs from both)."""
+    args = benchmark.parse_args(["--families", "deit", "--forms", "prepbn_deploy", "slab", "slab_deploy",
+                                 "--batch_sizes", "1", "--repeats", "3"])
+    assert benchmark._groups(args.forms) == [["prepbn_deploy", "slab"], ["slab_deploy"]]
+    ln, gemm = ("deit", "ln"), benchmark.GEMM
+    samples = {(0, ln, 1): [0.010, 0.020, 0.010], (0, ("deit", "prepbn_deploy"), 1): [0.009, 0.016, 0.0085],
+               (0, ("deit", "slab"), 1): [0.011, 0.022, 0.012], (0, gemm, 1): [0.1] * 3,
+               (1, ln, 1): [0.040, 0.010, 0.010], (1, ("deit", "slab_deploy"), 1): [0.030, 0.008, 0.007],
+               (1, gemm, 1): [0.1] * 3}
+    result = benchmark.summarise(args, samples, {}, {}, {}, {}, (0, 0, 0), (0, 0, 0), False)
+    rows = {r["form"]: r for r in result["results"]}
+    for form, ratios in (("prepbn_deploy", [0.9, 0.8, 0.85]), ("slab", [1.1, 1.1, 1.2]),
+                         ("slab_deploy", [0.75, 0.8, 0.7])):
+        assert rows[form]["time_ratio_paired"] == pytest.approx(np.median(ratios)), form
+        assert rows[form]["time_ratio_q1"] == pytest.approx(np.percentile(ratios, 25)), form
+        assert rows[form]["time_ratio_q3"] == pytest.approx(np.percentile(ratios, 75)), form
+    assert rows["slab_deploy"]["speedup_vs_baseline"] == pytest.approx(0.010 / 0.008)  # medians: 1 / 0.8
+    assert rows["ln"]["time_ratio_paired"] == 1.0
+    text = benchmark.table(result)
+    assert "paired time ratio" in text and "b=1: 0.75 [0.72-0.78]" in text
 
 
 def test_csv_has_one_row_per_model_and_batch_size(quick_run):
