@@ -151,8 +151,7 @@ def _standard_ops(cell, *args, kernels=None):
 def test_native_sla_equals_the_standard_ops(hw, heads, head_dim):
     """The register-blocked (head_dim % 16 == 0) and scalar paths of the native kernel, token counts not a multiple
     of its 6-row block, N ≤ head_dim (the standard ops then take (Q Kᵀ) V), several 512-token chunks of Kᵀ V, rows
-    wider than a 128-token block, and a grid other than the built one; the packed-qkv kernel adds the projection's
-    bias itself (random here, so the depth-wise conv's zero padding must not see it)."""
+    wider than a 128-token block, and a grid other than the built one."""
     sla = SimplifiedLinearAttention(heads * head_dim, heads, hw).set_train(False)
     for param in sla.get_parameters():
         param.set_data(Tensor(RNG.normal(0, 0.5, param.shape).astype(np.float32)))
@@ -279,8 +278,7 @@ def test_an_eval_mode_network_with_native_kernels_differentiates_as_the_standard
         dx, dparams = ms.grad(_SquaredLogits(net), grad_position=0, weights=net.trainable_params())(x)
         named = dict(zip(names, dparams))
         grads.append([dx.asnumpy()] + [named[f"blocks.0.{name}"].asnumpy() for name in (
-            "attn.dwc.weight", "attn.positional_encoding", "attn.qkv.weight", "attn.qkv.bias", "mlp.fc1.weight",
-            "mlp.fc1.bias")])
+            "attn.dwc.weight", "attn.positional_encoding", "attn.qkv.weight", "mlp.fc1.weight", "mlp.fc1.bias")])
     for native, standard in zip(*grads):
         assert np.abs(standard).max() > 0
         np.testing.assert_allclose(native, standard, rtol=1e-4, atol=1e-5 * np.abs(standard).max())

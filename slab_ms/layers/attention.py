@@ -123,11 +123,6 @@ def simplified_linear_attention_qkv(qkv, positional_encoding, weight, bias):
     return simplified_linear_attention_tokens(q, k, v, positional_encoding, weight, bias)
 
 
-def simplified_linear_attention_qkv_of_sum(qkv, positional_encoding, weight, bias, qkv_bias):
-    """``simplified_linear_attention_qkv`` of qkv + qkv_bias, the projection's (3·heads·d,) bias."""
-    return simplified_linear_attention_qkv(qkv + qkv_bias.reshape(qkv.shape[3:]), positional_encoding, weight, bias)
-
-
 def depthwise_conv_as_matmuls(tokens, weight, bias, hw, column_index, row_shifts):
     """A stride-1, zero-padded k×k depth-wise convolution of (B, H·W, C) row-major tokens, as two matmuls.
 
@@ -201,7 +196,6 @@ class SimplifiedLinearAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.grid_size = to_2tuple(grid_size)
-        self.with_proj = with_proj
         self.eps = SLA_EPS  # an attribute: MindSpore's AMP rewrite of a cell does not see module-level constants
         num_tokens = self.grid_size[0] * self.grid_size[1]
         if with_proj:
@@ -219,13 +213,10 @@ class SimplifiedLinearAttention(nn.Cell):
         self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
         self.native_kernel = (kernel("SimplifiedLinearAttention", simplified_linear_attention_tokens)
                               if self.use_dwc else None)
-        # In eval mode the qkv projection runs as its matmul and this kernel adds its bias (one pass less).
-        self.native_qkv_kernel = (kernel("SimplifiedLinearAttentionQKV",
-                                         simplified_linear_attention_qkv_of_sum if qkv_bias
-                                         else simplified_linear_attention_qkv, lambda qkv, *_: qkv[:3] + qkv[4:])
+        self.native_qkv_kernel = (kernel("SimplifiedLinearAttentionQKV", simplified_linear_attention_qkv,
+                                         lambda qkv, *_: qkv[:3] + qkv[4:])
                                   if self.use_dwc and with_proj else None)
         self.bmm_transposed_a = ops.BatchMatMul(transpose_a=True)
-        self.matmul_transposed_b = ops.MatMul(transpose_b=True)
         if with_proj:
             self.proj = dense(dim, dim)
             self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
@@ -283,23 +274,20 @@ class SimplifiedLinearAttention(nn.Cell):
         return out.reshape(b, c, n).transpose(0, 2, 1)
 
     def construct(self, x, hw):
+        qkv = self.qkv(x)
         if self.native_qkv_kernel is not None and not self.training:
-            out = self._attend_qkv(x, hw)
+            out = self._attend_qkv(qkv, hw)
         else:
-            q, k, v = ops.split(self.qkv(x), self.dim, axis=-1)
+            q, k, v = ops.split(qkv, self.dim, axis=-1)
             out = self.attend(q, k, v, hw)
         return self.proj_drop(self.proj(out))
 
-    def _attend_qkv(self, x, hw):
-        """``attend`` of the native kernel on the (B, N, 3C) projection of x as it is (no split into q, k, v; the
-        kernel adds the projection's bias)."""
-        b, n, c = x.shape
+    def _attend_qkv(self, qkv, hw):
+        """``attend`` of the native kernel on the (B, N, 3C) projection as it is (no split into q, k, v)."""
+        b, n, c3 = qkv.shape
         packed = (b, hw[0], hw[1], 3, self.num_heads, self.head_dim)
-        qkv = self.matmul_transposed_b(x.reshape(b * n, c), self.qkv.weight).astype(ms.float32).reshape(packed)
-        operands = self._native_operands(hw)
-        if self.qkv.has_bias:
-            operands += (self.qkv.bias.astype(ms.float32),)
-        return self.native_qkv_kernel(qkv, *operands).reshape(b, n, c).astype(x.dtype)
+        out = self.native_qkv_kernel(qkv.astype(ms.float32).reshape(packed), *self._native_operands(hw))
+        return out.reshape(b, n, c3 // 3).astype(qkv.dtype)
 
     def _native_operands(self, hw):
         """The native kernels' inputs after q, k, v, in float32: the positional encoding on ``hw`` as (1, H, W, heads,

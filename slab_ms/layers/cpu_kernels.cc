@@ -62,16 +62,15 @@ static inline void in_register(v8f &v) {
 
 // Four interior output pixels (all K taps of a row inside the map) of 8 channels over kernel rows a0..a1−1: each
 // input row's K + 3 pixels are loaded once and each tap's weights once for the four. src: the input pixel of kernel
-// row a0, column x − K/2; tp: tap-major weights; shift: added to every input pixel (the bias of the projection that
-// made it: inside the map only, the zero padding stays zero).
+// row a0, column x − K/2; tp: tap-major weights.
 template <int K>
 static inline void four_pixels(const float *src, int64_t row_stride, int64_t pixel_stride, const float *tp, int64_t C,
-                               v8f bias, v8f shift, float *out, int64_t out_stride, int64_t a0, int64_t a1) {
+                               v8f bias, float *out, int64_t out_stride, int64_t a0, int64_t a1) {
   v8f acc[4] = {bias, bias, bias, bias};
   for (int64_t a = a0; a < a1; ++a) {
     v8f window[K + 3];
     for (int e = 0; e < K + 3; ++e) {
-      window[e] = load8(src + (a - a0) * row_stride + e * pixel_stride) + shift;
+      window[e] = load8(src + (a - a0) * row_stride + e * pixel_stride);
       in_register(window[e]);
     }
     for (int bb = 0; bb < K; ++bb) {
@@ -90,12 +89,12 @@ static std::vector<float> tap_major(const float *weight, int64_t C, int64_t k) {
   return taps;
 }
 
-// Output row y of the depth-wise k×k convolution (stride 1, zero padding k/2) of one image x + shift (H, W, G, C),
-// pixels `ld` floats apart, shift (G·C,) added to every pixel inside the map, with tap-major weights tp and bias
-// (C,): out (W, G, C), the G channel groups sharing the C filters. Interior pixels go four at a time, all channels
-// of one four-pixel block before the next (its input stays in L1).
-static void depthwise_row(const float *x, int64_t ld, const float *shift, const float *tp, const float *bias,
-                          float *out, int64_t y, int64_t H, int64_t W, int64_t G, int64_t C, int64_t k) {
+// Output row y of the depth-wise k×k convolution (stride 1, zero padding k/2) of one image x (H, W, G, C), pixels
+// `ld` floats apart, with tap-major weights tp and bias (C,): out (W, G, C), the G channel groups sharing the C
+// filters. Interior pixels go four at a time, all channels of one four-pixel block before the next (its input stays
+// in L1).
+static void depthwise_row(const float *x, int64_t ld, const float *tp, const float *bias, float *out, int64_t y,
+                          int64_t H, int64_t W, int64_t G, int64_t C, int64_t k) {
   const int64_t r = k / 2, GC = G * C;
   const int64_t a0 = std::max<int64_t>(0, r - y), a1 = std::min<int64_t>(k, H + r - y);
   auto pixel = [&](int64_t xo, int64_t c, bool vector) {  // one output pixel of 8 channels (or 1)
@@ -103,16 +102,15 @@ static void depthwise_row(const float *x, int64_t ld, const float *shift, const 
     const float *xc = x + c;
     if (vector) {
       v8f acc = load8(bias + c % C);
-      const v8f sc = load8(shift + c);
       for (int64_t a = a0; a < a1; ++a)
         for (int64_t bb = b0; bb < b1; ++bb)
-          acc += (load8(xc + ((y + a - r) * W + xo + bb - r) * ld) + sc) * load8(tp + (a * k + bb) * C + c % C);
+          acc += load8(xc + ((y + a - r) * W + xo + bb - r) * ld) * load8(tp + (a * k + bb) * C + c % C);
       store8(out + xo * GC + c, acc);
     } else {
       float acc = bias[c % C];
       for (int64_t a = a0; a < a1; ++a)
         for (int64_t bb = b0; bb < b1; ++bb)
-          acc += (xc[((y + a - r) * W + xo + bb - r) * ld] + shift[c]) * tp[(a * k + bb) * C + c % C];
+          acc += xc[((y + a - r) * W + xo + bb - r) * ld] * tp[(a * k + bb) * C + c % C];
       out[xo * GC + c] = acc;
     }
   };
@@ -133,7 +131,7 @@ static void depthwise_row(const float *x, int64_t ld, const float *shift, const 
         for (int64_t c = 0; c < C;) {
           if (c + 8 <= C) {
             four(x + ((y + a0 - r) * W + xo - r) * ld + g * C + c, W * ld, ld, tp + c, C, load8(bias + c),
-                 load8(shift + g * C + c), out + xo * GC + g * C + c, GC, a0, a1);
+                 out + xo * GC + g * C + c, GC, a0, a1);
             c += 8;
           } else {
             for (int64_t p = 0; p < 4; ++p) pixel(xo + p, g * C + c, false);
@@ -158,11 +156,10 @@ extern "C" int DepthwiseConvTokens(int nparam, void **params, int *ndims, int64_
   const int64_t B = s[0], H = s[1], W = s[2], G = s[3], C = s[4], k = shapes[1][3], GC = G * C;
   const float *x = static_cast<const float *>(params[0]), *bias = static_cast<const float *>(params[2]);
   float *out = static_cast<float *>(params[3]);
-  const std::vector<float> taps = tap_major(static_cast<const float *>(params[1]), C, k), no_shift(GC);
+  const std::vector<float> taps = tap_major(static_cast<const float *>(params[1]), C, k);
   parallel_for(B * H, double(B * H) * W * GC * k * k, [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row)
-      depthwise_row(x + (row / H) * H * W * GC, GC, no_shift.data(), taps.data(), bias, out + row * W * GC, row % H,
-                    H, W, G, C, k);
+      depthwise_row(x + (row / H) * H * W * GC, GC, taps.data(), bias, out + row * W * GC, row % H, H, W, G, C, k);
   });
   return 0;
 }
@@ -210,25 +207,18 @@ static void strip_product(const float *a, int64_t a_row, int64_t a_depth, int64_
 constexpr int64_t kTokenBlock = 128;   // about this many tokens (whole image rows) are packed at a time
 constexpr int64_t kChunkTokens = 512;  // Kᵀ V and Σ K are summed over chunks of about this many tokens
 
-// The SLA layer of a batch of images: shapes, the token stride of q, k, v, the bias their projection has not added
-// yet (q's, k's, v's G·D values one after the other; zeros if none), and how the work is cut.
+// The SLA layer of a batch of images: shapes, the token stride of q, k, v, and how the work is cut.
 struct SlaProblem {
   int64_t B, H, W, G, D, k, ld;  // ld: floats between consecutive tokens of q, k and v (p and out: G·D)
-  bool biased;
-  std::vector<float> projection_bias;
   int64_t block_rows, blocks, chunk_blocks, chunks;
-  SlaProblem(int64_t B, int64_t H, int64_t W, int64_t G, int64_t D, int64_t k, int64_t ld, const float *bias)
-      : B(B), H(H), W(W), G(G), D(D), k(k), ld(ld), biased(bias != nullptr),
-        projection_bias(bias ? std::vector<float>(bias, bias + 3 * G * D) : std::vector<float>(3 * G * D)) {
+  SlaProblem(int64_t B, int64_t H, int64_t W, int64_t G, int64_t D, int64_t k, int64_t ld)
+      : B(B), H(H), W(W), G(G), D(D), k(k), ld(ld) {
     block_rows = std::max<int64_t>(1, kTokenBlock / W);
     blocks = (H + block_rows - 1) / block_rows;
     chunk_blocks = std::max<int64_t>(1, kChunkTokens / (block_rows * W));
     chunks = (blocks + chunk_blocks - 1) / chunk_blocks;
   }
   int64_t block_tokens() const { return block_rows * W; }
-  const float *q_bias() const { return projection_bias.data(); }
-  const float *k_bias() const { return projection_bias.data() + G * D; }
-  const float *v_bias() const { return projection_bias.data() + 2 * G * D; }
   int64_t kv_size() const { return G * (D * D + D); }  // every head's Kᵀ V (D, D), then every head's Σ K (D)
 };
 
@@ -277,13 +267,11 @@ static void sla_block_output(const SlaProblem &s, const float *q, const float *v
   const int64_t n0 = y0 * s.W, rows = (y1 - y0) * s.W;
   const float *ksum = kv + s.G * D * D;
   float *qr = scratch, *z = scratch + s.block_tokens() * GD;  // ReLU(q) (rows, GD); z (G, rows): 1 / normaliser
-  for (int64_t y = y0; y < y1; ++y)
-    depthwise_row(v, s.ld, s.v_bias(), taps, bias, out + y * s.W * GD, y, s.H, s.W, s.G, D, s.k);
-  const float *q_bias = s.q_bias();
+  for (int64_t y = y0; y < y1; ++y) depthwise_row(v, s.ld, taps, bias, out + y * s.W * GD, y, s.H, s.W, s.G, D, s.k);
   for (int64_t n = 0; n < rows; ++n) {
     const float *qn = q + (n0 + n) * s.ld;
     float *row = qr + n * GD;
-    for (int64_t c = 0; c < GD; ++c) row[c] = std::max(qn[c] + q_bias[c], 0.0f);
+    for (int64_t c = 0; c < GD; ++c) row[c] = std::max(qn[c], 0.0f);
     for (int64_t g = 0; g < s.G; ++g) {
       // ReLU(q_n) · Σ K in 8 partial sums (a single running sum would serialise on the add latency)
       const float *rg = row + g * D, *sg = ksum + g * D;
@@ -324,26 +312,15 @@ static void simplified_linear_attention(const SlaProblem &s, const float *q, con
                                         const float *p, const float *weight, const float *bias, float *out) {
   const int64_t GD = s.G * s.D, N = s.H * s.W, image = N * s.ld;
   const std::vector<float> taps = tap_major(weight, s.D, s.k);
-  std::vector<float> key_shift;  // p + k's projection bias: what pass 1 adds to k before the ReLU
-  if (s.biased) {
-    key_shift.resize(N * GD);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < GD; ++c) key_shift[n * GD + c] = p[n * GD + c] + s.k_bias()[c];
-    p = key_shift.data();
-  }
   std::vector<float> sums(s.B * s.chunks * s.kv_size());
   auto image_sums = [&](int64_t b) { return sums.data() + b * s.chunks * s.kv_size(); };
   auto chunk_sums = [&](int64_t b, int64_t chunk, float *block) {
     sla_chunk_sums(s, k + b * image, v + b * image, p, chunk, image_sums(b) + chunk * s.kv_size(), block);
   };
-  auto add_chunks = [&](int64_t b) {  // then v's projection bias: Σ_j K_jᵀ (v_j + b_v) = Σ_j K_jᵀ v_j + (Σ_j K_j)ᵀ b_v
+  auto add_chunks = [&](int64_t b) {
     float *total = image_sums(b);
     for (int64_t c = 1; c < s.chunks; ++c)
       for (int64_t i = 0; i < s.kv_size(); ++i) total[i] += total[c * s.kv_size() + i];
-    if (!s.biased) return;
-    const float *ksum = total + s.G * s.D * s.D, *v_bias = s.v_bias();
-    for (int64_t gi = 0; gi < s.G * s.D; ++gi)  // row i of head g's Kᵀ V
-      for (int64_t j = 0; j < s.D; ++j) total[gi * s.D + j] += ksum[gi] * v_bias[gi / s.D * s.D + j];
   };
   auto block_output = [&](int64_t b, int64_t blk, float *scratch) {
     sla_block_output(s, q + b * image, v + b * image, image_sums(b), taps.data(), bias, out + b * N * GD, blk,
@@ -395,7 +372,7 @@ extern "C" int SimplifiedLinearAttention(int nparam, void **params, int *ndims, 
     for (int d = 0; d < 5; ++d)
       if (shapes[i][d] != s[d]) return 1;
   if (!sla_shapes_ok(s, shapes, 3)) return 1;
-  const SlaProblem problem(s[0], s[1], s[2], s[3], s[4], shapes[4][3], s[3] * s[4], nullptr);
+  const SlaProblem problem(s[0], s[1], s[2], s[3], s[4], shapes[4][3], s[3] * s[4]);
   simplified_linear_attention(problem, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                               static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
                               static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
@@ -404,23 +381,20 @@ extern "C" int SimplifiedLinearAttention(int nparam, void **params, int *ndims, 
 }
 
 // The same layer reading q, k, v from the qkv projection's output as it is, (B, H, W, 3, G, D) (no split
-// into three tensors): p (1, H, W, G, D), weight (D, 1, k, k), bias (D,) [, the projection's bias (3·G·D,), added
-// here] -> out (B, H, W, G, D).
+// into three tensors): p (1, H, W, G, D), weight (D, 1, k, k), bias (D,) -> out (B, H, W, G, D).
 extern "C" int SimplifiedLinearAttentionQKV(int nparam, void **params, int *ndims, int64_t **shapes,
                                             const char **dtypes, void *, void *) {
-  if ((nparam != 5 && nparam != 6) || !all_float32(nparam, dtypes)) return 1;
+  if (nparam != 5 || !all_float32(5, dtypes)) return 1;
   if (ndims[0] != 6 || ndims[1] != 5 || ndims[2] != 4 || ndims[3] != 1) return 1;
   const int64_t *s = shapes[0];
   const int64_t grid[5] = {s[0], s[1], s[2], s[4], s[5]};
   if (s[3] != 3 || !sla_shapes_ok(grid, shapes, 1)) return 1;
   const int64_t GD = s[4] * s[5];
-  if (nparam == 6 && (ndims[4] != 1 || shapes[4][0] != 3 * GD)) return 1;
-  const SlaProblem problem(s[0], s[1], s[2], s[4], s[5], shapes[2][3], 3 * GD,
-                           nparam == 6 ? static_cast<const float *>(params[4]) : nullptr);
+  const SlaProblem problem(s[0], s[1], s[2], s[4], s[5], shapes[2][3], 3 * GD);
   const float *qkv = static_cast<const float *>(params[0]);
   simplified_linear_attention(problem, qkv, qkv + GD, qkv + 2 * GD, static_cast<const float *>(params[1]),
                               static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
-                              static_cast<float *>(params[nparam - 1]));
+                              static_cast<float *>(params[4]));
   return 0;
 }
 

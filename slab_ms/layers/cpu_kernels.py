@@ -97,9 +97,6 @@ def _bprop(reference):
     elif arity == 4:
         def bprop(x, p, w, b, out, dout):
             return grad(x, p, w, b, dout)
-    elif arity == 5:
-        def bprop(x, p, w, b, x_bias, out, dout):
-            return grad(x, p, w, b, x_bias, dout)
     elif arity == 6:
         def bprop(q, k, v, p, w, b, out, dout):
             return grad(q, k, v, p, w, b, dout)

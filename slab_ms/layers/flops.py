@@ -1,7 +1,6 @@
 """FLOPs of a model (2 per multiply-add), counted from the shapes its cells see in one batch-1 forward.
 
-Dense and Conv2d layers count from their weights and outputs (an MLP's two and SLA's qkv projection from
-their cell's input), a patch
+Dense and Conv2d layers count from their weights and outputs (an MLP's two from its input), a patch
 embedding as the matmul it runs, and each attention core by its formula: softmax Q Kᵀ and A V over its
 keys; SLA Kᵀ V and Q (Kᵀ V), or (Q Kᵀ) V when N ≤ head_dim, plus the normaliser and the k×k depth-wise
 conv on V. Element-wise work is not counted. Each family registers the formula of its own attention cells
@@ -76,22 +75,21 @@ def _softmax(cell, inputs, output):
 
 
 @register_flops(SimplifiedLinearAttention)
-def _sla(cell, inputs, output):  # with its qkv projection, which in eval mode runs inside the cell's kernel call
+def _sla(cell, inputs, output):
     b, n, c = inputs[0].shape
-    return sla_flops(cell, b, n, c) + (2.0 * b * n * np.prod(cell.qkv.weight.shape) if cell.with_proj else 0.0)
+    return sla_flops(cell, b, n, c)
 
 
 def count_flops(net, image_size, in_channels=3):
     """FLOPs of one ``image_size``² image through ``net`` (a batch-1 forward in PyNative mode with forward
     hooks; GRAPH_MODE is restored afterwards)."""
     total = [0.0]
-    # The depth-wise conv and qkv projection of SLA and an Mlp's two Dense layers are in their cell's formula; a patch conv is in its
+    # The depth-wise conv of SLA and an Mlp's two Dense layers are in their cell's formula; a patch conv is in its
     # patch embedding's (or its spatial reduction's) formula. Every other Dense / Conv2d, also inside an attention
     # cell, counts on its own.
     cells = [c for _, c in net.cells_and_names()]
     inside = {id(c.dwc) for c in cells if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
     inside |= {id(fc) for c in cells if isinstance(c, Mlp) for fc in (c.fc1, c.fc2)}
-    inside |= {id(c.qkv) for c in cells if isinstance(c, SimplifiedLinearAttention) and c.with_proj}
     counted = [(cell, _formula(cell)) for cell in cells
                if _formula(cell) is not None and id(cell) not in inside and not isinstance(cell, PatchConv2d)]
 
