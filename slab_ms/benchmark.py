@@ -560,12 +560,20 @@ def plot(result, path):
             errors = [[m - r["min_ms"] for m, r in zip(medians, rows)], [r["max_ms"] - m for m, r in zip(medians, rows)]]
             ax.bar(range(len(rows)), medians, yerr=errors, color=["grey" if r["form"] == "ln" else "tab:blue"
                                                                   for r in rows], capsize=2)
+            for x, r in enumerate(rows):  # the paired time ratio against the baseline, above the whisker
+                if r["form"] != "ln":
+                    ax.annotate(f"{r['time_ratio_paired']:.2f}", (x, r["max_ms"]), xytext=(0, 2),
+                                textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
             baseline = next((r["median_ms"] for r in rows if r["form"] == "ln"), None)
             if baseline:
                 ax.axhline(baseline, color="black", linestyle="--", linewidth=0.8)
             ax.set_xticks(range(len(rows)), [r["form"] for r in rows], rotation=45, ha="right", fontsize=7)
             ax.set_title(f"{rows[0]['family_name'] if rows else family}, batch {b}", fontsize=9)
             ax.set_ylabel("ms per batch (median, min-max)", fontsize=7)
+            ax.margins(y=0.12)  # room for the ratios
+    fig.suptitle("above each bar: its time / the LayerNorm baseline's (dashed) in the same round, median over the "
+                 "rounds; lower is faster", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
