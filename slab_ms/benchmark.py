@@ -506,7 +506,7 @@ def table(result):
     lines.append("paired time ratio: this ms / the baseline's ms of the same round, median [25-75 %] over the "
                  "rounds (lower is faster):")
     for (family, label), by_b in rows.items():
-        if any(r["form"] not in ("ln", "torch") for r in by_b.values()):
+        if label not in (FORM_LABELS["ln"], FORM_LABELS["torch"]):
             lines.append(f"  {family:8} {label:22}" + "".join(
                 f"  b={b}: {r['time_ratio_paired']:.2f} [{r['time_ratio_q1']:.2f}-{r['time_ratio_q3']:.2f}]"
                 for b, r in sorted(by_b.items())))
