@@ -31,6 +31,10 @@ def prepbnify(model, decay_steps, warmup_steps=0):
     """Replace every LayerNorm of ``model`` by a PRepBN sharing one γ schedule of T = ``decay_steps``; returns
     the names of the replaced cells. The model computes what it computed before while γ = 1 (training,
     step < warm-up + 1); its eval form is RepBN."""
+    if getattr(model, "compile_cache", None):
+        raise ValueError(f"{type(model).__name__} already ran in GRAPH_MODE, and MindSpore would keep running its "
+                         "compiled graph with the LayerNorms; call prepbnify on the model before its first call "
+                         "(or on a newly built one).")
     schedule = PRepBNSchedule(decay_steps, warmup_steps)
     replaced = []
     for owner_name, owner in list(model.cells_and_names()):

@@ -12,7 +12,7 @@ from mindspore import Tensor, nn, ops
 
 from slab_ms import create_model, reparameterize_model
 from slab_ms.layers import SimplifiedLinearAttention, cpu_kernels
-from slab_ms.layers.attention import head_block_mask, head_indicator
+from slab_ms.layers.attention import head_block_mask, head_indicator, kv_first_attention
 from slab_ms.layers.mlp import GELU, Mlp, exact_gelu
 from slab_ms.layers.patch_embed import PatchConv2d
 from slab_ms.models.cswin import LePEConv, grid_to_tokens, tokens_to_grid
@@ -82,7 +82,8 @@ def test_block_diagonal_sla_equals_per_head_sla(heads):
     pos = RNG.normal(0, 0.3, (1, 30, dim)).astype(np.float32)
     sla.positional_encoding.set_data(Tensor(pos))
     q, k, v = (RNG.normal(size=(2, 30, dim)).astype(np.float32) for _ in range(3))
-    got = sla._kv_first(ops.relu(Tensor(q)), ops.relu(Tensor(k + pos)), Tensor(v)).asnumpy()
+    got = kv_first_attention(ops.relu(Tensor(q)), ops.relu(Tensor(k + pos)), Tensor(v), heads, sla.head_mask,
+                             sla.head_indicator, sla.eps).asnumpy()
     np.testing.assert_allclose(got, _per_head_sla(q, k, v, pos, heads), rtol=1e-4, atol=1e-5)
 
 

@@ -87,3 +87,13 @@ def test_gamma_decay_drives_it_to_repbn_and_the_deploy_form_has_no_norm(family):
 def test_prepbnify_refuses_a_model_without_layernorm():
     with pytest.raises(ValueError, match="no nn.LayerNorm"):
         prepbnify(nn.SequentialCell([nn.Dense(3, 3)]), decay_steps=3)
+
+
+def test_prepbnify_refuses_a_model_that_already_compiled_its_layernorm_graph():
+    net = FAMILIES["vit"][0]()
+    net.set_train(False)
+    before = net(_input(32)).asnumpy()
+    with pytest.raises(ValueError, match="already ran in GRAPH_MODE"):
+        prepbnify(net, decay_steps=3)
+    assert not any(isinstance(c, PRepBN) for _, c in net.cells_and_names())  # refused before changing anything
+    np.testing.assert_array_equal(net(_input(32)).asnumpy(), before)

@@ -3,6 +3,7 @@ import re
 
 import numpy as np
 import pytest
+import mindspore as ms
 from mindspore import Tensor
 
 from slab_ms import create_model
@@ -150,10 +151,29 @@ def test_window_layouts_and_input_errors():
         create_model("slab_swin_tiny", image_size=256)
     net = SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 1), window_size=4,
                           attn="softmax", norm="repbn", num_classes=0)
-    with pytest.raises(ValueError, match="built for 32x32 inputs"):
-        net.forward_features(Tensor(np.zeros((1, 3, 64, 64), np.float32)))
-    with pytest.raises(ValueError, match="divisible by 4"):
-        net.forward_features(Tensor(np.zeros((1, 3, 30, 30), np.float32)))
+    with pytest.raises(ValueError, match="3 input channels"):
+        net.forward_features(Tensor(np.zeros((1, 1, 32, 32), np.float32)))
+
+
+@pytest.mark.parametrize("size", [64, 30])
+def test_a_classifier_runs_other_input_sizes_in_graph_mode_as_its_backbone_form(size):
+    """MindCV's train.py cannot pass image_size: a Swin built for 32² must classify a 64² (or 30², padded) batch in
+    GRAPH_MODE, through the padded windows of the backbone form with the same weights."""
+    ms.set_seed(0)
+    net = SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=4,
+                          attn="sla", attn_type="LS", norm="repbn", num_classes=5)
+    net.set_train(False)
+    backbone = SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2),
+                               window_size=4, attn="sla", attn_type="LS", norm="repbn", features_only=True,
+                               out_indices=(1,), out_norm="none")
+    ms.load_param_into_net(backbone, {p.name: p for p in net.get_parameters() if not p.name.startswith(("head", "norm."))})
+    backbone.set_train(False)
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
+    logits = net(x).asnumpy()
+    features = backbone(x)[0].asnumpy().mean(axis=(2, 3))  # stage-2 map, pooled
+    expected = net.head(net.norm(Tensor(features[:, None, :]))).asnumpy()[:, 0]
+    assert logits.shape == (2, 5) and np.isfinite(logits).all()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ training

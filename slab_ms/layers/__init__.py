@@ -3,7 +3,7 @@ from .attention import Attention, SimplifiedLinearAttention, merge_heads, resize
 from .drop_path import DropPath
 from .fold import (ChannelAffine, fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, keep_as_affine,
                    register_fold)
-from .helpers import dense, to_2tuple
+from .helpers import dense, float32_softmax, to_2tuple
 from .mlp import Mlp
 from .norm import (MaskedPRepBN, MaskedRepBN, PRepBN, RepBN, RMSNorm, TokenBatchNorm, attach_prepbn_schedule,
                    get_masked_norm_layer, get_norm_layer, prepbn_layers)

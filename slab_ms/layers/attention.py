@@ -25,13 +25,15 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .cpu_kernels import kernel
-from .helpers import dense, to_2tuple
+from .helpers import dense, float32_softmax, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
            "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls", "head_block_mask",
-           "head_indicator", "simplified_linear_attention_tokens", "simplified_linear_attention_qkv", "SLA_EPS"]
+           "head_indicator", "simplified_linear_attention_tokens", "simplified_linear_attention_qkv", "kv_first_attention",
+           "qk_first_attention", "SLA_EPS"]
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference
+_BMM_TRANSPOSED_A = ops.BatchMatMul(transpose_a=True)
 
 
 def split_heads(x, num_heads):
@@ -149,6 +151,31 @@ def depthwise_conv_as_matmuls(tokens, weight, bias, hw, column_index, row_shifts
     return (out.reshape(c, groups, b, n).transpose(2, 3, 1, 0) + bias).reshape(b, n, channels)
 
 
+def kv_first_attention(q, k, v, num_heads, head_mask, head_indicator, eps):
+    """Q (Kᵀ V) / (Q Σ_j K_j) per head on ReLU'd (B, N, C) q, k, every product batched over all heads in (B, N, C)
+    (``head_mask``: ``head_block_mask``, ``head_indicator``: ``head_indicator``, both as Tensors)."""
+    b, n, c = q.shape
+    kv = _BMM_TRANSPOSED_A(k, v)  # (B, C, C); its diagonal blocks are the heads' Kᵀ V (no Transpose op)
+    if num_heads > 1:
+        kv = kv * head_mask.astype(kv.dtype)
+    # Σ_j K_j as a matmul with ones: MindSpore's CPU ReduceSum over the token axis is ~4x slower.
+    k_sum = ops.bmm(ops.ones((b, 1, n), k.dtype), k)  # (B, 1, C)
+    normaliser = ops.bmm(q, k_sum.reshape(b, c, 1) * head_indicator.astype(k.dtype)) + eps  # (B, N, h)
+    # ones / z rather than 1.0 / z: MindSpore exports the latter as Reciprocal, which ONNX export lacks.
+    scale = ops.ones_like(normaliser) / normaliser
+    out = ops.bmm(q, kv).reshape(b, n, num_heads, c // num_heads) * scale.expand_dims(-1)
+    return out.reshape(b, n, c)
+
+
+def qk_first_attention(q, k, v, num_heads, eps):
+    """(Q Kᵀ) V / (Q Kᵀ 1) per head on ReLU'd q, k: cheaper than Kᵀ V when the grid has at most head_dim tokens."""
+    q, k, v = (split_heads(t, num_heads) for t in (q, k, v))
+    attn = ops.bmm(q, k.transpose(0, 2, 1))
+    # Divide instead of multiplying by z = 1/(...): MindSpore's ONNX exporter has no Reciprocal.
+    out = ops.bmm(attn, v) / (attn.sum(axis=-1, keepdims=True) + eps)
+    return merge_heads(out, num_heads)
+
+
 class Attention(nn.Cell):
     """Multi-head softmax self-attention (the DeiT / ViT baseline)."""
 
@@ -164,7 +191,7 @@ class Attention(nn.Cell):
     def construct(self, x, hw=None):
         q, k, v = ops.split(self.qkv(x), x.shape[-1], axis=-1)
         q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        attn = ops.softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), axis=-1)
+        attn = float32_softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), v.dtype)
         x = merge_heads(ops.bmm(self.attn_drop(attn), v), self.num_heads)
         return self.proj_drop(self.proj(x))
 
@@ -216,7 +243,6 @@ class SimplifiedLinearAttention(nn.Cell):
         self.native_qkv_kernel = (kernel("SimplifiedLinearAttentionQKV", simplified_linear_attention_qkv,
                                          lambda qkv, *_: qkv[:3] + qkv[4:])
                                   if self.use_dwc and with_proj else None)
-        self.bmm_transposed_a = ops.BatchMatMul(transpose_a=True)
         if with_proj:
             self.proj = dense(dim, dim)
             self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
@@ -232,35 +258,14 @@ class SimplifiedLinearAttention(nn.Cell):
             return out.reshape(b, n, c).astype(out_dtype)
         positional_encoding = resize_token_grid(self.positional_encoding, self.grid_size, hw).astype(ms.float32)
         q, k = ops.relu(q), ops.relu(k + positional_encoding)
+        # module functions, not methods: a method call of a float16 cell would cast q, k, v back to float16
         if q.shape[1] > self.head_dim:
-            out = self._kv_first(q, k, v)
+            out = kv_first_attention(q, k, v, self.num_heads, self.head_mask, self.head_indicator, self.eps)
         else:
-            out = self._qk_first(q, k, v)
+            out = qk_first_attention(q, k, v, self.num_heads, self.eps)
         if self.use_dwc:
             out = out + self._dwc_tokens(v, hw)
         return out.astype(out_dtype)
-
-    def _kv_first(self, q, k, v):
-        """Q (Kᵀ V) / (Q Σ_j K_j) per head, every product batched over all heads in (B, N, C)."""
-        b, n, c = q.shape
-        kv = self.bmm_transposed_a(k, v)  # (B, C, C); its diagonal blocks are the heads' Kᵀ V (no Transpose op)
-        if self.num_heads > 1:
-            kv = kv * self.head_mask
-        # Σ_j K_j as a matmul with ones: MindSpore's CPU ReduceSum over the token axis is ~4x slower.
-        k_sum = ops.bmm(ops.ones((b, 1, n), k.dtype), k)  # (B, 1, C)
-        normaliser = ops.bmm(q, k_sum.reshape(b, c, 1) * self.head_indicator) + self.eps  # (B, N, h)
-        # ones / z rather than 1.0 / z: MindSpore exports the latter as Reciprocal, which ONNX export lacks.
-        scale = ops.ones_like(normaliser) / normaliser
-        out = ops.bmm(q, kv).reshape(b, n, self.num_heads, self.head_dim) * scale.expand_dims(-1)
-        return out.reshape(b, n, c)
-
-    def _qk_first(self, q, k, v):
-        """(Q Kᵀ) V / (Q Kᵀ 1) per head: cheaper than Kᵀ V when the grid has at most head_dim tokens."""
-        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
-        attn = ops.bmm(q, k.transpose(0, 2, 1))
-        # Divide instead of multiplying by z = 1/(...): MindSpore's ONNX exporter has no Reciprocal.
-        out = ops.bmm(attn, v) / (attn.sum(axis=-1, keepdims=True) + self.eps)
-        return merge_heads(out, self.num_heads)
 
     def _dwc_tokens(self, v, hw):
         """``dwc`` on the (B, N, C) float32 values laid out on ``hw``, one conv per head: as matmuls on the grid the

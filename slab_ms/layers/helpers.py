@@ -1,10 +1,11 @@
-"""Small shared helpers: tuple conversion and the reference's Dense initialisation."""
+"""Small shared helpers: tuple conversion, the reference's Dense initialisation and the float32 softmax."""
 import collections.abc
 
-from mindspore import nn
+import mindspore as ms
+from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
-__all__ = ["to_2tuple", "dense"]
+__all__ = ["to_2tuple", "dense", "float32_softmax"]
 
 
 def to_2tuple(x):
@@ -20,3 +21,9 @@ def dense(in_channels, out_channels, has_bias=True):
     """Dense with trunc-normal(0.02) weight and zero bias, as every Linear of the reference."""
     return nn.Dense(in_channels, out_channels, weight_init=TruncatedNormal(0.02), bias_init="zeros",
                     has_bias=has_bias)
+
+
+def float32_softmax(scores, dtype):
+    """Softmax over the last axis computed in float32 whatever the AMP level (float16's exp overflows above
+    11), returned as ``dtype`` for the product with the values."""
+    return ops.softmax(scores.astype(ms.float32), axis=-1).astype(dtype)

@@ -66,6 +66,13 @@ class RepBN(TokenBatchNorm):
         return a + float(self.alpha.asnumpy()[0]), b
 
 
+def progressive_mix(ln, bn, step, decay_steps, warmup_steps):
+    """γ·ln + (1 − γ)·bn with γ and the sum in float32 under any AMP level, returned in ``ln``'s dtype (a module
+    function: a float16 cell casts the arguments of its own methods back to float16)."""
+    g = gamma(step.astype(ms.float32), decay_steps.astype(ms.float32), warmup_steps.astype(ms.float32))
+    return (g * ln.astype(ms.float32) + (1.0 - g) * bn.astype(ms.float32)).astype(ln.dtype)
+
+
 class PRepBN(nn.Cell):
     """Progressive RepBN: γ·LayerNorm + (1 − γ)·RepBN while training, pure RepBN in evaluation.
 
@@ -86,9 +93,7 @@ class PRepBN(nn.Cell):
     def construct(self, x):
         if not self.training:
             return self.norm2(x)
-        g = gamma(self._step.astype(ms.float32), self._decay_steps.astype(ms.float32),
-                  self._warmup_steps.astype(ms.float32)).astype(x.dtype)
-        return g * self.norm1(x) + (1.0 - g) * self.norm2(x)
+        return progressive_mix(self.norm1(x), self.norm2(x), self._step, self._decay_steps, self._warmup_steps)
 
     def affine(self):
         """Eval-mode per-channel map (pure RepBN)."""
@@ -164,9 +169,7 @@ class MaskedPRepBN(PRepBN):
     def construct(self, x, mask=None):
         if not self.training:
             return self.norm2(x)
-        g = gamma(self._step.astype(ms.float32), self._decay_steps.astype(ms.float32),
-                  self._warmup_steps.astype(ms.float32)).astype(x.dtype)
-        return g * self.norm1(x) + (1.0 - g) * self.norm2(x, mask)
+        return progressive_mix(self.norm1(x), self.norm2(x, mask), self._step, self._decay_steps, self._warmup_steps)
 
 
 def get_masked_norm_layer(norm, eps=1e-6, decay_steps=None, warmup_steps=0, zero_init=True):

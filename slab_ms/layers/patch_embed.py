@@ -39,7 +39,8 @@ class PatchConv2d(nn.Conv2d):
         if h != hp * ph or w != wp * pw:  # a valid conv ignores the last rows / columns (a slice is slow: skip it)
             x = x[:, :, :hp * ph, :wp * pw]
         patches = x.reshape(b, c, hp, ph, wp, pw).transpose(0, 2, 4, 1, 3, 5).reshape(b * hp * wp, c * ph * pw)
-        out = ops.matmul(patches, self.weight.reshape(self.out_channels, -1).T) + self.bias
+        weight = self.weight.reshape(self.out_channels, -1).astype(patches.dtype)
+        out = ops.matmul(patches, weight.T) + self.bias.astype(patches.dtype)
         return out.reshape(b, hp * wp, self.out_channels), (hp, wp)
 
     def tokens_from_tokens(self, x, hw):
@@ -52,7 +53,7 @@ class PatchConv2d(nn.Conv2d):
             grid = grid[:, :hp * ph, :wp * pw]
         patches = grid.reshape(b, hp, ph, wp, pw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b * hp * wp, ph * pw * c)
         weight = self.weight.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)  # patch order (row, col, channel)
-        out = ops.matmul(patches, weight.T) + self.bias
+        out = ops.matmul(patches, weight.T.astype(patches.dtype)) + self.bias.astype(patches.dtype)
         return out.reshape(b, hp * wp, self.out_channels), (hp, wp)
 
     def construct(self, x):

@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, ops
 
-__all__ = ["PRepBNSchedule", "gamma"]
+__all__ = ["PRepBNSchedule", "gamma", "advance_in_training"]
 
 _NAMES = ("prepbn_step", "prepbn_decay_steps", "prepbn_warmup_steps")
 _logger = logging.getLogger(__name__)
@@ -22,6 +22,17 @@ def gamma(step, decay_steps, warmup_steps):
     """γ = clip((T − (step − warm)) / T, 0, 1), evaluated in-graph on float Tensors and on the host on
     ``np.float64`` values (the one definition of the formula)."""
     return ((decay_steps - (step - warmup_steps)) / decay_steps).clip(0.0, 1.0)
+
+
+_ONE = Tensor(1, ms.int32)
+
+
+def advance_in_training(owner):
+    """One γ step per training forward of ``owner``, the model that owns the schedule, unless a trainer claimed
+    the schedule (:meth:`PRepBNSchedule.claim`); called at the end of the owner's ``construct``, after every
+    PRepBN layer read the step. The reference's norms count their own training forwards the same way."""
+    if owner.training and getattr(owner, "prepbn_advances_itself", False):
+        ops.assign_add(owner.prepbn_step, _ONE)
 
 
 def _int_param(value, name):
@@ -40,6 +51,11 @@ class PRepBNSchedule:
     ``PRepBNSchedule(decay_steps, warmup_steps)`` makes a new schedule for the PRepBN layers of a model
     being built; :meth:`attach` then hands it to the model. ``PRepBNSchedule.of(net)`` is the schedule of
     a built model (None without PRepBN).
+
+    Until a trainer :meth:`claim` s it, the model advances its own step once per training forward
+    (:func:`advance_in_training`), so a PRepBN model trained by any loop (MindSpore's ``Model``, MindCV's
+    trainer, a user's loop) decays γ; a trainer that counts optimizer steps itself (this package's
+    ``TrainStep``, ``GammaDecay``) claims it before its graph compiles, and the model stops counting.
     """
 
     def __init__(self, decay_steps, warmup_steps=0, step=0):
@@ -59,6 +75,7 @@ class PRepBNSchedule:
             return None
         schedule = cls.__new__(cls)
         schedule.parameters = tuple(getattr(net, name) for name in _NAMES)
+        schedule.owner = net
         return schedule
 
     @classmethod
@@ -74,6 +91,18 @@ class PRepBNSchedule:
         for name, param in zip(_NAMES, self.parameters):
             setattr(net, name, param)
             param.name = name
+        net.prepbn_advances_itself = True
+        self.owner = net
+
+    def claim(self):
+        """The caller advances the step from now on (once per optimizer step): the owner stops counting its
+        training forwards. A graph of the owner compiled before the claim keeps counting (the flag is read when a
+        graph compiles), so claim before the first training call; ``GammaDecay`` reports a double count."""
+        self.owner.prepbn_advances_itself = False
+
+    @property
+    def claimed(self):
+        return not getattr(self.owner, "prepbn_advances_itself", False)
 
     @staticmethod
     def detach(net):
@@ -81,6 +110,7 @@ class PRepBNSchedule:
         for name in _NAMES:
             if hasattr(net, name):
                 delattr(net, name)
+        net.prepbn_advances_itself = False
 
     @staticmethod
     def is_schedule_parameter(name):

@@ -22,9 +22,10 @@ Fine-tuning modes (kwargs of every factory, with ``features_only=True``):
 """
 from mindspore import nn, ops
 
-from ..layers import get_norm_layer
+from ..layers import check_input, get_norm_layer
 from ..layers.fold import fold_final_norm, keep_as_affine
 from ..layers.norm import RepBN, TokenBatchNorm
+from ..layers.schedule import advance_in_training
 
 __all__ = ["BackboneMixin", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms", "fold_head_or_output_norms"]
 
@@ -107,6 +108,17 @@ class BackboneMixin:
         self.out_norms = nn.CellList([out_layer(stages[i]["chs"]) for i in self.out_indices])
         self._frozen_names = [name for group in groups[:self.frozen_stages + 1] for name in group]
         self._apply_backbone_modes()
+
+    def construct(self, x):
+        """Logits, or (``features_only``) the selected stage maps; in training, one γ step when the schedule is the
+        model's own (:func:`~slab_ms.layers.schedule.advance_in_training`)."""
+        if self.features_only:
+            check_input(x, self.in_channels, 1, type(self).__name__)
+            out = self._outputs(self.forward_stages(x, self.last_stage))
+        else:
+            out = self.forward_head(self.forward_features(x))
+        advance_in_training(self)
+        return out
 
     @property
     def out_channels(self):

@@ -32,8 +32,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
-                      fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer, merge_heads,
-                      register_fold, split_heads, to_2tuple)
+                      float32_softmax, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
+                      merge_heads, register_fold, split_heads, to_2tuple)
 from ..layers.attention import depthwise_conv_tokens
 from ..layers.cpu_kernels import kernel
 from ..layers.fold import zero_preimage
@@ -147,8 +147,9 @@ class LePEAttention(nn.Cell):
         lepe = self.get_v(v, window)
         q = split_heads(q * self.scale, self.num_heads)
         k = split_heads(k, self.num_heads)
-        attn = ops.softmax(ops.bmm(q, k.transpose(0, 2, 1)), axis=-1)
-        out = merge_heads(ops.bmm(attn, split_heads(v, self.num_heads)), self.num_heads) + lepe
+        v = split_heads(v, self.num_heads)
+        attn = float32_softmax(ops.bmm(q, k.transpose(0, 2, 1)), v.dtype)
+        out = merge_heads(ops.bmm(attn, v), self.num_heads) + lepe
         return from_windows(out, hw, window)
 
 
@@ -409,12 +410,6 @@ class CSWinTransformer(BackboneMixin, nn.Cell):
     def forward_head(self, x, pre_logits=False):
         x = x.mean(axis=1)
         return x if pre_logits else self.head(x)
-
-    def construct(self, x):
-        if self.features_only:
-            check_input(x, self.in_channels, 1, type(self).__name__)
-            return self._outputs(self.forward_stages(x, self.last_stage))
-        return self.forward_head(self.forward_features(x))
 
 
 @register_flops(LePEAttention)

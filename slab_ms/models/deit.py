@@ -146,12 +146,6 @@ class VisionTransformer(BackboneMixin, nn.Cell):
         x = x[:, 0] if self.global_pool == "token" else x.mean(axis=1)
         return x if pre_logits else self.head(x)
 
-    def construct(self, x):
-        if self.features_only:
-            check_input(x, self.in_channels, 1, type(self).__name__)
-            return self._outputs(self.forward_stages(x, self.last_stage))
-        return self.forward_head(self.forward_features(x))
-
 
 @register_fold(Block)
 def _fold_block(block):

@@ -36,6 +36,7 @@ from mindspore.common.initializer import Normal
 
 from ..layers import (attach_prepbn_schedule, fold_norm_into_consumers, get_masked_norm_layer,
                       register_fold)
+from ..layers.schedule import advance_in_training
 from .registry import drop_keys
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",
@@ -295,7 +296,9 @@ class LlamaForCausalLM(nn.Cell):
         return self.lm_head(h)
 
     def construct(self, input_ids, attention_mask=None):
-        return self.logits(self.model(input_ids, attention_mask))
+        logits = self.logits(self.model(input_ids, attention_mask))
+        advance_in_training(self)
+        return logits
 
     def no_weight_decay(self):
         return set()

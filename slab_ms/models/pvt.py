@@ -28,7 +28,7 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
-                      check_input, dense, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
+                      check_input, dense, float32_softmax, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
                       merge_heads, register_fold, resize_token_grid, split_heads, to_2tuple)
 from ..layers.flops import register_flops, softmax_flops
 from .backbone import BackboneMixin, fold_output_norms
@@ -72,7 +72,7 @@ class SpatialReductionAttention(nn.Cell):
             x = self.norm(self.sr.tokens_from_tokens(x, hw)[0])
         k, v = ops.split(self.kv(x), c, axis=-1)
         k, v = split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        attn = ops.softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), axis=-1)
+        attn = float32_softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), v.dtype)
         return self.proj_drop(self.proj(merge_heads(ops.bmm(attn, v), self.num_heads)))
 
 
@@ -217,12 +217,6 @@ class PyramidVisionTransformer(BackboneMixin, nn.Cell):
     def forward_head(self, x, pre_logits=False):
         x = x.mean(axis=1)
         return x if pre_logits else self.head(x)
-
-    def construct(self, x):
-        if self.features_only:
-            check_input(x, self.in_channels, 1, type(self).__name__)
-            return self._outputs(self.forward_stages(x, self.last_stage))
-        return self.forward_head(self.forward_features(x))
 
 
 @register_flops(SpatialReductionAttention)

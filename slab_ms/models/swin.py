@@ -35,7 +35,7 @@ from mindspore.common.initializer import TruncatedNormal, initializer
 from mindspore.ops import constexpr
 
 from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule, check_input,
-                      dense, fold_norm_into_consumers, get_norm_layer, register_fold, to_2tuple)
+                      dense, float32_softmax, fold_norm_into_consumers, get_norm_layer, register_fold, to_2tuple)
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, softmax_flops
 from .backbone import BackboneMixin, fold_head_or_output_norms, pad_grid
@@ -139,15 +139,15 @@ class WindowAttention(nn.Cell):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).transpose(2, 0, 3, 1, 4)
         q, k, v = ops.unstack(qkv, 0)  # indexing qkv[0] is a StridedSlice: ~15x slower on MindSpore's CPU
-        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))
-        bias = ops.gather(self.relative_position_bias_table, self.relative_position_index, 0)
+        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1)).astype(ms.float32)  # bias, mask, softmax: float32
+        bias = ops.gather(self.relative_position_bias_table.astype(ms.float32), self.relative_position_index, 0)
         attn = attn + bias.reshape(n, n, self.num_heads).transpose(2, 0, 1).expand_dims(0)
         if mask is not None:
             num_windows = mask.shape[0]
-            attn = attn.reshape(b // num_windows, num_windows, self.num_heads, n, n) + mask.reshape(
+            attn = attn.reshape(b // num_windows, num_windows, self.num_heads, n, n) + mask.astype(ms.float32).reshape(
                 1, num_windows, 1, n, n)
             attn = attn.reshape(b, self.num_heads, n, n)
-        x = ops.matmul(ops.softmax(attn, axis=-1), v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        x = ops.matmul(float32_softmax(attn, v.dtype), v).transpose(0, 2, 1, 3).reshape(b, n, c)
         return self.proj_drop(self.proj(x))
 
 
@@ -377,13 +377,12 @@ class SwinTransformer(BackboneMixin, nn.Cell):
         return {name for name, _ in self.parameters_and_names() if name.endswith("relative_position_bias_table")}
 
     def forward_features(self, x):
-        """Image -> normalised last-stage tokens (B, N, C)."""
-        check_input(x, self.in_channels, self.patch_size, type(self).__name__)
+        """Image -> normalised last-stage tokens (B, N, C). An image of another size than the model was built for
+        runs as in the backbone form (padded to whole patches and windows, SLA encodings resized), as the official
+        detection backbones run any size."""
+        check_input(x, self.in_channels, 1, type(self).__name__)
         if (x.shape[2], x.shape[3]) != self.img_size:
-            raise ValueError(f"{type(self).__name__} was built for {self.img_size[0]}x{self.img_size[1]} inputs "
-                             f"(windows, shift masks and SLA positional encodings are fixed at construction), "
-                             f"got {x.shape[2]}x{x.shape[3]}; create the model with image_size="
-                             f"{x.shape[2]} for that size.")
+            return self.norm(self.forward_stages(x, len(self.layers) - 1)[-1][0])
         x = self.patch_embed(x)[0]
         x = self.pos_drop(x)
         for layer in self.layers:
@@ -411,12 +410,6 @@ class SwinTransformer(BackboneMixin, nn.Cell):
     def forward_head(self, x, pre_logits=False):
         x = x.mean(axis=1)
         return x if pre_logits else self.head(x)
-
-    def construct(self, x):
-        if self.features_only:
-            check_input(x, self.in_channels, 1, type(self).__name__)
-            return self._outputs(self.forward_stages(x, self.last_stage))
-        return self.forward_head(self.forward_features(x))
 
 
 @register_flops(WindowAttention)

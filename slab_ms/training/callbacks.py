@@ -69,6 +69,7 @@ class GammaDecay(Callback):
         self.calls = 0
         self.gamma = None
         self.prepbn = PRepBNSchedule.require(net)
+        self.prepbn.claim()  # one γ step per optimizer step from here, not one per training forward
 
     def schedule(self):
         return self.prepbn.state()

@@ -143,6 +143,7 @@ class TrainStep(nn.Cell):
         schedule = PRepBNSchedule.of(model)
         self.has_schedule = schedule is not None
         if self.has_schedule:
+            schedule.claim()  # counted here, per optimizer step, instead of per training forward by the model
             self.gamma_step = schedule.step
 
         self.accumulate_steps = int(accumulate_steps)
