@@ -34,7 +34,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
 
-from ..layers import (attach_prepbn_schedule, fold_norm_into_consumers, get_masked_norm_layer,
+from ..layers import (attach_prepbn_schedule, float32_softmax, fold_norm_into_consumers, get_masked_norm_layer,
                       register_fold)
 from ..layers.schedule import advance_in_training
 from .registry import drop_keys
@@ -176,9 +176,9 @@ class LlamaAttention(nn.Cell):
 
     def attend(self, q, k, v, allowed):
         """softmax(q kᵀ/√d, keys where ``allowed`` is False excluded) v, heads merged and projected."""
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)).astype(ms.float32) * self.scale  # float32 under AMP too
         scores = ops.masked_fill(scores, ops.logical_not(allowed), _NEG)
-        out = ops.matmul(ops.softmax(scores, axis=-1), v)
+        out = ops.matmul(float32_softmax(scores, v.dtype), v)
         b, _, t, _ = out.shape
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, t, self.hidden_size))
 

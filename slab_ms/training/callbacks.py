@@ -28,6 +28,13 @@ def rate_and_eta(done, total, first_done, units_per_step, now):
     return (done - 1) * units_per_step / elapsed, format_seconds(elapsed / (done - 1) * (total - done))
 
 
+def _counts_steps(optimizer):
+    """Whether ``optimizer.global_step`` counts optimizer steps: MindCV's AdamW-type optimizers advance it only with
+    a dynamic lr or weight decay (MindSpore's always do)."""
+    dynamic = getattr(optimizer, "_is_dynamic_lr_or_weight_decay", None)
+    return dynamic is None or bool(dynamic())
+
+
 class GammaDecay(Callback):
     """Owns a PRepBN model's γ schedule from the training loop's side: one γ step per optimizer step.
 
@@ -43,7 +50,8 @@ class GammaDecay(Callback):
 
     Args:
         net: model owning a :class:`~slab_ms.layers.PRepBNSchedule`.
-        optimizer: the optimizer whose ``global_step`` counts optimizer steps, or None.
+        optimizer: the optimizer whose ``global_step`` counts optimizer steps, or None (an optimizer that does not
+            count them, such as MindCV's AdamW with a constant lr, is not read).
         total_steps: optimizer steps of the whole run.
         log_interval: print γ every this many optimizer steps (0: never).
         start_step: the γ step when the run's optimizer step was 0 (default: 0 in_graph, else read at
@@ -59,7 +67,7 @@ class GammaDecay(Callback):
         if total_steps is None or int(total_steps) < 1:
             raise ValueError(f"GammaDecay needs the run's total_steps (optimizer steps, >= 1), got {total_steps}")
         self.net = net
-        self.optimizer = optimizer
+        self.optimizer = optimizer if optimizer is not None and _counts_steps(optimizer) else None
         self.total_steps = int(total_steps)
         self.log_interval = log_interval
         self.print_fn = print_fn
