@@ -129,11 +129,7 @@ class Trainer:
         self.lock, self.created_dir = None, False
         if self.rank_id == 0:  # the only rank that writes: probe, lock, clean the folder before anything else
             self.created_dir = check_writable_folder(args.ckpt_dir, "ckpt_dir")
-            try:
-                self.lock = RunLock(args.ckpt_dir).acquire()
-            except BaseException:
-                self._remove_created_dir()
-                raise
+            self.lock = RunLock(args.ckpt_dir).acquire()  # a loser removes nothing: the folder is the winner's
             for path in remove_stale_temporaries(args.ckpt_dir):
                 self.log(f"removed '{path}', a temporary file left by a killed run")
         try:
@@ -196,24 +192,14 @@ class Trainer:
             self.log(schedule_note)
 
     def close(self, failed=False):
-        """Release the run lock; after a failed start also remove the ckpt_dir this run created (if empty)."""
+        """Release the run lock; after a failed start also remove the ckpt_dir this run created (if it holds
+        nothing but the lock file), while still holding the lock."""
         if self.lock is not None:
-            self.lock.release()
+            if failed and self.created_dir:
+                self.lock.remove_folder()
+            else:
+                self.lock.release()
             self.lock = None
-        if failed:
-            self._remove_created_dir()
-
-    def _remove_created_dir(self):
-        if not self.created_dir:
-            return
-        lock = os.path.join(self.args.ckpt_dir, RunLock.NAME)
-        try:
-            if set(os.listdir(self.args.ckpt_dir)) <= {RunLock.NAME}:
-                if os.path.exists(lock):
-                    os.remove(lock)
-                os.rmdir(self.args.ckpt_dir)
-        except OSError:
-            pass
 
     # ------------------------------------------------------------------ resume
     def _resume(self):
