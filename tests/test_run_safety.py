@@ -494,3 +494,54 @@ def test_export_finds_the_newest_checkpoint_past_symlink_loops(tmp_path, monkeyp
         assert newest_checkpoint([str(output)]) == str(output / "run" / f"{MODEL}.ckpt")
     finally:
         signal.alarm(0)
+
+
+# ------------------------------------------------------------------------------ 9: signals
+@pytest.mark.parametrize("signum, after", [
+    (signal.SIGINT, "device_target:"),  # while data and model are built
+    (signal.SIGTERM, f"training {MODEL}:"),  # at graph compilation
+    (signal.SIGINT, "epoch 1 step 2/"),  # mid-run; then the printed command resumes the run
+])
+def test_a_signal_stops_training_with_one_line_naming_the_checkpoint_and_the_resume_command(recipe, tmp_path, signum,
+                                                                                           after):
+    """Exit 130 / 143 and no traceback. While a MindSpore graph runs, MindSpore's own SIGINT handler passes
+    SIGINT on as SIGTERM (143), which the message then names."""
+    _, config = recipe
+    ckpt_dir = tmp_path / "run"
+    argv = ["-c", config, "--ckpt_dir", str(ckpt_dir), "--epochs", "2"]
+    proc = subprocess.Popen([sys.executable, TRAIN_PY, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    for line in proc.stdout:
+        if line.startswith(after):
+            proc.send_signal(signum)
+            break
+    _, err = proc.communicate(timeout=TIMEOUT)
+    allowed = {signal.SIGINT: (130, 143), signal.SIGTERM: (143,)}[signum] if "step" in after else (128 + signum,)
+    assert proc.returncode in allowed and "Traceback" not in err, err[-3000:]
+    latest = slab_ms.weights.train_state.find_latest(str(ckpt_dir), MODEL)
+    where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    command = f"python train.py {' '.join(argv)} --resume auto"
+    name = signal.Signals(proc.returncode - 128).name
+    assert err.strip().splitlines()[-1] == f"train.py: interrupted by {name}: {where}; continue with: {command}"
+    if "step" in after:
+        assert latest is not None
+        result = subprocess.run([sys.executable, TRAIN_PY, *command.split()[2:]], capture_output=True, text=True,
+                                cwd=ROOT, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": ROOT})
+        assert result.returncode == 0 and f"resumed from '{latest}'" in result.stdout, result.stderr[-3000:]
+
+
+def test_a_signal_while_a_checkpoint_is_written_stops_the_run_after_it(capsys):
+    from slab_ms import cli
+    written = []
+
+    def tool(argv):
+        with cli.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("the whole checkpoint")
+        written.append("the next step")
+        return 0
+    assert cli.run("train.py", tool) == 143
+    assert written == ["the whole checkpoint"]
+    assert capsys.readouterr().err == "train.py: interrupted by SIGTERM; nothing was left half-written\n"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the tool's handlers are gone again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -42,7 +42,7 @@ from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
-from ..cli import check_image_size, set_context
+from ..cli import check_image_size, set_context, signals_deferred
 from ..factory import create_model
 from ..utils import RunLock, check_writable_folder, remove_stale_temporaries
 from ..weights.checkpoint import UnreadableCheckpointError
@@ -321,10 +321,11 @@ class Trainer:
             return
         self._check_finite(f"after optimizer step {self.optimizer_step()}")
         args = self.args
-        path = save_train_checkpoint(args.ckpt_dir, args.model, self.net, self.optimizer,
-                                     self.train_step, epoch_num, step_num, val_top1=val_top1)
-        self.top1[path] = val_top1
-        self._prune()
+        with signals_deferred():  # a Ctrl-C while saving stops the run after the checkpoint is whole
+            path = save_train_checkpoint(args.ckpt_dir, args.model, self.net, self.optimizer,
+                                         self.train_step, epoch_num, step_num, val_top1=val_top1)
+            self.top1[path] = val_top1
+            self._prune()
         if self.pending is not None and not self.pending[1]:
             self.last_checkpoint = self.pending[0]  # a resumed-from checkpoint nothing showed to be bad
         self.pending = (path, True)
@@ -523,8 +524,9 @@ class Trainer:
             self.log(f"final validation top-1: {result['top1']:.2%}, top-{self.evaluator.k}: {result['top5']:.2%}")
         if self.rank_id == 0:
             self._check_finite("at the end of training")
-            result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
-                                                               self.train_epochs + self.args.bn_recalib_epochs)
+            with signals_deferred():
+                result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
+                                                                   self.train_epochs + self.args.bn_recalib_epochs)
             self.log(f"saved final weights {result['final_checkpoint']}")
         if self.rank_size > 1:
             self.check_ranks_agree()
