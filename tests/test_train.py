@@ -347,8 +347,9 @@ def test_amp_o2_with_loss_scale_matches_float32_and_an_overflow_step_is_skipped(
     assert step.loss_scale_state() == (2048.0, 0)
 
     def state():
+        stats = np.concatenate([p.asnumpy().ravel() for p in net.get_parameters() if "moving_" in p.name])
         return (int(optimizer.global_step.asnumpy().reshape(())), PRepBNSchedule.require(net).state()["step"],
-                net.head.weight.asnumpy().copy(), step.ema_float[0].asnumpy().copy())
+                net.head.weight.asnumpy().copy(), step.ema_float[0].asnumpy().copy(), stats)
 
     before = state()
     ms.ops.assign(step.loss_scale, ms.Tensor(2.0 ** 40, ms.float32))
@@ -358,12 +359,14 @@ def test_amp_o2_with_loss_scale_matches_float32_and_an_overflow_step_is_skipped(
     assert step.loss_scale_state() == (2.0 ** 39, 1)
     assert after[:2] == before[:2] == (1, 1)
     assert np.array_equal(after[2], before[2]) and np.array_equal(after[3], before[3])
+    assert after[4].size and np.array_equal(after[4], before[4])  # the BN statistics its forward moved are put back
 
     ms.ops.assign(step.loss_scale, ms.Tensor(1024.0, ms.float32))
     _, grad_norm = step(images, labels)
     after = state()
     assert np.isfinite(float(grad_norm.asnumpy())) and step.loss_scale_state() == (2048.0, 1)
     assert after[:2] == (2, 2) and not np.array_equal(after[2], before[2]) and not np.array_equal(after[3], before[3])
+    assert not np.array_equal(after[4], before[4])
 
 
 def test_top_k_keeps_the_best_validated_checkpoints_and_the_newest_rebuilt_from_the_folder(tmp_path):
