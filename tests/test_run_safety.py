@@ -151,6 +151,25 @@ def test_checkpoint_whose_weights_give_a_nan_is_not_called_good_and_resume_skips
     assert np.abs(huge).max() > 1e20  # what it would have called good before
 
 
+def test_a_resumed_checkpoint_whose_weights_give_a_nan_is_moved_aside(recipe, trained, tmp_path):
+    """The step-5 weights of the test above (finite, huge): a run resumed from them stops at its first loss,
+    moves them aside and names as the last good checkpoint the one --resume auto takes next."""
+    _, config = recipe
+    source = tmp_path / "source"
+    os.makedirs(source)
+    good = source / f"{MODEL}-0001_000000.ckpt"
+    good.write_bytes((trained / good.name).read_bytes())
+    result = _run(config, source, "--epochs", "2", "--resume", "auto", "--lr", "1e30", "--min_lr", "1e30")
+    bad = source / f"{MODEL}-0001_000001.ckpt"
+    assert result.returncode == 1 and os.path.exists(f"{bad}.nonfinite"), result.stderr[-3000:]
+    os.rename(f"{bad}.nonfinite", bad)
+    result = _run(config, source, "--epochs", "2", "--resume", "auto")
+    assert result.returncode == 1 and f"resumed from '{bad}'" in result.stdout, result.stderr[-3000:]
+    assert "non-finite loss" in result.stderr and f"the last good checkpoint is {good}." in result.stderr
+    assert f"Moved aside, as no finite loss followed their weights: {bad}.nonfinite." in result.stderr
+    assert not bad.exists() and slab_ms.weights.train_state.find_latest(str(source), MODEL) == str(good)
+
+
 def test_non_finite_parameters_are_never_saved(recipe, trained, tmp_path):
     """lr 1e39 is inf in float32: the first update makes the weights NaN/inf; the checkpoint due right after
     it is refused before it is written."""

@@ -13,7 +13,8 @@ __all__ = ["load_checkpoint", "save_checkpoint", "UnreadableCheckpointError"]
 # Scalars a MindSpore training checkpoint carries next to the weights (train.py's loss-scale state is
 # ``train_step.*``).
 _TRAIN_STATE_KEYS = ("global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
-                     "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num", "val_top1")
+                     "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num", "val_top1",
+                     "epoch_losses")
 
 
 class UnreadableCheckpointError(ValueError):
