@@ -112,7 +112,8 @@ elif [ -z "$MASTER_PORT" ]; then
     MASTER_PORT=8118
 fi
 if { [ "$NODES" -le 1 ] || [ "$NODE_RANK" = 0 ]; } && ! port_is_free "$MASTER_PORT"; then
-    fail "--master_port $MASTER_PORT is in use on this host (another msrun job?); choose another port or leave --master_port out to use a free one"
+    BUSY="--master_port $MASTER_PORT is in use on this host (another msrun job?)"
+    fail "$BUSY; choose another port or leave --master_port out to use a free one"
 fi
 
 DATA_ARGS=()

@@ -10,11 +10,13 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 
 __all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
            "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args", "available_devices",
            "resolve_device",
-           "set_context", "check_image_size", "add_budget_args", "apply_budget", "Interrupted", "signals_deferred", "run", "DEVICES"]
+           "set_context", "check_image_size", "add_budget_args", "apply_budget", "Interrupted", "signals_deferred",
+           "run", "DEVICES"]
 
 DEVICES = ("CPU", "GPU", "Ascend")
 PREFERENCE = ("Ascend", "GPU", "CPU")  # the default device_target: the first of these this MindSpore can use
@@ -47,6 +49,9 @@ def _raising_on_signals():
             _deferral["pending"] = signum
             return
         raise Interrupted(signum)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

@@ -474,6 +474,12 @@ def test_convert_refuses_an_existing_file_a_long_name_and_a_full_disk(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"convert.py: error: cannot write '{existing}': No space left on device"), err
     assert existing.read_bytes() == b"keep me" and os.listdir(tmp_path) == [existing.name]
+    monkeypatch.undo()
+    assert convert_main(argv + ["--file_name", str(tmp_path / "new") + os.sep]) == 2
+    assert "is a folder; give the path of the .ckpt to write" in capsys.readouterr().err
+    new_folder = tmp_path / "new"
+    assert convert_main(["--model", MODEL, "--ckpt_file", FIXTURE, "--file_name", str(new_folder / "o.ckpt")]) == 2
+    assert "does not fit" in capsys.readouterr().err and os.listdir(tmp_path) == [existing.name]  # no new folder left
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")

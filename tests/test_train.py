@@ -487,7 +487,8 @@ def test_train_py_skips_overflow_steps_logs_them_and_stops_when_a_whole_epoch_ov
     assert len(skips) == 4 and "epoch 1 optimizer step 1:" in skips[0]
     assert "1 optimizer step skipped (optimizer, lr, γ and EMA did not advance)" in skips[0]
     assert "every optimizer step of epoch 1 (4) overflowed and was skipped: training stopped" in result.stderr
-    # each loss was finite (the overflow is in the scaled gradients): the newest checkpoint is good, as for --resume auto
+    # each loss was finite (the overflow is in the scaled gradients): the newest checkpoint is good, as for
+    # --resume auto
     assert f"the last good checkpoint is {ckpt_dir / f'{MODEL}-0000_000003.ckpt'}." in result.stderr
     saved = ms.load_checkpoint(str(ckpt_dir / f"{MODEL}-0000_000003.ckpt"))
     assert int(saved["global_step"].asnumpy().reshape(())) == 0 and int(saved["prepbn_step"].asnumpy()) == 0

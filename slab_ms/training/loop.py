@@ -18,9 +18,9 @@ kernel), and removes the temporaries of killed writers. A checkpoint is written 
 parameter is finite, and it is called good only once the loss computed with its weights (the next
 step's) is finite too. When training stops on a non-finite value, every checkpoint not shown good that way
 (the run's newest ones, or the one it resumed from) is moved aside (``*.nonfinite``), so the "last good
-checkpoint" the message names is the one ``--resume auto`` continues from. ``--resume auto`` skips an unreadable (torn)
-newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from the ``val_top1`` each
-epoch checkpoint holds, so it is rebuilt from the folder after a resume.
+checkpoint" the message names is the one ``--resume auto`` continues from. ``--resume auto`` skips an
+unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from
+the ``val_top1`` each epoch checkpoint holds, so it is rebuilt from the folder after a resume.
 
 Dataset sinking (``dataset_sink_mode``): the optimizer steps between two host events (a progress line, a
 checkpoint, the epoch end) run as one chunk whose inputs come through MindSpore's data channel
