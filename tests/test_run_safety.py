@@ -118,7 +118,8 @@ def test_checkpoint_whose_weights_give_a_nan_is_not_called_good_and_resume_skips
     """Resumed from the 1-epoch checkpoint with an absurd lr: step 5's update makes the weights huge (finite),
     its checkpoint is written, step 6's loss is NaN. The message names the step-4 checkpoint (finite weights,
     finite logits), the step-5 one is moved aside, and --resume auto then takes the good one. Also: the newest
-    checkpoint torn (--resume auto warns and skips it) and a killed writer's temporary file (removed)."""
+    checkpoint torn (--resume auto warns and skips it), a killed writer's temporary file (removed), and a run
+    resumed from the step-5 weights (they are moved aside as well)."""
     _, config = recipe
     ckpt_dir = tmp_path / "nan"
     os.makedirs(ckpt_dir)
@@ -150,24 +151,18 @@ def test_checkpoint_whose_weights_give_a_nan_is_not_called_good_and_resume_skips
     huge = ms.load_checkpoint(str(tmp_path / "bad.ckpt"))["head.weight"].asnumpy()
     assert np.abs(huge).max() > 1e20  # what it would have called good before
 
-
-def test_a_resumed_checkpoint_whose_weights_give_a_nan_is_moved_aside(recipe, trained, tmp_path):
-    """The step-5 weights of the test above (finite, huge): a run resumed from them stops at its first loss,
-    moves them aside and names as the last good checkpoint the one --resume auto takes next."""
-    _, config = recipe
-    source = tmp_path / "source"
-    os.makedirs(source)
-    good = source / f"{MODEL}-0001_000000.ckpt"
-    good.write_bytes((trained / good.name).read_bytes())
-    result = _run(config, source, "--epochs", "2", "--resume", "auto", "--lr", "1e30", "--min_lr", "1e30")
-    bad = source / f"{MODEL}-0001_000001.ckpt"
-    assert result.returncode == 1 and os.path.exists(f"{bad}.nonfinite"), result.stderr[-3000:]
-    os.rename(f"{bad}.nonfinite", bad)
-    result = _run(config, source, "--epochs", "2", "--resume", "auto")
-    assert result.returncode == 1 and f"resumed from '{bad}'" in result.stdout, result.stderr[-3000:]
-    assert "non-finite loss" in result.stderr and f"the last good checkpoint is {good}." in result.stderr
-    assert f"Moved aside, as no finite loss followed their weights: {bad}.nonfinite." in result.stderr
-    assert not bad.exists() and slab_ms.weights.train_state.find_latest(str(source), MODEL) == str(good)
+    # a run resumed from those weights stops at its first loss, moves them aside too and names as the last good
+    # checkpoint the one --resume auto takes next
+    again = tmp_path / "again"
+    os.makedirs(again)
+    (again / good.name).write_bytes(good.read_bytes())
+    resumed = again / bad.name
+    os.rename(tmp_path / "bad.ckpt", resumed)
+    result = _run(config, again, "--epochs", "2", "--resume", "auto")
+    assert result.returncode == 1 and f"resumed from '{resumed}'" in result.stdout, result.stderr[-3000:]
+    assert "non-finite loss" in result.stderr and f"the last good checkpoint is {again / good.name}." in result.stderr
+    assert f"Moved aside, as no finite loss followed their weights: {resumed}.nonfinite." in result.stderr
+    assert not resumed.exists() and slab_ms.weights.train_state.find_latest(str(again), MODEL) == str(again / good.name)
 
 
 def test_non_finite_parameters_are_never_saved(recipe, trained, tmp_path):
@@ -482,16 +477,23 @@ def test_convert_refuses_an_existing_file_a_long_name_and_a_full_disk(tmp_path, 
     assert "does not fit" in capsys.readouterr().err and os.listdir(tmp_path) == [existing.name]  # no new folder left
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_convert_into_a_read_only_folder_is_one_message(tmp_path, capsys):
+def test_convert_into_a_read_only_folder_is_one_message(tmp_path, monkeypatch, capsys):
+    """A folder on a read-only mount (EROFS from the kernel, simulated: root may write into a chmod 0555 one)."""
     folder = tmp_path / "ro"
     os.makedirs(folder)
-    os.chmod(folder, 0o555)
-    try:
-        assert convert_main(["--model", MODEL, "--ckpt_file", FIXTURE, "--file_name", str(folder / "o.ckpt")]) == 2
-        assert "the folder of --file_name" in capsys.readouterr().err and os.listdir(folder) == []
-    finally:
-        os.chmod(folder, 0o755)
+    real_open = os.open
+
+    def read_only_mount(path, flags, *args, **kwargs):
+        if str(path).startswith(str(folder)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only_mount)
+    assert convert_main(["--model", MODEL, "--ckpt_file", FIXTURE, "--file_name", str(folder / "o.ckpt")]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"convert.py: error: the folder of --file_name '{folder}' is not writable: Read-only file system. "
+                   "Choose another folder or fix its permissions (nothing was written)."]
+    assert os.listdir(folder) == []
 
 
 def test_export_refuses_a_folder_name_and_a_long_name_before_building(tmp_path, capsys):
