@@ -20,7 +20,8 @@ Options:
   --nodes K              nodes in the job (default 1); K > 1 needs --master_addr and --node_rank
   --master_addr ADDR     address of node 0 (multi-node)
   --node_rank R          index of this node, 0 .. K-1 (multi-node; run the script on every node)
-  --master_port PORT     default 8118
+  --master_port PORT     the scheduler's port (default: a free port of this host, printed; with
+                         --nodes K > 1: 8118); a port in use on this host is refused
   --dry_run              check the arguments, print the msrun command and exit
   -- ARGS                passed on to train.py, e.g. -- --device_target Ascend --epochs 100
 Example (8 Ascend devices on each of 2 nodes; on node 1 pass --node_rank 1):
@@ -38,6 +39,14 @@ fail() {
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
+# Whether a TCP port can be bound on this host (a listener holds it otherwise), and a port the kernel has free.
+port_is_free() {
+    python -c "import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', int(sys.argv[1])))" "$1" \
+        2>/dev/null
+}
+free_port() { python -c "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"; }
+
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
@@ -47,13 +56,13 @@ if [ $# -eq 0 ]; then
     CONFIG=configs/demo/slab_deit_demo.yaml
     DATA_DIR=./data/digits
     OUTPUT_DIR="./output/demo/$(date +%Y%m%d-%H%M%S)"
-    NODES=1; MASTER_ADDR=""; NODE_RANK=""; MASTER_PORT=8118
+    NODES=1; MASTER_ADDR=""; NODE_RANK=""; MASTER_PORT=""
     TRAIN_ARGS=()
     DRY_RUN=0
 else
     DEMO=0
     DEVICE_NUM=""; CONFIG=""; DATA_DIR=""; OUTPUT_DIR=""
-    NODES=1; MASTER_ADDR=""; NODE_RANK=""; MASTER_PORT=8118
+    NODES=1; MASTER_ADDR=""; NODE_RANK=""; MASTER_PORT=""
     TRAIN_ARGS=()
     DRY_RUN=0
     while [ $# -gt 0 ]; do
@@ -81,7 +90,8 @@ else
     [ -n "$CONFIG" ] || fail "-c CONFIG is required"
     is_uint "$DEVICE_NUM" && [ "$DEVICE_NUM" -ge 1 ] || fail "-n needs a positive integer, got '$DEVICE_NUM'"
     is_uint "$NODES" && [ "$NODES" -ge 1 ] || fail "--nodes needs a positive integer, got '$NODES'"
-    is_uint "$MASTER_PORT" || fail "--master_port needs a port number, got '$MASTER_PORT'"
+    [ -z "$MASTER_PORT" ] || { is_uint "$MASTER_PORT" && [ "$MASTER_PORT" -ge 1 ] && [ "$MASTER_PORT" -le 65535 ]; } ||
+        fail "--master_port needs a port number (1 .. 65535), got '$MASTER_PORT'"
     [ -f "$CONFIG" ] || fail "config file not found: '$CONFIG'"
     [ -z "$DATA_DIR" ] || [ -d "$DATA_DIR" ] || fail "data directory not found: '$DATA_DIR'"
     if [ "$NODES" -gt 1 ]; then
@@ -92,6 +102,18 @@ else
         fail "--master_addr / --node_rank are for multi-node runs: also pass --nodes K (K > 1)"
     fi
     OUTPUT_DIR="${OUTPUT_DIR:-./output/$(basename "${CONFIG%.*}")}"
+fi
+
+# Two jobs on one host need two scheduler ports: a second msrun on a busy port would talk to the first's scheduler.
+if [ -z "$MASTER_PORT" ] && [ "$NODES" -le 1 ]; then
+    MASTER_PORT=$(free_port)
+    echo "master port: $MASTER_PORT (free on this host; pass --master_port to choose one)"
+elif [ -z "$MASTER_PORT" ]; then
+    MASTER_PORT=8118
+fi
+if { [ "$NODES" -le 1 ] || [ "$NODE_RANK" = 0 ]; } && ! port_is_free "$MASTER_PORT"; then
+    BUSY="--master_port $MASTER_PORT is in use on this host (another msrun job?)"
+    fail "$BUSY; choose another port or leave --master_port out to use a free one"
 fi
 
 DATA_ARGS=()

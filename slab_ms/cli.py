@@ -6,13 +6,17 @@ MindSpore model-zoo spelling users type (``--ckpt_file``, ``--file_name``, ``--f
 exit status 2 in every tool (:func:`run`).
 """
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 
 __all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
            "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args", "available_devices",
            "resolve_device",
-           "set_context", "check_image_size", "add_budget_args", "apply_budget", "run", "DEVICES"]
+           "set_context", "check_image_size", "add_budget_args", "apply_budget", "Interrupted", "signals_deferred",
+           "run", "DEVICES"]
 
 DEVICES = ("CPU", "GPU", "Ascend")
 PREFERENCE = ("Ascend", "GPU", "CPU")  # the default device_target: the first of these this MindSpore can use
@@ -20,6 +24,54 @@ PREFERENCE = ("Ascend", "GPU", "CPU")  # the default device_target: the first of
 
 class UsageError(ValueError):
     """Input the tool cannot work with: one message, exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM arrived while a tool ran (:func:`run`); its exit status is 128 + the signal."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_status = 128 + signum
+
+
+_deferral = {"depth": 0, "pending": None}
+
+
+@contextlib.contextmanager
+def _raising_on_signals():
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (also mid-compilation, once control is
+    back in Python); later ones are ignored, so the clean-up of the first one finishes. While a MindSpore graph
+    runs, MindSpore's own SIGINT handler passes SIGINT on as SIGTERM."""
+    def interrupt(signum, frame):  # pylint: disable=unused-argument
+        for other in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(other, signal.SIG_IGN)
+        if _deferral["depth"]:
+            _deferral["pending"] = signum
+            return
+        raise Interrupted(signum)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """A SIGINT / SIGTERM that arrives within the block raises :class:`Interrupted` when the block ends (a
+    checkpoint being written is finished first)."""
+    _deferral["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferral["depth"] -= 1
+    if not _deferral["depth"] and _deferral["pending"]:
+        signum, _deferral["pending"] = _deferral["pending"], None
+        raise Interrupted(signum)
 
 
 def str2bool(value):
@@ -203,9 +255,14 @@ def apply_budget(args, full, quick):
 
 def run(tool, main, argv=None):
     """``main(argv)`` of the tool ``tool`` ("export.py", ...); bad input (UsageError / ValueError /
-    FileNotFoundError) is one ``<tool>: error: ...`` line and exit status 2."""
+    FileNotFoundError) is one ``<tool>: error: ...`` line and exit status 2; SIGINT / SIGTERM one
+    ``<tool>: interrupted`` line (a tool's own, if it catches :class:`Interrupted`) and 130 / 143."""
     try:
-        return main(argv)
+        with _raising_on_signals():
+            return main(argv)
     except (ValueError, FileNotFoundError) as err:
         print(f"{tool}: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Interrupted as err:
+        print(f"{tool}: interrupted by {err}; nothing was left half-written", file=sys.stderr, flush=True)
+        return err.exit_status

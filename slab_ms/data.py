@@ -6,7 +6,9 @@ Layout (``dataset: imagefolder``)::
 
 Classes are the folder names of the train split, indexed in sorted order; the val split uses the same
 indices (it may lack a class, but a val class unknown to train is an error). Images are the files with
-the extensions in ``IMAGE_EXTENSIONS`` (any case); other files are ignored.
+the extensions in ``IMAGE_EXTENSIONS`` (any case); other files are ignored. An image name that is not a
+regular file (a FIFO, a device, a socket, a dangling symlink) is refused by name, whatever ``check_images``
+says: the loader would block on it or fail mid-run.
 
 ``dataset: digits`` is the embedded demo: scikit-learn's 8x8 handwritten digits written once to
 ``data_dir`` as such an ImageFolder (``prepare_demo_dataset``), then read like any other.
@@ -31,6 +33,7 @@ import collections
 import concurrent.futures
 import os
 import shutil
+import stat
 import tempfile
 
 import numpy as np
@@ -284,8 +287,17 @@ def _data_root(args):
 
 
 def _image_files(class_dir):
+    """Every entry of ``class_dir`` with an image extension that is not a folder (regular or not)."""
     return sorted(entry.path for entry in os.scandir(class_dir)
-                  if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+                  if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and not entry.is_dir())
+
+
+def _is_regular_file(path):
+    """True for a regular file or a symlink to one (``os.stat`` follows links; a dangling one raises)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _is_readable_image(path):
@@ -317,6 +329,11 @@ def _check_split(root, split, check_images, role):
                          f"{' ...' if len(empty) > 10 else ''}); add images ({'/'.join(IMAGE_EXTENSIONS)}) "
                          f"or remove the folder(s).")
     all_files = [path for name in classes for path in files[name]]
+    special = [path for path in all_files if not _is_regular_file(path)]
+    if special:
+        raise ValueError(f"{len(special)} image name(s) in '{split_dir}' are not regular files (a FIFO, device, socket "
+                         f"or dangling symlink the loader would block on or fail at): {', '.join(special[:10])}"
+                         f"{' ...' if len(special) > 10 else ''}. Remove them or point them at image files.")
     if check_images:
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             readable = list(pool.map(_is_readable_image, all_files, chunksize=256))

@@ -49,7 +49,8 @@ from .layers.cpu_kernels import use_standard_ops
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
-from .utils import atomic_output, check_writable_folder, remove_stale_temporaries
+from .utils import (atomic_output, check_output_name, check_writable_folder, refuse_existing,
+                    remove_stale_temporaries)
 from .weights import load_checkpoint
 
 TOOL = "export.py"
@@ -91,9 +92,11 @@ def parse_args(argv=None):
 
 
 def newest_checkpoint(folders=CHECKPOINT_DIRS):
-    """The most recently written ``*.ckpt`` under ``folders`` (temporary ``.*`` files excluded), or None."""
-    paths = [p for folder in folders for p in glob.glob(os.path.join(folder, "**", "*.ckpt"), recursive=True)
-             if not os.path.basename(p).startswith(".")]
+    """The most recently written ``*.ckpt`` under ``folders`` (temporary ``.*`` files excluded), or None.
+    Symlinked folders below ``folders`` are not entered (a link loop would never end the search)."""
+    paths = [os.path.join(parent, name) for folder in folders for parent, _, names in os.walk(folder)
+             for name in names if name.endswith(".ckpt") and not name.startswith(".")]
+    paths = [p for p in paths if os.path.isfile(p)]
     return max(paths, key=os.path.getmtime) if paths else None
 
 
@@ -173,19 +176,19 @@ def check_args(args):
         args.model = match.group("model")
     if args.num_classes is None:  # a backbone has no classifier
         args.num_classes = 0 if args.features_only else checkpoint_num_classes(args.ckpt_file)
+    if args.file_name and not os.path.basename(args.file_name):
+        raise UsageError(f"--file_name '{args.file_name}' is a folder; give the path of the file to write, "
+                         f"e.g. {os.path.join(args.file_name, args.model)}")
     path = output_path(args)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"the folder of --file_name does not exist: {folder}")
     if os.path.isdir(path):
         raise UsageError(f"--file_name '{path}' is a folder; give the path of the file to write")
-    if os.path.exists(path) and not args.overwrite:
-        raise UsageError(f"'{path}' exists; pass --overwrite to replace it, or choose another --file_name "
-                         "(nothing was written)")
-    try:
-        check_writable_folder(folder, "the folder of --file_name", create=False)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    check_output_name(path, "--file_name", FORMATS[args.file_format])
+    if not args.overwrite:
+        refuse_existing(path)
+    check_writable_folder(folder, "the folder of --file_name", create=False)
     for stale in remove_stale_temporaries(folder):
         print(f"{TOOL}: removed '{stale}', a temporary file left by a killed export")
     return kwargs
@@ -307,7 +310,7 @@ def export(args, kwargs):
     folder_mode = os.stat(folder).st_mode & 0o7777  # MindSpore's ONNX writer chmods the folder to 0700
     # Written under a temporary name in the same folder, renamed once checked: no partial output file.
     try:
-        with atomic_output(final_path, suffix=ext) as temp_path:
+        with atomic_output(final_path, suffix=ext, overwrite=args.overwrite) as temp_path:
             try:
                 ms.export(deploy, ms.Tensor(x), file_name=temp_path[:-len(ext)], file_format=args.file_format)
             except (RuntimeError, TypeError, ValueError) as err:

@@ -6,12 +6,20 @@ import fcntl
 import os
 import re
 
-__all__ = ["atomic_output", "save_figure", "default_file_mode", "remove_stale_temporaries", "check_writable_folder", "RunLock",
-           "FolderInUseError"]
+__all__ = ["atomic_output", "save_figure", "default_file_mode", "remove_stale_temporaries", "check_writable_folder",
+           "check_output_name", "refuse_existing", "reporting_disk_full", "OutputError", "RunLock", "FolderInUseError"]
 
-# The temporary names atomic_output writes, ".<name>.tmp<pid><suffix>", and the ".<name>.tmp<pid>.tmp" that
-# MindSpore's checkpoint writer makes of one ending in ".ckpt" while it writes.
-_TEMPORARY = re.compile(r"^\..+\.tmp(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+# Every temporary this package writes carries this marker (".<name>.slabtmp<pid><suffix>"), so cleanup never
+# touches a file of another program; the regex also matches the ".<name>.slabtmp<pid>.tmp" that MindSpore's
+# checkpoint writer makes of one ending in ".ckpt" while it writes.
+TEMPORARY_MARKER = ".slabtmp"
+_TEMPORARY = re.compile(r"^\..+\.slabtmp(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+_PID_DIGITS = 7  # Linux's largest pid_max, 4194304
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class OutputError(ValueError):
+    """An output file cannot be written (disk full, name too long, exists): one message, exit status 2."""
 
 
 def default_file_mode():
@@ -25,28 +33,95 @@ def default_file_mode():
     return 0o666 & ~umask
 
 
+def _temporary_name(name, suffix, pid):
+    return f".{name}{TEMPORARY_MARKER}{pid}{suffix}"
+
+
+def check_output_name(path, what, suffix=""):
+    """Raise OutputError when ``path``'s name, or the temporary name :func:`atomic_output` first writes it
+    under, is longer than its folder's file system allows (255 bytes on the usual ones)."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = len(os.fsencode(_temporary_name(name, suffix, "9" * _PID_DIGITS)))
+    if longest > limit:
+        room = limit - (longest - len(os.fsencode(name)))
+        raise OutputError(f"{what} '{name}' is {len(os.fsencode(name))} bytes long; at most {room} fit here (the file "
+                          f"is first written under a temporary name {longest - len(os.fsencode(name))} bytes longer, "
+                          f"names are limited to {limit} bytes). Choose a shorter name (nothing was written).")
+
+
+def refuse_existing(path):
+    """Raise OutputError when ``path`` exists (the tools' answer without ``--overwrite``)."""
+    if os.path.lexists(path):
+        raise OutputError(f"'{path}' exists; pass --overwrite to replace it, or choose another --file_name "
+                          "(nothing was written)")
+
+
+def _publish_new(tmp, path):
+    """Give ``tmp`` the name ``path`` only if no file has it, in one step (a hard link fails on an existing
+    name); on a file system without hard links, ``path`` is first created exclusively, then replaced."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        refuse_existing(path)
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        refuse_existing(path)
+        raise
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
-def atomic_output(path, suffix=""):
+def atomic_output(path, suffix="", overwrite=True):
     """Yield a temporary path in ``path``'s folder; on success it is renamed to ``path``, on any error removed.
 
     A reader, or a run killed mid-write, never sees a half-written file. ``suffix`` is kept at the end of
     the temporary name for writers that append an extension themselves (MindSpore adds ".ckpt" / ".mindir"
-    to names without it). The temporary name starts with a dot and carries the writer's process id
-    (:func:`remove_stale_temporaries` removes those of dead processes). The file gets the usual mode of a
-    new file (:func:`default_file_mode`): MindSpore's writers leave their files owner-read-only (0400).
+    to names without it). The temporary name starts with a dot and carries this package's marker and the
+    writer's process id (:func:`remove_stale_temporaries` removes those of dead processes). The file gets the
+    usual mode of a new file (:func:`default_file_mode`): MindSpore's writers leave their files
+    owner-read-only (0400). ``overwrite=False`` publishes the file only if ``path`` does not exist at that
+    moment (two writers of one name: one wins, the other gets OutputError). A full disk is OutputError too,
+    with ``path`` left as it was.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}{suffix}")
+    tmp = os.path.join(folder, _temporary_name(os.path.basename(path), suffix, os.getpid()))
     try:
-        yield tmp
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
+        with reporting_disk_full(path):
+            yield tmp
+            os.chmod(tmp, default_file_mode())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _publish_new(tmp, path)
     finally:
         # MindSpore's checkpoint writer first writes "<name without .ckpt>.tmp" itself, then renames it
         for leftover in (tmp, tmp[:-len(suffix)] + ".tmp" if suffix else None):
             if leftover and os.path.exists(leftover):
                 os.remove(leftover)
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path):
+    """Turn a full disk (ENOSPC, EDQUOT) while writing ``path`` into OutputError: one message, exit status 2."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        raise OutputError(f"cannot write '{path}': {err.strerror or 'no space left on device'}. Free some space "
+                          "(or choose another folder) and run again; the files written before are intact.") from None
+
 
 def save_figure(fig, path, dpi="figure"):
     """Write a matplotlib figure as PNG atomically (``atomic_output``) and close it."""
@@ -104,14 +179,14 @@ def check_writable_folder(folder, what, create=True):
         except OSError as err:
             raise ValueError(f"{what} '{folder}' cannot be created: {err.strerror} "
                              f"({_blocking_part(folder)})") from None
-    probe = os.path.join(folder, f".write_probe.tmp{os.getpid()}")
+    probe = os.path.join(folder, _temporary_name("write_probe", "", os.getpid()))
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, b"probe")
         finally:
             os.close(fd)
-        os.remove(probe)
+            os.remove(probe)
     except OSError as err:
         raise ValueError(f"{what} '{folder}' is not writable: {err.strerror}. Choose another folder or fix its "
                          "permissions (nothing was written).") from None
@@ -139,31 +214,57 @@ class RunLock:
 
     The kernel releases it when the process ends, however it ends (SIGKILL included), so a lock file left
     behind never blocks a resume; a second live run into the same folder fails at once, naming the
-    holder's pid (written into the file). The file itself is never removed: removing it while another
-    process waits on it would let two runs hold "the" lock at once.
+    holder's pid (written into the file). A lock counts only while its file is still the one at the path:
+    a run that locked a file its holder has just removed (:meth:`remove_folder`) opens the path again.
     """
 
     NAME = ".slab_train.lock"
 
     def __init__(self, folder):
-        self.path = os.path.join(os.fspath(folder), self.NAME)
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, self.NAME)
         self.fd = None
 
     def acquire(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                    raise
+                raise FolderInUseError(f"'{self.folder}' is in use by another run (pid {holder}, lock {self.path}); "
+                                       "wait for it to finish or choose another --ckpt_dir") from None
+            if self._is_current(fd):
+                break
             os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
-                raise
-            raise FolderInUseError(f"'{os.path.dirname(self.path)}' is in use by another run (pid {holder}, lock "
-                                   f"{self.path}); wait for it to finish or choose another --ckpt_dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
         return self
+
+    def _is_current(self, fd):
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
+
+    def remove_folder(self):
+        """Held: remove the folder if it holds nothing but the lock file, then release (a failed start's
+        cleanup of the folder it created; nothing of another run is touched)."""
+        if self.fd is None:
+            raise RuntimeError("remove_folder needs the lock held")
+        try:
+            if os.listdir(self.folder) == [self.NAME]:
+                os.remove(self.path)
+                os.rmdir(self.folder)
+        except OSError:
+            pass
+        self.release()
 
     def release(self):
         if self.fd is not None:

@@ -112,6 +112,19 @@ def test_corrupt_image_fails_with_file_name(tmp_path, damage):
         create_loaders(make_args(root))
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dangling symlink", "symlink to /dev/zero"])
+def test_an_image_name_that_is_not_a_regular_file_is_refused_by_name(tmp_path, kind):
+    """Checked even with --check_images False: MindSpore's reader would block on a FIFO forever and fail
+    mid-run on the others."""
+    root = write_image_folder(tmp_path)
+    special = root / "train" / "bee" / "x.png"
+    {"fifo": lambda: os.mkfifo(special), "dangling symlink": lambda: os.symlink(tmp_path / "gone.png", special),
+     "symlink to /dev/zero": lambda: os.symlink("/dev/zero", special)}[kind]()
+    os.symlink(root / "train" / "bee" / "0.png", root / "train" / "bee" / "link.png")  # a link to an image is fine
+    with pytest.raises(ValueError, match=r"1 image name\(s\) in '.*train' are not regular files .*bee/x\.png\. "):
+        create_loaders(make_args(root, "--check_images", "False"))
+
+
 def test_val_class_unknown_to_train(tmp_path):
     root = write_image_folder(tmp_path)
     os.rename(root / "val" / "cat", root / "val" / "cow")
@@ -183,3 +196,15 @@ def test_train_py_stops_on_a_corrupt_image_before_writing(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: 1 corrupt or unreadable image file(s)")
     assert "cat/1.png" in result.stderr and not ckpt_dir.exists()
+
+
+def test_train_py_refuses_a_fifo_image_before_the_run_starts(tmp_path):
+    root = write_image_folder(tmp_path / "data")
+    os.mkfifo(root / "train" / "ant" / "pipe.png")
+    ckpt_dir = tmp_path / "ckpt"
+    result = subprocess.run([sys.executable, "train.py", "--model", "slab_deit_tiny", "--data_dir", str(root),
+                             "--check_images", "False", "--ckpt_dir", str(ckpt_dir)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: 1 image name(s)")
+    assert "ant/pipe.png" in result.stderr and "Traceback" not in result.stderr and not ckpt_dir.exists()

@@ -160,6 +160,23 @@ def test_scripts_print_usage_on_bad_arguments(script, args, message):
     assert result.stderr.startswith(f"error: {message}") and "Usage:" in result.stderr
 
 
+def test_distribute_script_picks_a_free_master_port_and_refuses_a_busy_one():
+    """Two jobs on one host must not share msrun's scheduler port: without --master_port a free one is
+    picked and printed; a given port that a listener holds is refused with one message."""
+    base = ["bash", os.path.join("scripts", "run_distribute_train.sh"), "-n", "2", "-c",
+            os.path.join("configs", "demo", "slab_deit_demo.yaml"), "--dry_run"]
+    result = run(base)
+    assert result.returncode == 0, result.stderr
+    port = int(result.stdout.split("master port: ")[1].split()[0])
+    assert f"--master_port={port} " in result.stdout
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = run(base + ["--master_port", str(port)])
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: --master_port {port} is in use on this host")
+
+
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))))
 def test_every_recipe_header_shows_a_command_that_works(config, tmp_path):
     """The 'bash scripts/...' line in each recipe's header comment parses (--dry_run: checked, not run) and

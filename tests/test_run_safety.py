@@ -1,6 +1,8 @@
 """No run loses another's results and every bad input is one message: the ckpt_dir run lock, the start-up
 write probe, finite checkpoints after a NaN, file modes, stale temporaries, --resume auto past a torn
 checkpoint, and exit status 2 with one line for bad options, recipes, data folders and input sizes."""
+import argparse
+import errno
 import glob
 import json
 import os
@@ -23,7 +25,10 @@ from slab_ms.export import main as export_main
 from slab_ms.train import main as train_main
 from slab_ms.training import ConfigError, parse_args
 from slab_ms.training.schedule import resolve_prepbn_schedule
-from slab_ms.utils import FolderInUseError, RunLock, atomic_output, remove_stale_temporaries
+from slab_ms.training import loop
+from slab_ms.utils import (FolderInUseError, OutputError, RunLock, atomic_output, check_writable_folder,
+                           remove_stale_temporaries)
+from slab_ms.weights import save_checkpoint
 from slab_ms.validate import main as validate_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +118,8 @@ def test_checkpoint_whose_weights_give_a_nan_is_not_called_good_and_resume_skips
     """Resumed from the 1-epoch checkpoint with an absurd lr: step 5's update makes the weights huge (finite),
     its checkpoint is written, step 6's loss is NaN. The message names the step-4 checkpoint (finite weights,
     finite logits), the step-5 one is moved aside, and --resume auto then takes the good one. Also: the newest
-    checkpoint torn (--resume auto warns and skips it) and a killed writer's temporary file (removed)."""
+    checkpoint torn (--resume auto warns and skips it), a killed writer's temporary file (removed), and a run
+    resumed from the step-5 weights (they are moved aside as well)."""
     _, config = recipe
     ckpt_dir = tmp_path / "nan"
     os.makedirs(ckpt_dir)
@@ -123,9 +129,9 @@ def test_checkpoint_whose_weights_give_a_nan_is_not_called_good_and_resume_skips
     torn.write_bytes(good.read_bytes()[:5000])
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = ckpt_dir / f".{MODEL}-0001_000002.ckpt.tmp{dead.pid}.ckpt"
+    stale = ckpt_dir / f".{MODEL}-0001_000002.ckpt.slabtmp{dead.pid}.ckpt"
     stale.write_bytes(b"half a checkpoint")
-    live = ckpt_dir / f".{MODEL}-0001_000002.ckpt.tmp{os.getpid()}.ckpt"
+    live = ckpt_dir / f".{MODEL}-0001_000002.ckpt.slabtmp{os.getpid()}.ckpt"
     live.write_bytes(b"a live writer's file")
 
     result = _run(config, ckpt_dir, "--epochs", "2", "--resume", "auto", "--lr", "1e30", "--min_lr", "1e30")
@@ -144,6 +150,19 @@ def test_checkpoint_whose_weights_give_a_nan_is_not_called_good_and_resume_skips
     os.rename(f"{bad}.nonfinite", tmp_path / "bad.ckpt")
     huge = ms.load_checkpoint(str(tmp_path / "bad.ckpt"))["head.weight"].asnumpy()
     assert np.abs(huge).max() > 1e20  # what it would have called good before
+
+    # a run resumed from those weights stops at its first loss, moves them aside too and names as the last good
+    # checkpoint the one --resume auto takes next
+    again = tmp_path / "again"
+    os.makedirs(again)
+    (again / good.name).write_bytes(good.read_bytes())
+    resumed = again / bad.name
+    os.rename(tmp_path / "bad.ckpt", resumed)
+    result = _run(config, again, "--epochs", "2", "--resume", "auto")
+    assert result.returncode == 1 and f"resumed from '{resumed}'" in result.stdout, result.stderr[-3000:]
+    assert "non-finite loss" in result.stderr and f"the last good checkpoint is {again / good.name}." in result.stderr
+    assert f"Moved aside, as no finite loss followed their weights: {resumed}.nonfinite." in result.stderr
+    assert not resumed.exists() and slab_ms.weights.train_state.find_latest(str(again), MODEL) == str(again / good.name)
 
 
 def test_non_finite_parameters_are_never_saved(recipe, trained, tmp_path):
@@ -321,9 +340,12 @@ def test_convert_into_an_existing_folder_is_one_message(tmp_path, capsys):
 def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = [tmp_path / f".m.ckpt.tmp{dead.pid}.ckpt", tmp_path / f".net.mindir.tmp{dead.pid}.mindir",
-             tmp_path / f".m.ckpt.tmp{dead.pid}.tmp"]  # the last: MindSpore's own name while it writes ours
-    keep = [tmp_path / f".m.ckpt.tmp{os.getpid()}.ckpt", tmp_path / "m.ckpt", tmp_path / f"m.tmp{dead.pid}"]
+    stale = [tmp_path / f".m.ckpt.slabtmp{dead.pid}.ckpt", tmp_path / f".net.mindir.slabtmp{dead.pid}.mindir",
+             tmp_path / f".m.ckpt.slabtmp{dead.pid}.tmp",  # MindSpore's own name while it writes ours
+             tmp_path / f".write_probe.slabtmp{dead.pid}"]
+    # another program's temporaries (a dead pid in the same pattern without this package's marker) are not ours
+    keep = [tmp_path / f".m.ckpt.slabtmp{os.getpid()}.ckpt", tmp_path / "m.ckpt", tmp_path / f"m.tmp{dead.pid}",
+            tmp_path / f".thesis.tex.tmp{dead.pid}", tmp_path / f".notes.tmp{dead.pid}.txt"]
     for path in stale + keep:
         path.write_text("x")
     assert sorted(remove_stale_temporaries(str(tmp_path))) == sorted(map(str, stale))
@@ -340,3 +362,213 @@ def test_warmup_longer_than_the_run_gives_a_fix_that_can_be_applied(recipe):
         with pytest.raises(ConfigError) as err:
             resolve_prepbn_schedule(net, args, 12)
         assert fix in str(err.value) and "<= -" not in str(err.value), str(err.value)
+
+
+# ------------------------------------------------------------------------------ 8: races and full disks
+def test_the_run_that_loses_the_lock_removes_nothing(recipe, tmp_path, monkeypatch):
+    """Two runs start into one new folder: the one that made the folder may lose the lock to the other.
+    The loser leaves the folder and the winner's lock file alone (removing them would let a third run in)."""
+    _, config = recipe
+    ckpt_dir = tmp_path / "shared"
+    os.makedirs(ckpt_dir)
+    monkeypatch.setattr(loop, "check_writable_folder", lambda *args, **kwargs: True)  # "this run made the folder"
+    with RunLock(ckpt_dir) as winner:
+        with pytest.raises(FolderInUseError, match=f"pid {os.getpid()}"):
+            loop.Trainer(parse_args(["-c", config, "--ckpt_dir", str(ckpt_dir)]))
+        assert os.listdir(ckpt_dir) == [RunLock.NAME] and winner._is_current(winner.fd)
+
+
+def test_a_lock_on_a_removed_lock_file_does_not_count(tmp_path):
+    """A run that locks the file a failed start has just removed (with its folder) opens the path again,
+    so two runs never both hold "the" lock."""
+    folder = tmp_path / "run"
+    os.makedirs(folder)
+    first = RunLock(folder).acquire()
+    stale_fd = os.open(first.path, os.O_RDWR)  # a second run opened the file before the first removed it
+    first.remove_folder()
+    assert not folder.exists()
+    os.makedirs(folder)
+    second = RunLock(folder)
+    second.fd = stale_fd
+    assert not second._is_current(stale_fd)
+    with RunLock(folder) as third:  # the path's new lock file: the stale descriptor locks nothing that counts
+        assert third._is_current(third.fd)
+    os.close(stale_fd)
+
+
+def test_two_writers_of_one_name_without_overwrite_one_wins(tmp_path):
+    """The name is taken in one step when the file is published (a hard link), not checked first: a file
+    that appears while the export runs is kept, and the second writer fails with one message."""
+    target = tmp_path / "net.mindir"
+    with pytest.raises(OutputError, match="net.mindir' exists; pass --overwrite"):
+        with atomic_output(str(target), suffix=".mindir", overwrite=False) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("mine")
+            target.write_text("the other export's")
+    assert target.read_text() == "the other export's" and os.listdir(tmp_path) == ["net.mindir"]
+    with atomic_output(str(tmp_path / "new.mindir"), suffix=".mindir", overwrite=False) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("new")
+    assert sorted(os.listdir(tmp_path)) == ["net.mindir", "new.mindir"]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_is_one_message_and_keeps_every_file(tmp_path, monkeypatch):
+    """Checkpoint, config and metrics writes that hit ENOSPC raise OutputError (one message, exit 2 in every
+    tool) and leave the previous file as it was, with no temporary behind; so does the writability probe."""
+    path = tmp_path / f"{MODEL}.ckpt"
+    save_checkpoint(_tiny_net(), str(path))
+    before = path.read_bytes()
+
+    def half_then_full(net, name, **kwargs):
+        with open(name, "wb") as f:
+            f.write(b"half")
+        _disk_full()
+    monkeypatch.setattr(ms, "save_checkpoint", half_then_full)
+    with pytest.raises(OutputError, match=f"cannot write '{path}': No space left on device"):
+        save_checkpoint(_tiny_net(), str(path))
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
+
+    config_path = tmp_path / "run-config.yaml"
+    # its temporary name, pointed at the kernel's always-full device: a real ENOSPC on write
+    os.symlink("/dev/full", tmp_path / f".{config_path.name}.slabtmp{os.getpid()}")
+    with pytest.raises(OutputError, match="run-config.yaml': No space left on device"):
+        slab_ms.training.outputs.save_config(str(config_path), argparse.Namespace(model=MODEL, lr=0.1))
+    assert os.listdir(tmp_path) == [path.name]
+    metrics = slab_ms.training.outputs.MetricsLog(str(tmp_path / "metrics.csv"))
+    os.symlink("/dev/full", metrics.path)
+    with pytest.raises(OutputError, match="metrics.csv': No space left on device"):
+        metrics.append(1, 0.5, None, None, 0.0, 1e-3, 10.0)
+    os.remove(metrics.path)
+
+    monkeypatch.setattr(os, "write", _disk_full)
+    with pytest.raises(ValueError, match="is not writable: No space left on device"):
+        check_writable_folder(str(tmp_path), "ckpt_dir")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == [path.name]  # no .write_probe.slabtmp<pid> left behind
+
+
+def test_convert_refuses_an_existing_file_a_long_name_and_a_full_disk(tmp_path, monkeypatch, capsys):
+    argv = ["--model", "deit_small_prepbn", "--ckpt_file", FIXTURE, "--num_classes", "10", "--model_kwargs",
+            '{"image_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3}']
+    existing = tmp_path / "mine.ckpt"
+    existing.write_bytes(b"keep me")
+    assert convert_main(argv + ["--file_name", str(existing)]) == 2
+    assert "mine.ckpt' exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert existing.read_bytes() == b"keep me"
+    long_name = tmp_path / ("a" * 240 + ".ckpt")  # 245 bytes: fits, its temporary name (266) would not
+    assert convert_main(argv + ["--file_name", str(long_name)]) == 2
+    err = capsys.readouterr().err
+    assert "--file_name 'aaa" in err and "is 245 bytes long; at most 234 fit here" in err and "Traceback" not in err
+    monkeypatch.setattr(ms, "save_checkpoint", _disk_full)
+    assert convert_main(argv + ["--file_name", str(existing), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"convert.py: error: cannot write '{existing}': No space left on device"), err
+    assert existing.read_bytes() == b"keep me" and os.listdir(tmp_path) == [existing.name]
+    monkeypatch.undo()
+    assert convert_main(argv + ["--file_name", str(tmp_path / "new") + os.sep]) == 2
+    assert "is a folder; give the path of the .ckpt to write" in capsys.readouterr().err
+    new_folder = tmp_path / "new"
+    assert convert_main(["--model", MODEL, "--ckpt_file", FIXTURE, "--file_name", str(new_folder / "o.ckpt")]) == 2
+    assert "does not fit" in capsys.readouterr().err and os.listdir(tmp_path) == [existing.name]  # no new folder left
+
+
+def test_convert_into_a_read_only_folder_is_one_message(tmp_path, monkeypatch, capsys):
+    """A folder on a read-only mount (EROFS from the kernel, simulated: root may write into a chmod 0555 one)."""
+    folder = tmp_path / "ro"
+    os.makedirs(folder)
+    real_open = os.open
+
+    def read_only_mount(path, flags, *args, **kwargs):
+        if str(path).startswith(str(folder)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only_mount)
+    assert convert_main(["--model", MODEL, "--ckpt_file", FIXTURE, "--file_name", str(folder / "o.ckpt")]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"convert.py: error: the folder of --file_name '{folder}' is not writable: Read-only file system. "
+                   "Choose another folder or fix its permissions (nothing was written)."]
+    assert os.listdir(folder) == []
+
+
+def test_export_refuses_a_folder_name_and_a_long_name_before_building(tmp_path, capsys):
+    ckpt = tmp_path / f"{MODEL}.ckpt"
+    ms.save_checkpoint(_tiny_net(), str(ckpt))
+    argv = ["--ckpt_file", str(ckpt), "--num_classes", "2", "--image_size", "32", "--model_kwargs", json.dumps(TINY)]
+    assert export_main(argv + ["--file_name", str(tmp_path) + os.sep]) == 2
+    assert "is a folder; give the path of the file to write" in capsys.readouterr().err
+    assert export_main(argv + ["--file_name", str(tmp_path / ("n" * 240))]) == 2
+    assert "is 247 bytes long; at most 232 fit here" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == [ckpt.name]
+
+
+def test_export_finds_the_newest_checkpoint_past_symlink_loops(tmp_path, monkeypatch):
+    """Without --ckpt_file, export searches ./output: symlinked folders (here two loops) are not entered."""
+    from slab_ms.export import newest_checkpoint
+    output = tmp_path / "output"
+    os.makedirs(output / "run")
+    (output / "run" / f"{MODEL}.ckpt").write_bytes(b"x")
+    os.symlink(output, output / "run" / "loop")
+    os.symlink(output / "run", output / "again")
+    signal.signal(signal.SIGALRM, _disk_full)  # a search that followed the loops would never end
+    signal.alarm(20)
+    try:
+        assert newest_checkpoint([str(output)]) == str(output / "run" / f"{MODEL}.ckpt")
+    finally:
+        signal.alarm(0)
+
+
+# ------------------------------------------------------------------------------ 9: signals
+@pytest.mark.parametrize("signum, after", [
+    (signal.SIGINT, "device_target:"),  # while data and model are built
+    (signal.SIGTERM, f"training {MODEL}:"),  # at graph compilation
+    (signal.SIGINT, "epoch 1 step 2/"),  # mid-run; then the printed command resumes the run
+])
+def test_a_signal_stops_training_with_one_line_naming_the_checkpoint_and_the_resume_command(recipe, tmp_path, signum,
+                                                                                           after):
+    """Exit 130 / 143 and no traceback. While a MindSpore graph runs, MindSpore's own SIGINT handler passes
+    SIGINT on as SIGTERM (143), which the message then names."""
+    _, config = recipe
+    ckpt_dir = tmp_path / "run"
+    argv = ["-c", config, "--ckpt_dir", str(ckpt_dir), "--epochs", "2"]
+    proc = subprocess.Popen([sys.executable, TRAIN_PY, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    for line in proc.stdout:
+        if line.startswith(after):
+            proc.send_signal(signum)
+            break
+    _, err = proc.communicate(timeout=TIMEOUT)
+    allowed = {signal.SIGINT: (130, 143), signal.SIGTERM: (143,)}[signum] if "step" in after else (128 + signum,)
+    assert proc.returncode in allowed and "Traceback" not in err, err[-3000:]
+    latest = slab_ms.weights.train_state.find_latest(str(ckpt_dir), MODEL)
+    where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    command = f"python train.py {' '.join(argv)} --resume auto"
+    name = signal.Signals(proc.returncode - 128).name
+    assert err.strip().splitlines()[-1] == f"train.py: interrupted by {name}: {where}; continue with: {command}"
+    if "step" in after:
+        assert latest is not None
+        result = subprocess.run([sys.executable, TRAIN_PY, *command.split()[2:]], capture_output=True, text=True,
+                                cwd=ROOT, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": ROOT})
+        assert result.returncode == 0 and f"resumed from '{latest}'" in result.stdout, result.stderr[-3000:]
+
+
+def test_a_signal_while_a_checkpoint_is_written_stops_the_run_after_it(capsys):
+    from slab_ms import cli
+    written = []
+
+    def tool(argv):
+        with cli.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("the whole checkpoint")
+        written.append("the next step")
+        return 0
+    assert cli.run("train.py", tool) == 143
+    assert written == ["the whole checkpoint"]
+    assert capsys.readouterr().err == "train.py: interrupted by SIGTERM; nothing was left half-written\n"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the tool's handlers are gone again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

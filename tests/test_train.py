@@ -143,7 +143,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(recipe, reference)
 
     ref_dir, _ = reference
     ref_rows, rows = (MetricsLog(str(d / f"{MODEL}-metrics.csv")).rows() for d in (ref_dir, ckpt_dir))
-    assert [(r["epoch"], r["gamma"], r["lr"]) for r in rows] == [(r["epoch"], r["gamma"], r["lr"]) for r in ref_rows]
+    columns = ("epoch", "loss", "gamma", "lr")  # epoch 2's loss: its steps before and after the kill
+    assert [[r[c] for c in columns] for r in rows] == [[r[c] for c in columns] for r in ref_rows]
     for name in (f"{MODEL}.ckpt", f"{MODEL}-0004_000000.ckpt"):  # final weights; last full training state
         ref, got = ms.load_checkpoint(str(ref_dir / name)), ms.load_checkpoint(str(ckpt_dir / name))
         assert sorted(ref) == sorted(got)
@@ -347,8 +348,9 @@ def test_amp_o2_with_loss_scale_matches_float32_and_an_overflow_step_is_skipped(
     assert step.loss_scale_state() == (2048.0, 0)
 
     def state():
+        stats = np.concatenate([p.asnumpy().ravel() for p in net.get_parameters() if "moving_" in p.name])
         return (int(optimizer.global_step.asnumpy().reshape(())), PRepBNSchedule.require(net).state()["step"],
-                net.head.weight.asnumpy().copy(), step.ema_float[0].asnumpy().copy())
+                net.head.weight.asnumpy().copy(), step.ema_float[0].asnumpy().copy(), stats)
 
     before = state()
     ms.ops.assign(step.loss_scale, ms.Tensor(2.0 ** 40, ms.float32))
@@ -358,12 +360,14 @@ def test_amp_o2_with_loss_scale_matches_float32_and_an_overflow_step_is_skipped(
     assert step.loss_scale_state() == (2.0 ** 39, 1)
     assert after[:2] == before[:2] == (1, 1)
     assert np.array_equal(after[2], before[2]) and np.array_equal(after[3], before[3])
+    assert after[4].size and np.array_equal(after[4], before[4])  # the BN statistics its forward moved are put back
 
     ms.ops.assign(step.loss_scale, ms.Tensor(1024.0, ms.float32))
     _, grad_norm = step(images, labels)
     after = state()
     assert np.isfinite(float(grad_norm.asnumpy())) and step.loss_scale_state() == (2048.0, 1)
     assert after[:2] == (2, 2) and not np.array_equal(after[2], before[2]) and not np.array_equal(after[3], before[3])
+    assert not np.array_equal(after[4], before[4])
 
 
 def test_top_k_keeps_the_best_validated_checkpoints_and_the_newest_rebuilt_from_the_folder(tmp_path):
@@ -483,6 +487,9 @@ def test_train_py_skips_overflow_steps_logs_them_and_stops_when_a_whole_epoch_ov
     assert len(skips) == 4 and "epoch 1 optimizer step 1:" in skips[0]
     assert "1 optimizer step skipped (optimizer, lr, γ and EMA did not advance)" in skips[0]
     assert "every optimizer step of epoch 1 (4) overflowed and was skipped: training stopped" in result.stderr
+    # each loss was finite (the overflow is in the scaled gradients): the newest checkpoint is good, as for
+    # --resume auto
+    assert f"the last good checkpoint is {ckpt_dir / f'{MODEL}-0000_000003.ckpt'}." in result.stderr
     saved = ms.load_checkpoint(str(ckpt_dir / f"{MODEL}-0000_000003.ckpt"))
     assert int(saved["global_step"].asnumpy().reshape(())) == 0 and int(saved["prepbn_step"].asnumpy()) == 0
     assert int(saved["train_step.skipped_steps"].asnumpy()) == 3 and int(saved["step_num"].asnumpy()) == 3

@@ -16,10 +16,11 @@ Safety of the checkpoint folder: rank 0 (the only writer) first checks that ``ck
 the same folder exits at once naming the holder; a lock left by a killed run is released by the
 kernel), and removes the temporaries of killed writers. A checkpoint is written only if every
 parameter is finite, and it is called good only once the loss computed with its weights (the next
-step's) is finite too; one whose weights gave a non-finite loss is moved aside (``*.nonfinite``) so
-that ``--resume auto`` resumes from the last good one. ``--resume auto`` skips an unreadable (torn)
-newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from the ``val_top1`` each
-epoch checkpoint holds, so it is rebuilt from the folder after a resume.
+step's) is finite too. When training stops on a non-finite value, every checkpoint not shown good that way
+(the run's newest ones, or the one it resumed from) is moved aside (``*.nonfinite``), so the "last good
+checkpoint" the message names is the one ``--resume auto`` continues from. ``--resume auto`` skips an
+unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from
+the ``val_top1`` each epoch checkpoint holds, so it is rebuilt from the folder after a resume.
 
 Dataset sinking (``dataset_sink_mode``): the optimizer steps between two host events (a progress line, a
 checkpoint, the epoch end) run as one chunk whose inputs come through MindSpore's data channel
@@ -42,14 +43,14 @@ from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
-from ..cli import check_image_size, set_context
+from ..cli import check_image_size, set_context, signals_deferred
 from ..factory import create_model
 from ..utils import RunLock, check_writable_folder, remove_stale_temporaries
 from ..weights.checkpoint import UnreadableCheckpointError
 from ..layers import PRepBNSchedule
 from ..models import list_models
-from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints, read_val_top1,
-                                   save_final_checkpoint, save_train_checkpoint)
+from ..weights.train_state import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
+                                   read_epoch_losses, read_val_top1, save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
 from .outputs import MetricsLog, save_config
@@ -129,11 +130,7 @@ class Trainer:
         self.lock, self.created_dir = None, False
         if self.rank_id == 0:  # the only rank that writes: probe, lock, clean the folder before anything else
             self.created_dir = check_writable_folder(args.ckpt_dir, "ckpt_dir")
-            try:
-                self.lock = RunLock(args.ckpt_dir).acquire()
-            except BaseException:
-                self._remove_created_dir()
-                raise
+            self.lock = RunLock(args.ckpt_dir).acquire()  # a loser removes nothing: the folder is the winner's
             for path in remove_stale_temporaries(args.ckpt_dir):
                 self.log(f"removed '{path}', a temporary file left by a killed run")
         try:
@@ -190,30 +187,21 @@ class Trainer:
                                        args.log_interval, self.lrs, print_fn=self.log)
         self.evaluator = Evaluator(self.net, num_classes) if self.val_loader is not None else None
         self.last_checkpoint = None  # the newest checkpoint whose weights gave a finite loss (or the run ended)
-        self.pending = None  # (path, written by this run): saved, its weights not yet through a forward pass
+        self.unconfirmed = []  # checkpoints (this run's, or the one it resumed from) no finite loss followed yet
+        self.resumed_losses = []  # the losses of the resumed epoch's steps before the checkpoint
         self.epoch_num, self.step_num = self._resume()
-        if schedule_note and self.pending is None:  # a resumed run logs where it resumed instead
+        if schedule_note and not self.unconfirmed:  # a resumed run logs where it resumed instead
             self.log(schedule_note)
 
     def close(self, failed=False):
-        """Release the run lock; after a failed start also remove the ckpt_dir this run created (if empty)."""
+        """Release the run lock; after a failed start also remove the ckpt_dir this run created (if it holds
+        nothing but the lock file), while still holding the lock."""
         if self.lock is not None:
-            self.lock.release()
+            if failed and self.created_dir:
+                self.lock.remove_folder()
+            else:
+                self.lock.release()
             self.lock = None
-        if failed:
-            self._remove_created_dir()
-
-    def _remove_created_dir(self):
-        if not self.created_dir:
-            return
-        lock = os.path.join(self.args.ckpt_dir, RunLock.NAME)
-        try:
-            if set(os.listdir(self.args.ckpt_dir)) <= {RunLock.NAME}:
-                if os.path.exists(lock):
-                    os.remove(lock)
-                os.rmdir(self.args.ckpt_dir)
-        except OSError:
-            pass
 
     # ------------------------------------------------------------------ resume
     def _resume(self):
@@ -259,7 +247,8 @@ class Trainer:
                                   f"step {s['step']} after {global_step} optimizer steps; this run computes T={decay}, "
                                   f"warm-up {warmup}, step {start + global_step}: resume with the same recipe "
                                   "(and the --ckpt_file / prepbn_schedule the run started with)")
-        self.pending = (path, False)
+        self.unconfirmed = [path]
+        self.resumed_losses = read_epoch_losses(path) if step_num else []
         scale = ""
         if self.train_step.skip_overflow:
             scale = f", loss scale {self.train_step.loss_scale_state()[0]:g} ({skipped} steps skipped on overflow)"
@@ -316,32 +305,41 @@ class Trainer:
         """Refuse to save (or go on from) parameters holding NaN / inf."""
         bad = _non_finite_names(list(self.net.get_parameters()) + self.train_step.ema_parameters())
         if bad:
-            raise NonFiniteLossError(
-                f"non-finite parameters {where} ({len(bad)}, e.g. {bad[0]}): training stopped, not saved; the last "
-                f"good checkpoint is {self._last_good()}. Lower lr, set clip_grad, or (with amp_level O2/O3) lower "
-                "loss_scale.")
+            self._stop(f"non-finite parameters {where} ({len(bad)}, e.g. {bad[0]}): training stopped, not saved")
 
     def _confirm(self):
-        """A finite loss was computed with the weights of the pending checkpoint: it is good."""
-        if self.pending is not None:
-            self.last_checkpoint = self.pending[0]
-            self.pending = None
+        """A finite loss was computed with the weights of the newest checkpoint: it is good."""
+        if self.unconfirmed:
+            self.last_checkpoint = self.unconfirmed[-1]
+            self.unconfirmed = []
 
-    def _last_good(self):
-        return self.last_checkpoint or "none (no checkpoint with finite weights and loss was written yet)"
+    def _stop(self, reason, advice="Lower lr, set clip_grad, or (with amp_level O2/O3) lower loss_scale."):
+        """Raise NonFiniteLossError after moving aside (``*.nonfinite``) the checkpoints no finite loss followed;
+        the last good checkpoint it names is then the newest left, the one ``--resume auto`` takes."""
+        moved = []
+        if self.rank_id == 0:
+            for path in self.unconfirmed:
+                if os.path.isfile(path):
+                    os.replace(path, path + ".nonfinite")
+                    moved.append(path + ".nonfinite")
+        self.unconfirmed = []
+        aside = (f" Moved aside, as no finite loss followed their weights: {', '.join(moved)}." if moved else "")
+        last = self.last_checkpoint or find_latest(self.args.ckpt_dir, self.args.model)
+        raise NonFiniteLossError(f"{reason}; the last good checkpoint is "
+                                 f"{last or 'none (no checkpoint with finite weights and loss was written yet)'}."
+                                 f"{aside} {advice}")
 
-    def _save(self, epoch_num, step_num, val_top1=None):
+    def _save(self, epoch_num, step_num, val_top1=None, epoch_losses=()):
         if self.rank_id != 0:
             return
         self._check_finite(f"after optimizer step {self.optimizer_step()}")
         args = self.args
-        path = save_train_checkpoint(args.ckpt_dir, args.model, self.net, self.optimizer,
-                                     self.train_step, epoch_num, step_num, val_top1=val_top1)
-        self.top1[path] = val_top1
-        self._prune()
-        if self.pending is not None and not self.pending[1]:
-            self.last_checkpoint = self.pending[0]  # a resumed-from checkpoint nothing showed to be bad
-        self.pending = (path, True)
+        with signals_deferred():  # a Ctrl-C while saving stops the run after the checkpoint is whole
+            path = save_train_checkpoint(args.ckpt_dir, args.model, self.net, self.optimizer, self.train_step,
+                                         epoch_num, step_num, val_top1=val_top1, epoch_losses=epoch_losses)
+            self.top1[path] = val_top1
+            self._prune()
+        self.unconfirmed.append(path)
         self.log(f"saved checkpoint {path}")
 
     def _prune(self):
@@ -356,20 +354,8 @@ class Trainer:
         return int(self.optimizer.global_step.asnumpy().reshape(()))
 
     def _non_finite(self, what, value, epoch, global_step):
-        aside = ""
-        if self.pending is not None:  # the weights of that checkpoint gave this non-finite value
-            path, ours = self.pending
-            self.pending = None
-            if ours and self.rank_id == 0 and os.path.isfile(path):
-                os.replace(path, path + ".nonfinite")
-                aside = (f" The checkpoint written just before it ({path}) holds the weights that gave it: moved "
-                         f"to {path}.nonfinite, so --resume auto resumes from the good one.")
-            elif not ours:
-                aside = f" The weights of {path}, which this run resumed from, gave it."
-        raise NonFiniteLossError(
-            f"non-finite {what} ({value}) in epoch {epoch + 1} at optimizer step {global_step + 1}: training "
-            f"stopped, nothing saved after it; the last good checkpoint is {self._last_good()}.{aside} Lower lr, "
-            f"set clip_grad, or (with amp_level O2/O3) lower loss_scale.")
+        self._stop(f"non-finite {what} ({value}) in epoch {epoch + 1} at optimizer step {global_step + 1}: training "
+                   "stopped, nothing saved after it")
 
     def _step_function(self, loader, skip, count):
         """``(step(), close())``: ``step()`` runs one micro-batch of the epoch (after ``skip``), fed through
@@ -414,12 +400,12 @@ class Trainer:
             losses.append(loss)
         grad_norm = float(grad_norm.asnumpy())
         skipped = self.train_step.loss_scale_state()[1] - skipped_before if skip_mode else 0
-        if not (all(map(math.isfinite, losses)) and math.isfinite(grad_norm)):
-            if not skipped:
-                bad_loss = [v for v in losses if not math.isfinite(v)]
-                self._non_finite("loss" if bad_loss else "gradient norm", bad_loss[0] if bad_loss else grad_norm,
-                                 epoch, global_step + steps - 1)
-        else:
+        finite_losses = all(map(math.isfinite, losses))
+        if not (finite_losses and math.isfinite(grad_norm)) and not skipped:
+            bad_loss = [v for v in losses if not math.isfinite(v)]
+            self._non_finite("loss" if bad_loss else "gradient norm", bad_loss[0] if bad_loss else grad_norm,
+                             epoch, global_step + steps - 1)
+        if finite_losses:  # also when an overflow in the scaled gradients skipped the step
             self._confirm()
         if skipped:
             where = f"optimizer step {global_step + 1}" if steps == 1 else f"steps {global_step + 1}-{global_step + steps}"
@@ -443,7 +429,8 @@ class Trainer:
             skip = self.step_num * self.accum if epoch == self.epoch_num else 0
             step_in_epoch = skip // self.accum
             train_loader, _ = self._loaders(epoch)
-            epoch_losses, epoch_skipped, first = [], 0, step_in_epoch
+            epoch_losses = list(self.resumed_losses) if skip else []  # the whole epoch's, across a resume
+            epoch_skipped, first = 0, step_in_epoch
             epoch_start = time.time()
             step, close = self._step_function(train_loader, skip, self.steps_per_epoch * self.accum)
             try:
@@ -459,14 +446,13 @@ class Trainer:
                                            gamma, lr=self._lr())
                     if args.ckpt_interval and global_step % args.ckpt_interval == 0 \
                             and step_in_epoch < self.steps_per_epoch:
-                        self._save(epoch, step_in_epoch)
+                        self._save(epoch, step_in_epoch, epoch_losses=epoch_losses)
             finally:
                 close()
             train_time = time.time() - epoch_start
             if epoch_skipped and epoch_skipped == step_in_epoch - first:
-                raise NonFiniteLossError(
-                    f"every optimizer step of epoch {epoch + 1} ({epoch_skipped}) overflowed and was skipped: "
-                    f"training stopped; the last good checkpoint is {self._last_good()}. Lower lr or amp_level")
+                self._stop(f"every optimizer step of epoch {epoch + 1} ({epoch_skipped}) overflowed and was skipped: "
+                           "training stopped", "Lower lr or amp_level")
             self.log(f"epoch {epoch + 1}/{self.train_epochs} done in {format_seconds(train_time)}")
             self._end_epoch(epoch + 1, float(np.mean(epoch_losses)) if epoch_losses else math.nan,
                             (step_in_epoch - first) * self.images_per_step / max(train_time, 1e-9))
@@ -537,8 +523,9 @@ class Trainer:
             self.log(f"final validation top-1: {result['top1']:.2%}, top-{self.evaluator.k}: {result['top5']:.2%}")
         if self.rank_id == 0:
             self._check_finite("at the end of training")
-            result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
-                                                               self.train_epochs + self.args.bn_recalib_epochs)
+            with signals_deferred():
+                result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
+                                                                   self.train_epochs + self.args.bn_recalib_epochs)
             self.log(f"saved final weights {result['final_checkpoint']}")
         if self.rank_size > 1:
             self.check_ranks_agree()

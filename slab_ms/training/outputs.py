@@ -15,7 +15,7 @@ import os
 
 import yaml
 
-from ..utils import atomic_output
+from ..utils import atomic_output, reporting_disk_full
 
 __all__ = ["save_config", "MetricsLog", "METRICS_COLUMNS"]
 
@@ -82,7 +82,8 @@ class MetricsLog:
             [_number(v) for v in (epoch, loss, top1, top5, gamma, lr, img_per_s)])
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
-            os.write(fd, buffer.getvalue().encode("utf-8"))
-            os.fsync(fd)
+            with reporting_disk_full(self.path):  # a torn row is cut at the next start (restart)
+                os.write(fd, buffer.getvalue().encode("utf-8"))
+                os.fsync(fd)
         finally:
             os.close(fd)

@@ -8,7 +8,8 @@ after a resume (the counters are Parameters saved in the checkpoint).
 
 Loss scaling follows MindSpore's ``FixedLossScaleUpdateCell`` / ``DynamicLossScaleUpdateCell``: with overflow
 skipping on (``drop_overflow_update``, always on for a dynamic scale) an optimizer step whose gradients hold an
-inf or NaN is skipped, so the optimizer, the lr index, γ and the EMA do not advance; a dynamic scale is then
+inf or NaN is skipped, so the optimizer, the lr index, γ and the EMA do not advance, and the BatchNorm running
+statistics are put back to what they were before the step's forward passes; a dynamic scale is then
 divided by ``scale_factor`` (not below 1) and multiplied by it after ``scale_window`` steps without overflow.
 """
 import logging
@@ -96,7 +97,8 @@ class TrainStep(nn.Cell):
         loss_scale_type: "fixed" or "dynamic" (MindSpore's DynamicLossScaleUpdateCell; it always skips
             overflow steps).
         drop_overflow_update: skip an optimizer step whose gradients are not finite (counted in
-            ``skipped_steps``) instead of applying it.
+            ``skipped_steps``) instead of applying it; the BN running statistics its forward passes moved are
+            restored.
         scale_factor, scale_window: a dynamic scale is divided by ``scale_factor`` on overflow (not below
             1) and multiplied by it after ``scale_window`` optimizer steps without overflow.
         clip_grad: max global gradient norm, or None (PyTorch ``clip_grad_norm_`` formula).
@@ -131,6 +133,11 @@ class TrainStep(nn.Cell):
             self.loss_scale = Tensor(loss_scale, ms.float32)
         if self.skip_overflow:
             self.skipped_steps = Parameter(Tensor(0, ms.int32), name="train_step.skipped_steps", requires_grad=False)
+        stats = [p for p in model.get_parameters() if p.name.endswith(("moving_mean", "moving_variance"))]
+        self.restore_stats = self.skip_overflow and bool(stats)
+        if self.restore_stats:  # a copy taken before each optimizer step's first forward pass
+            self.bn_stats = ParameterTuple(stats)
+            self.bn_stats_before = self.bn_stats.clone(prefix="overflow_backup", init="same")
         self.clip_grad = clip_grad
         self.hyper_map = ops.HyperMap()
         self.zero = Tensor(0.0, ms.float32)
@@ -183,6 +190,11 @@ class TrainStep(nn.Cell):
         return list(self.ema_float) + (list(self.ema_other) if self.has_int_ema else [])
 
     def construct(self, images, labels):
+        if self.restore_stats:
+            if self.accumulate_steps == 1:
+                images = ops.depend(images, self.hyper_map(ops.assign, self.bn_stats_before, self.bn_stats))
+            elif self.micro_step == 0:
+                images = ops.depend(images, self.hyper_map(ops.assign, self.bn_stats_before, self.bn_stats))
         loss = self.network(images, labels)
         scale = self.loss_scale * 1.0  # the value of this micro-batch (a dynamic scale changes after the step)
         sens = ops.fill(loss.dtype, loss.shape, 1.0) * scale.astype(loss.dtype)
@@ -214,6 +226,8 @@ class TrainStep(nn.Cell):
                     grad_norm = ops.depend(grad_norm, ops.assign(self.good_steps, ops.zeros_like(self.good_steps)))
         else:
             grad_norm = ops.depend(grad_norm, ops.assign_add(self.skipped_steps, self.one))
+            if self.restore_stats:
+                grad_norm = ops.depend(grad_norm, self.hyper_map(ops.assign, self.bn_stats, self.bn_stats_before))
             if self.dynamic_scale:
                 grad_norm = ops.depend(grad_norm, ops.assign(
                     self.loss_scale, ops.maximum(self.loss_scale / self.scale_factor, self.min_scale)))

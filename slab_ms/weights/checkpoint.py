@@ -13,7 +13,8 @@ __all__ = ["load_checkpoint", "save_checkpoint", "UnreadableCheckpointError"]
 # Scalars a MindSpore training checkpoint carries next to the weights (train.py's loss-scale state is
 # ``train_step.*``).
 _TRAIN_STATE_KEYS = ("global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
-                     "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num", "val_top1")
+                     "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num", "val_top1",
+                     "epoch_losses")
 
 
 class UnreadableCheckpointError(ValueError):
@@ -78,10 +79,11 @@ def _is_train_state(key, own):
     return len(slot) == 2 and slot[1] in own  # optimizer slot such as adam_m.<param>
 
 
-def save_checkpoint(save_obj, path, append_dict=None):
-    """``mindspore.save_checkpoint`` written atomically (temporary file in the same folder, then renamed)."""
+def save_checkpoint(save_obj, path, append_dict=None, overwrite=True):
+    """``mindspore.save_checkpoint`` written atomically (temporary file in the same folder, then renamed;
+    ``overwrite=False``: only if no file has the name by then, see ``utils.atomic_output``)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_output(path, suffix=".ckpt") as tmp:
+    with atomic_output(path, suffix=".ckpt", overwrite=overwrite) as tmp:
         ms.save_checkpoint(save_obj, tmp, append_dict=append_dict)
     return path

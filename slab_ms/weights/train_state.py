@@ -14,6 +14,7 @@ import glob
 import os
 import re
 
+import numpy as np
 import mindspore as ms
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -52,8 +53,10 @@ def _train_state(model, optimizer, train_step):
     return _optimizer_state(optimizer, model) + train_step.ema_parameters() + train_step.state_parameters()
 
 
-def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, epoch_num, step_num, val_top1=None):
-    """Write a resumable checkpoint atomically (with ``val_top1`` when given); returns its path."""
+def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, epoch_num, step_num, val_top1=None,
+                          epoch_losses=()):
+    """Write a resumable checkpoint atomically (with ``val_top1`` when given, and the losses of the epoch's steps
+    so far, which a resumed run's epoch mean includes); returns its path."""
     if train_step.accumulate_steps > 1 and int(train_step.micro_step.asnumpy()) != 0:
         raise RuntimeError("internal: checkpoint requested in the middle of a gradient-accumulation cycle")
     params = list(model.get_parameters()) + _train_state(model, optimizer, train_step)
@@ -62,16 +65,30 @@ def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, ep
     extra = {"epoch_num": epoch_num, "step_num": step_num}
     if val_top1 is not None:
         extra["val_top1"] = float(val_top1)
+    if len(epoch_losses):
+        extra["epoch_losses"] = ms.Tensor(np.asarray(epoch_losses, np.float64))
     return save_checkpoint(entries, path, append_dict=extra)
+
+
+def _read_entry(path, name):
+    """The entry ``name`` of a checkpoint as a numpy array, or None (absent, or the file is unreadable)."""
+    try:
+        ckpt = ms.load_checkpoint(path, choice_func=lambda key: key == name)
+    except (ValueError, RuntimeError, OSError):
+        return None
+    return ckpt[name].asnumpy() if name in ckpt else None
 
 
 def read_val_top1(path):
     """The ``val_top1`` a checkpoint was saved with, or None (no validation before it, or unreadable)."""
-    try:
-        ckpt = ms.load_checkpoint(path, choice_func=lambda name: name == "val_top1")
-    except (ValueError, RuntimeError, OSError):
-        return None
-    return float(ckpt["val_top1"].asnumpy()) if "val_top1" in ckpt else None
+    value = _read_entry(path, "val_top1")
+    return None if value is None else float(value)
+
+
+def read_epoch_losses(path):
+    """The losses of the epoch's steps before a mid-epoch checkpoint, as a list ([] if it holds none)."""
+    value = _read_entry(path, "epoch_losses")
+    return [] if value is None else [float(v) for v in value.reshape(-1)]
 
 
 def save_final_checkpoint(path, model, train_step, epoch_num):
