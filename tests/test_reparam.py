@@ -8,6 +8,7 @@ import slab_ms
 from slab_ms.models import tiny_config
 from slab_ms.layers import ChannelAffine, PatchEmbed, PRepBN, PRepBNSchedule, RepBN, TokenBatchNorm
 from slab_ms.reparam import remaining_norms
+from slab_ms.weights import load_checkpoint
 
 NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, TokenBatchNorm, RepBN, PRepBN)
 
@@ -151,12 +152,16 @@ def _model_amp(net, level):  # mindspore.Model casts and wraps the network it is
 
 @pytest.mark.parametrize("wrap, level", [(_mindcv_amp, "O1"), (_mindcv_amp, "O2"), (_mindspore_amp, "O2"),
                                          (_model_amp, "O2"), (_model_amp, "O3")])
-def test_amp_wrapped_model_folds_in_float32_like_the_plain_model(pynative, wrap, level):
+def test_amp_wrapped_model_folds_in_float32_like_the_plain_model(pynative, tmp_path, wrap, level):
+    """A model under MindCV's or MindSpore's AMP loads a plain checkpoint and folds, in float32, into the same
+    plain float32 deploy network as the model without AMP (same logits within 1e-6 relative)."""
     name = "slab_deit_tiny"
     x = Tensor(tiny_input(name))
     plain = tiny_model(name)
     expected_deploy = slab_ms.reparameterize_model(plain)
-    wrapped = wrap(tiny_model(name), level)  # the same weights (randomize is seeded)
+    ms.save_checkpoint(plain, str(tmp_path / "plain.ckpt"))
+    wrapped = wrap(slab_ms.create_model(name, num_classes=10, **tiny_config(name)), level)
+    load_checkpoint(wrapped, str(tmp_path / "plain.ckpt"))  # the loader reads the plain names through AMP
     assert any(type(cell).__name__.startswith("_OutputTo") for _, cell in wrapped.cells_and_names()) or level == "O3"
     assert [name for name, _, _ in remaining_norms(wrapped)] == [name for name, _, _ in remaining_norms(plain)]
 

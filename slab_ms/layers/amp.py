@@ -12,7 +12,8 @@ from mindcv.utils import amp as _mindcv_amp
 from mindspore import nn
 from mindspore.train import amp as _mindspore_amp
 
-__all__ = ["AMP_WRAPPERS", "unwrap_amp", "cells_and_names_through_amp", "is_amp", "strip_amp"]
+__all__ = ["AMP_WRAPPERS", "unwrap_amp", "cells_and_names_through_amp", "parameters_and_names_through_amp", "is_amp",
+           "strip_amp"]
 
 AMP_WRAPPERS = (_mindspore_amp._OutputTo16, _mindspore_amp._OutputTo32,  # pylint: disable=protected-access
                 _mindcv_amp._OutputTo16, _mindcv_amp._OutputTo32)  # pylint: disable=protected-access
@@ -35,6 +36,16 @@ def cells_and_names_through_amp(net):
             continue
         seen.add(id(inner))
         yield name, inner
+
+
+def parameters_and_names_through_amp(net):
+    """``net.parameters_and_names()`` as if no AMP wrapper were there (the names a checkpoint of ``net`` holds)."""
+    seen = set()
+    for cell_name, cell in cells_and_names_through_amp(net):
+        for name, param in cell._params.items():  # pylint: disable=protected-access
+            if param is not None and id(param) not in seen:
+                seen.add(id(param))
+                yield (f"{cell_name}.{name}" if cell_name else name), param
 
 
 def is_amp(net):
