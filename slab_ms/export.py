@@ -22,7 +22,12 @@ With neither ``--ckpt_file`` nor ``-c`` the newest checkpoint of a demo run is e
 ``*.ckpt`` in the ``ckpt_dir`` of a ``./configs/demo/*.yaml`` recipe (with that recipe), else under
 ``./output`` or ``./ckpt``. Without ``--model`` the model is read from a train.py checkpoint name
 (``<model>.ckpt``, ``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read
-from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``).
+from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``). A checkpoint trained under mixed precision
+(``amp_level`` O1–O3) holds float32 weights under the usual names and is read like any other.
+
+``--export_dtype float16`` (MINDIR or AIR, for Ascend / GPU inference): the float32 deploy form is checked as above,
+then put at MindCV's AMP level O2 (float16 arithmetic, float32 input and output, weights stored float32) and that
+graph, in process and reloaded, is compared with the training form to 1e-2 · max(1, max|logit|).
 
 ONNX: MindSpore's ONNX exporter has no ``Erf``, so for ONNX only the exact GELU is written as
 GELU(x) = x/2 + |x|/2 · erf(|x|/√2) with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7,
