@@ -20,7 +20,8 @@ setup(
     },
     entry_points={"console_scripts": [
         f"slab-{tool}=slab_ms.{tool}:main" for tool in ("train", "validate", "export", "convert", "benchmark")]
-        + ["slab-lm-demo=slab_ms.experiments.lm_demo:main",
+        + ["slab-device-check=slab_ms.device_check:main",
+           "slab-lm-demo=slab_ms.experiments.lm_demo:main",
            "slab-detection-demo=slab_ms.experiments.detection:main"]},
     license="Apache-2.0",
 )

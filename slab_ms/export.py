@@ -22,7 +22,12 @@ With neither ``--ckpt_file`` nor ``-c`` the newest checkpoint of a demo run is e
 ``*.ckpt`` in the ``ckpt_dir`` of a ``./configs/demo/*.yaml`` recipe (with that recipe), else under
 ``./output`` or ``./ckpt``. Without ``--model`` the model is read from a train.py checkpoint name
 (``<model>.ckpt``, ``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read
-from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``).
+from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``). A checkpoint trained under mixed precision
+(``amp_level`` O1–O3) holds float32 weights under the usual names and is read like any other.
+
+``--export_dtype float16`` (MINDIR or AIR, for Ascend / GPU inference): the float32 deploy form is checked as above,
+then put at MindCV's AMP level O2 (float16 arithmetic, float32 input and output, weights stored float32) and that
+graph, in process and reloaded, is compared with the training form to 1e-2 · max(1, max|logit|).
 
 ONNX: MindSpore's ONNX exporter has no ``Erf``, so for ONNX only the exact GELU is written as
 GELU(x) = x/2 + |x|/2 · erf(|x|/√2) with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7,
@@ -40,6 +45,8 @@ import sys
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.ops import functional as F
+from mindcv.utils.amp import auto_mixed_precision
 
 from . import cli
 from .cli import UsageError
@@ -57,6 +64,7 @@ TOOL = "export.py"
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 RELATIVE_TOLERANCE = 1e-4
+FLOAT16_RELATIVE_TOLERANCE = 1e-2  # --export_dtype float16: float16's 11-bit significand through every layer
 CHECKPOINT_DIRS = ("output", "ckpt")  # where train.py runs write checkpoints (recipes' ckpt_dir)
 DEMO_RECIPES = os.path.join("configs", "demo", "*.yaml")  # the repository's, from where the demo ran
 RECIPE_KEYS = ("model", "model_kwargs", "image_size", "num_classes")
@@ -82,6 +90,9 @@ def parse_args(argv=None):
     group = parser.add_argument_group("output")
     group.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
     group.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
+    group.add_argument("--export_dtype", default="float32", choices=["float32", "float16"],
+                       help="float16: the graph computes in float16 between float32 input and output, for Ascend / "
+                            "GPU inference (checked with a relative tolerance of 1e-2 instead of 1e-4)")
     group.add_argument("--overwrite", type=cli.str2bool, nargs="?", const=True, default=False,
                        help="replace an existing output file (default: refuse)")
     group.add_argument("--allow_unfinished", type=cli.str2bool, nargs="?", const=True, default=False,
@@ -135,6 +146,9 @@ def check_args(args):
     if args.file_format == "AIR" and cli.resolve_device(args) != "Ascend":
         raise UsageError("AIR can only be exported on Ascend (it is compiled by Ascend's ATC); pass "
                          "--device_target Ascend on an Ascend machine, or use --file_format MINDIR or ONNX.")
+    if args.file_format == "ONNX" and args.export_dtype == "float16":
+        raise UsageError("--export_dtype float16 writes MINDIR or AIR (onnxruntime cannot load MindSpore's float16 "
+                         "ONNX graph); export ONNX in float32.")
     if args.file_format == "ONNX":
         try:
             import onnxruntime  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
@@ -269,6 +283,50 @@ def reload_logits(path, file_format, x):
     return session.run(None, {session.get_inputs()[0].name: x})
 
 
+class Float16Graph(nn.Cell):
+    """``net`` at MindCV's AMP level O2 (float16; a norm that could not be folded stays float32) between float32
+    inputs and float32 outputs."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        auto_mixed_precision(net, "O2")
+        self.net = net
+
+    def construct(self, x):
+        return F.mixed_precision_cast(ms.float32, self.net(x))
+
+
+def max_difference(outputs, reference):
+    """max |outputs − reference| over lists of arrays of the same shapes (float64), or None if the shapes differ."""
+    if [o.shape for o in outputs] != [r.shape for r in reference]:
+        return None
+    return max(float(np.abs(np.asarray(o, np.float64) - r).max()) for o, r in zip(outputs, reference))
+
+
+def write_checked(net, x, final_path, file_format, accept, overwrite=False):
+    """Write ``net`` traced on ``x`` as ``file_format`` to ``final_path``: under a temporary name in the same folder
+    (no partial output file), reloaded, and renamed only when ``accept(reloaded outputs)`` is true (``accept(None)``
+    for AIR, which MindSpore cannot reload). Returns whether the file was kept."""
+    ext = FORMATS[file_format]
+    folder = os.path.dirname(os.path.abspath(final_path))
+    folder_mode = os.stat(folder).st_mode & 0o7777  # MindSpore's ONNX writer chmods the folder to 0700
+    try:
+        with atomic_output(final_path, suffix=ext, overwrite=overwrite) as temp_path:
+            try:
+                ms.export(net, ms.Tensor(x), file_name=temp_path[:-len(ext)], file_format=file_format)
+            except (RuntimeError, TypeError, ValueError) as err:
+                raise UsageError(f"MindSpore cannot write {os.path.basename(final_path)} as {file_format}: "
+                                 f"{str(err).strip().splitlines()[0]}") from err
+            finally:
+                if os.stat(folder).st_mode & 0o7777 != folder_mode:
+                    os.chmod(folder, folder_mode)
+            if not accept(None if file_format == "AIR" else reload_logits(temp_path, file_format, x)):
+                raise ExportMismatch()
+    except ExportMismatch:
+        return False
+    return True
+
+
 def export(args, kwargs):
     """Export and check; returns (output path or None, list of failed checks as text)."""
     cli.set_context(args)
@@ -276,7 +334,6 @@ def export(args, kwargs):
     x = np.random.default_rng(0).standard_normal((args.batch_size, 3) + args.input_hw, dtype=np.float32)
     reference = as_arrays(net(ms.Tensor(x)))
     largest = max(float(np.abs(r).max()) for r in reference)
-    tolerance = RELATIVE_TOLERANCE * max(1.0, largest)
     kind = "feature" if getattr(net, "features_only", False) else "logit"
 
     deploy = reparameterize_model(net)
@@ -289,45 +346,36 @@ def export(args, kwargs):
 
     failures = []
 
-    def check(what, outputs):
-        if [o.shape for o in outputs] != [r.shape for r in reference]:
+    def check(what, outputs, relative_tolerance):
+        tolerance = relative_tolerance * max(1.0, largest)
+        err = max_difference(outputs, reference)
+        if err is None:
             failures.append(f"{what}: output shapes {[o.shape for o in outputs]} vs {[r.shape for r in reference]}")
-            return
-        err = max(float(np.abs(o - r).max()) for o, r in zip(outputs, reference))
+            return False
         ok = err <= tolerance
         print(f"{TOOL}: {what} vs training form: max|diff| {err:.3g} (max|{kind}| {largest:.4g}, "
               f"tolerance {tolerance:.3g}) {'ok' if ok else 'MISMATCH'}")
         if not ok:
             failures.append(f"{what}: max|diff| {err:.3g} > tolerance {tolerance:.3g}")
+        return ok
 
-    check("deploy form", as_arrays(deploy(ms.Tensor(x))))
-    if failures:
+    if not check("deploy form", as_arrays(deploy(ms.Tensor(x))), RELATIVE_TOLERANCE):
         return None, failures
+    graph, relative_tolerance = deploy, RELATIVE_TOLERANCE
+    if args.export_dtype == "float16":
+        graph, relative_tolerance = Float16Graph(deploy), FLOAT16_RELATIVE_TOLERANCE
+        if not check("float16 deploy form", as_arrays(graph(ms.Tensor(x))), relative_tolerance):
+            return None, failures
+
+    def accept(reloaded):
+        if reloaded is None:
+            print(f"{TOOL}: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
+            return True
+        return check(f"reloaded {args.file_format}", reloaded, relative_tolerance)
 
     final_path = output_path(args)
-    ext = FORMATS[args.file_format]
-    folder = os.path.dirname(os.path.abspath(final_path))
-    folder_mode = os.stat(folder).st_mode & 0o7777  # MindSpore's ONNX writer chmods the folder to 0700
-    # Written under a temporary name in the same folder, renamed once checked: no partial output file.
-    try:
-        with atomic_output(final_path, suffix=ext, overwrite=args.overwrite) as temp_path:
-            try:
-                ms.export(deploy, ms.Tensor(x), file_name=temp_path[:-len(ext)], file_format=args.file_format)
-            except (RuntimeError, TypeError, ValueError) as err:
-                raise UsageError(f"MindSpore cannot write {args.model} as {args.file_format}: "
-                                 f"{str(err).strip().splitlines()[0]}") from err
-            finally:
-                if os.stat(folder).st_mode & 0o7777 != folder_mode:
-                    os.chmod(folder, folder_mode)
-            if args.file_format == "AIR":
-                print(f"{TOOL}: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
-            else:
-                check(f"reloaded {args.file_format}", reload_logits(temp_path, args.file_format, x))
-            if failures:
-                raise ExportMismatch()
-    except ExportMismatch:
-        return None, failures
-    return final_path, failures
+    kept = write_checked(graph, x, final_path, args.file_format, accept, overwrite=args.overwrite)
+    return (final_path if kept else None), failures
 
 
 def _export(argv):

@@ -12,12 +12,17 @@ folds where; this walker imports no family and calls what was registered.
 A LayerNorm (the ``norm="ln"`` baseline) normalises with per-token statistics and has no fixed map:
 it stays, and so does any norm whose owner has no fold. Both are logged and listed by
 ``remaining_norms``, never skipped silently.
+
+A model trained under mixed precision (MindSpore's or MindCV's AMP wrappers, ``to_float(float16)``) is folded
+in float32: the deploy form is a plain float32 network without wrappers (``slab_ms.layers.amp.strip_amp``).
 """
 import copy
 import logging
 
+import mindspore as ms
 from mindspore import nn
 
+from .layers.amp import cells_and_names_through_amp, is_amp, strip_amp, unwrap_amp
 from .layers.fold import registered_fold
 from .layers.norm import PRepBN, RMSNorm, TokenBatchNorm, prepbn_layers
 from .layers.schedule import PRepBNSchedule
@@ -38,15 +43,20 @@ def reparameterize_model(net, inplace=False):
     γ schedule is unfinished (γ > 0) is folded as the pure RepBN it evaluates as, with a warning. Norms
     that cannot be folded are logged as a warning; ``remaining_norms(deploy)`` lists them. The
     deploy form's ``forward_features`` returns the tokens *before* the final norm (it lives in the
-    head now); use the training form for features.
+    head now); use the training form for features. A network under AMP is folded in float32 and its deploy
+    form computes in float32 (``deploy.to_float(mindspore.float16)`` asks for float16).
     """
+    net = unwrap_amp(net)
     PRepBNSchedule.warn_if_unfinished(net, "folding")
-    deploy = net if inplace else copy.deepcopy(net)
+    mixed_precision = is_amp(net)
+    deploy = strip_amp(net if inplace else copy.deepcopy(net))
     deploy.set_train(False)
     for _, cell in list(deploy.cells_and_names()):
         fold = registered_fold(cell)
         if fold is not None:
             fold(cell)
+    if mixed_precision:
+        deploy.to_float(ms.float32)  # also the cells the folds created
     if not prepbn_layers(deploy):
         PRepBNSchedule.detach(deploy)  # the γ schedule has no reader left
     for name, param in deploy.parameters_and_names():
@@ -59,8 +69,9 @@ def reparameterize_model(net, inplace=False):
 
 
 def remaining_norms(net):
-    """``[(name, type, reason)]`` for every normalization cell in ``net`` (outermost only)."""
-    cells = dict(net.cells_and_names())
+    """``[(name, type, reason)]`` for every normalization cell in ``net`` (outermost only; AMP wrappers seen
+    through)."""
+    cells = dict(cells_and_names_through_amp(net))
     found = []
     for name, cell in cells.items():
         if not isinstance(cell, NORM_CELLS) or any(name.startswith(outer + ".") for outer, _, _ in found):

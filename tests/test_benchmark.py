@@ -7,6 +7,7 @@ import pytest
 
 from slab_ms import benchmark, create_model
 from slab_ms.layers.flops import count_flops
+from mindcv.utils.amp import auto_mixed_precision
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,10 @@ def test_flop_count_of_sla_uses_the_linear_formula():
     attention = 4 * n * c * min(n, d) + 2 * n * c + 2 * n * c * 25
     dense = 2 * n * c * 3 * c + 2 * n * c * c + 2 * 2 * n * c * 4 * c
     expected = 2 * n * c * 3 * 16 * 16 + depth * (dense + attention) + 2 * c * classes
+    assert count_flops(net, 64) == pytest.approx(expected)
+    # MindCV's O1 wrappers around every Dense (in training mode: the fused eval Mlp reads fc1's weight itself)
+    auto_mixed_precision(net.set_train(True), "O1", amp_cast_list="[nn.Dense]")
+    assert type(net.blocks[0].mlp.fc1).__name__ == "_OutputTo32"
     assert count_flops(net, 64) == pytest.approx(expected)
 
 

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,24 @@ def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
     assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
 
 
+def test_float16_mindir_computes_in_float16_within_its_tolerance(tmp_path, capsys):
+    """--export_dtype float16: the folded model at O2 (float16 inside, float32 in and out), reloaded and compared
+    with the float32 training form within 1e-2 · max(1, max|logit|)."""
+    name = "deit_tiny_prepbn"
+    net = finished(randomize(slab_ms.create_model(name, num_classes=10, **tiny_config(name)), weight_gain=0.5))
+    ckpt, path = str(tmp_path / "net.ckpt"), str(tmp_path / "net16")
+    ms.save_checkpoint(net, ckpt)
+    argv = ["--model", name, "--ckpt_file", ckpt, "--file_name", path, "--export_dtype", "float16"]
+    assert export.main(argv + _tiny_args(name)) == 0
+    out = capsys.readouterr().out
+    assert "float16 deploy form vs training form" in out
+    found = re.search(r"reloaded MINDIR vs training form: max\|diff\| (\S+) \(max\|logit\| (\S+),", out)
+    error, largest = float(found.group(1)), float(found.group(2))
+    # float16 arithmetic: visibly not the float32 numbers (those agree to ~1e-6), within the stated tolerance
+    assert largest > 1.0 and 1e-4 * largest < error <= export.FLOAT16_RELATIVE_TOLERANCE * largest
+    assert nn.GraphCell(ms.load(path + ".mindir"))(Tensor(tiny_input(name, batch=1))).dtype == ms.float32
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing file", "checkpoint file not found"),
     ("another model", "is it for another model"),
@@ -126,6 +145,7 @@ def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
     ("no checkpoint", "no --ckpt_file given and no checkpoint"),
     ("recipe without checkpoint", "no checkpoint in the ckpt_dir"),
     ("missing output folder", "the folder of --file_name does not exist"),
+    ("float16 ONNX", "--export_dtype float16 writes MINDIR or AIR"),
 ])
 def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeypatch, capsys, case, message):
     monkeypatch.chdir(tmp_path)
@@ -139,6 +159,7 @@ def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeyp
         "no checkpoint": ["--model", "slab_deit_tiny"],
         "recipe without checkpoint": ["-c", glob.glob(os.path.join(ROOT, export.DEMO_RECIPES))[0]],
         "missing output folder": ["--ckpt_file", ckpt, "--file_name", "nowhere/net"],
+        "float16 ONNX": ["--ckpt_file", ckpt, "--file_format", "ONNX", "--export_dtype", "float16"],
     }[case]
     assert export.main(argv) == 2
     err = capsys.readouterr().err

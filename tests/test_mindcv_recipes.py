@@ -16,10 +16,12 @@ import pytest
 import yaml
 from PIL import Image
 
+import slab_ms
 from slab_ms.models import tiny_config
 from slab_ms.training import ConfigError
 from slab_ms.training.config import read_recipe
 from slab_ms.training.outputs import METRICS_COLUMNS, MetricsLog
+from slab_ms.weights import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -135,6 +137,11 @@ def test_the_recipe_trains_unmodified_except_the_model(name, data, tmp_path):
 
     final = ms.load_checkpoint(str(ckpt_dir / f"{MODEL}.ckpt"))
     assert int(final["prepbn_step"].asnumpy()) == 2 and int(final["prepbn_decay_steps"].asnumpy()) == 2
+    # trained at O2, saved as float32 weights under the plain model's names: the strict loader (export.py's) takes it
+    assert ms.float32 in {v.dtype for v in final.values()} and not {v.dtype for v in final.values()} & {
+        ms.float16, ms.bfloat16}
+    net = slab_ms.create_model(MODEL, num_classes=5, image_size=32, **json.loads(TINY))
+    load_checkpoint(net, str(ckpt_dir / f"{MODEL}.ckpt"))
     epoch_ckpt = ms.load_checkpoint(str(ckpt_dir / f"{MODEL}-0001_000000.ckpt"))
     assert int(epoch_ckpt["global_step"].asnumpy().reshape(())) == 2
     assert 0.0 <= float(epoch_ckpt["val_top1"].asnumpy()) <= 1.0  # top_k ranks it by this

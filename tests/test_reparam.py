@@ -8,6 +8,7 @@ import slab_ms
 from slab_ms.models import tiny_config
 from slab_ms.layers import ChannelAffine, PatchEmbed, PRepBN, PRepBNSchedule, RepBN, TokenBatchNorm
 from slab_ms.reparam import remaining_norms
+from slab_ms.weights import load_checkpoint
 
 NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, TokenBatchNorm, RepBN, PRepBN)
 
@@ -131,3 +132,45 @@ def test_folding_an_unfinished_schedule_warns_once_with_the_step_and_gamma(caplo
     assert len(warnings) == 1 and "step 1 of warm-up 0 + T 60000, γ = 1.0000" in warnings[0]
     PRepBNSchedule.of(net).set(step=60000)
     assert PRepBNSchedule.of(net).unfinished() is None
+
+
+def _mindcv_amp(net, level):
+    from mindcv.utils.amp import auto_mixed_precision
+    auto_mixed_precision(net, level)
+    return net
+
+
+def _mindspore_amp(net, level):
+    return ms.amp.auto_mixed_precision(net, level)  # the whole network wrapped as well
+
+
+def _model_amp(net, level):  # mindspore.Model casts and wraps the network it is given in place
+    ms.Model(net, nn.CrossEntropyLoss(), nn.SGD(net.trainable_params(), 0.01), amp_level=level,
+             loss_scale_manager=ms.FixedLossScaleManager(1024.0, drop_overflow_update=False))
+    return net
+
+
+@pytest.mark.parametrize("wrap, level", [(_mindcv_amp, "O1"), (_mindcv_amp, "O2"), (_mindspore_amp, "O2"),
+                                         (_model_amp, "O2"), (_model_amp, "O3")])
+def test_amp_wrapped_model_folds_in_float32_like_the_plain_model(pynative, tmp_path, wrap, level):
+    """A model under MindCV's or MindSpore's AMP loads a plain checkpoint and folds, in float32, into the same
+    plain float32 deploy network as the model without AMP (same logits within 1e-6 relative)."""
+    name = "slab_deit_tiny"
+    x = Tensor(tiny_input(name))
+    plain = tiny_model(name)
+    expected_deploy = slab_ms.reparameterize_model(plain)
+    ms.save_checkpoint(plain, str(tmp_path / "plain.ckpt"))
+    wrapped = wrap(slab_ms.create_model(name, num_classes=10, **tiny_config(name)), level)
+    load_checkpoint(wrapped, str(tmp_path / "plain.ckpt"))  # the loader reads the plain names through AMP
+    assert any(type(cell).__name__.startswith("_OutputTo") for _, cell in wrapped.cells_and_names()) or level == "O3"
+    assert [name for name, _, _ in remaining_norms(wrapped)] == [name for name, _, _ in remaining_norms(plain)]
+
+    deploy = slab_ms.reparameterize_model(wrapped)
+    assert remaining_norms(deploy) == [] and norm_cells(deploy) == []
+    assert [(n, type(c)) for n, c in deploy.cells_and_names()] == [
+        (n, type(c)) for n, c in expected_deploy.cells_and_names()]  # no wrapper left
+    assert {getattr(c.mixed_precision_type, "name", None) for _, c in deploy.cells_and_names()} == {"FP32"}
+    assert [p.name for p in deploy.get_parameters()] == [p.name for p in expected_deploy.get_parameters()]
+    # the same float32 computation as the plain model's deploy form (both fold the same float32 weights)
+    assert relative_error(deploy(x).asnumpy(), expected_deploy(x).asnumpy()) <= 1e-6
+    assert relative_error(deploy(x).asnumpy(), plain(x).asnumpy()) <= 1e-4

@@ -10,6 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from .amp import cells_and_names_through_amp, unwrap_amp
 from .attention import Attention, SimplifiedLinearAttention
 from .mlp import Mlp
 from .patch_embed import PatchConv2d, PatchEmbed
@@ -42,7 +43,7 @@ def sla_flops(cell, batch, tokens, channels, window_tokens=None):
     """Kᵀ V and Q (Kᵀ V) (or (Q Kᵀ) V for windows of at most head_dim tokens), the normaliser, the DWC."""
     window_tokens = tokens if window_tokens is None else window_tokens
     products = 4.0 * batch * tokens * channels * min(cell.head_dim, window_tokens)
-    k = cell.dwc.weight.shape[-1] if cell.use_dwc else 0
+    k = unwrap_amp(cell.dwc).weight.shape[-1] if cell.use_dwc else 0
     return products + 2.0 * batch * tokens * channels + 2.0 * batch * tokens * channels * k * k
 
 
@@ -59,13 +60,13 @@ def _conv(cell, inputs, output):
 @register_flops(PatchEmbed)
 def _patch_embed(cell, inputs, output):  # the patch conv runs as a matmul over patches
     b, n, d = output[0].shape
-    return 2.0 * b * n * d * int(np.prod(cell.proj.weight.shape[1:]))
+    return 2.0 * b * n * d * int(np.prod(unwrap_amp(cell.proj).weight.shape[1:]))
 
 
 @register_flops(Mlp)
 def _mlp(cell, inputs, output):  # its two Dense layers (in eval mode fc1 runs inside the fused bias-GELU kernel)
     tokens = np.prod(inputs[0].shape[:-1])
-    return 2.0 * tokens * sum(np.prod(fc.weight.shape) for fc in (cell.fc1, cell.fc2))
+    return 2.0 * tokens * sum(np.prod(unwrap_amp(fc).weight.shape) for fc in (cell.fc1, cell.fc2))
 
 
 @register_flops(Attention)
@@ -87,9 +88,9 @@ def count_flops(net, image_size, in_channels=3):
     # The depth-wise conv of SLA and an Mlp's two Dense layers are in their cell's formula; a patch conv is in its
     # patch embedding's (or its spatial reduction's) formula. Every other Dense / Conv2d, also inside an attention
     # cell, counts on its own.
-    cells = [c for _, c in net.cells_and_names()]
-    inside = {id(c.dwc) for c in cells if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
-    inside |= {id(fc) for c in cells if isinstance(c, Mlp) for fc in (c.fc1, c.fc2)}
+    cells = [c for _, c in cells_and_names_through_amp(net)]
+    inside = {id(unwrap_amp(c.dwc)) for c in cells if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
+    inside |= {id(unwrap_amp(fc)) for c in cells if isinstance(c, Mlp) for fc in (c.fc1, c.fc2)}
     counted = [(cell, _formula(cell)) for cell in cells
                if _formula(cell) is not None and id(cell) not in inside and not isinstance(cell, PatchConv2d)]
 

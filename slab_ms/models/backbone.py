@@ -23,6 +23,7 @@ Fine-tuning modes (kwargs of every factory, with ``features_only=True``):
 from mindspore import nn, ops
 
 from ..layers import check_input, get_norm_layer
+from ..layers.amp import unwrap_amp
 from ..layers.fold import fold_final_norm, keep_as_affine
 from ..layers.norm import RepBN, TokenBatchNorm
 from ..layers.schedule import advance_in_training
@@ -160,7 +161,7 @@ class BackboneMixin:
             cell.add_flags_recursive(training=False)
         for _, cell in self.cells_and_names():
             if self.norm_eval and isinstance(cell, TokenBatchNorm):
-                cell.bn.use_batch_statistics = False
+                unwrap_amp(cell.bn).use_batch_statistics = False
             if self.freeze_eta and isinstance(cell, RepBN):
                 cell.alpha.requires_grad = False
 

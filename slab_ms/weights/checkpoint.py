@@ -4,6 +4,7 @@ import os
 
 import mindspore as ms
 
+from ..layers.amp import parameters_and_names_through_amp, unwrap_amp
 from ..utils import atomic_output
 from .official import load_official_checkpoint
 from .strict import backbone_view, is_excluded, mismatch_message
@@ -26,15 +27,18 @@ def load_checkpoint(net, path, ema=False, exclude=()):
 
     Missing parameters, shape mismatches and unknown model parameters are one error that lists them.
     Optimizer slots and training scalars saved by ``train.py`` are ignored. ``ema=True`` loads the
-    ``ema.*`` copy of the weights. Parameters under the cell names in ``exclude`` (e.g. ``("head",)``
+    ``ema.*`` copy of the weights. A network under AMP (MindSpore's or MindCV's wrappers) loads the names
+    of the plain network. Parameters under the cell names in ``exclude`` (e.g. ``("head",)``
     to fine-tune on another number of classes) keep their initial values and are not read. A backbone
     (``features_only=True``) also takes its classifier's checkpoint (``strict.backbone_view``).
     """
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: '{path}'. Pass the path of a .ckpt written by "
                                 f"train.py / slab_ms.convert, or of an official .pth.")
+    model = unwrap_amp(net)
     if path.endswith((".pth", ".pt", ".npz", ".safetensors")):
-        return load_official_checkpoint(net, path, use_ema=ema, exclude=exclude)
+        load_official_checkpoint(model, path, use_ema=ema, exclude=exclude)
+        return net
     try:
         ckpt = ms.load_checkpoint(path)
     except Exception as err:  # the loader raises several types for foreign or torn files
@@ -48,9 +52,9 @@ def load_checkpoint(net, path, ema=False, exclude=()):
         ckpt = {k[len("ema."):]: v for k, v in ckpt.items() if k.startswith("ema.")}
         if not ckpt:
             raise ValueError(f"'{path}' holds no EMA weights (no 'ema.*' entries); load it with ema=False.")
-    skip, exclude = backbone_view(net, ckpt, exclude)
+    skip, exclude = backbone_view(model, ckpt, exclude)
     ckpt = {k: v for k, v in ckpt.items() if k not in skip}
-    every = dict(net.parameters_and_names())
+    every = dict(parameters_and_names_through_amp(model))
     own = {n: p for n, p in every.items() if not is_excluded(n, exclude)}
     ckpt = {k: v for k, v in ckpt.items() if not is_excluded(k, exclude)}
     missing = sorted(n for n in own if n not in ckpt)
@@ -58,7 +62,7 @@ def load_checkpoint(net, path, ema=False, exclude=()):
                         for n, p in own.items() if n in ckpt and tuple(ckpt[n].shape) != tuple(p.shape))
     unexpected = sorted(k for k in ckpt if k not in every and not _is_train_state(k, every))
     if missing or mismatched or unexpected:
-        raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(net).__name__}: is it for another "
+        raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(model).__name__}: is it for another "
                                           "model or another size?" + _head_hint(mismatched), missing, unexpected,
                                           mismatched))
     ms.load_param_into_net(net, {k: ckpt[k] for k in own}, strict_load=True)

@@ -19,6 +19,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from ..layers.amp import cells_and_names_through_amp
 from ..layers.norm import prepbn_layers
 from ..layers.schedule import PRepBNSchedule
 from ..models.registry import drop_keys, family_of
@@ -106,7 +107,7 @@ def official_parameters(net):
     own = PRepBNSchedule.of(net)
     schedule = own.ids() if own else set()
     targets = {}
-    for cell_name, cell in net.cells_and_names():
+    for cell_name, cell in cells_and_names_through_amp(net):
         rename = next((r for t, r in _RENAME.items() if isinstance(cell, t)), {})
         prefix = f"{cell_name}." if cell_name else ""
         for pname, param in cell._params.items():  # pylint: disable=protected-access
