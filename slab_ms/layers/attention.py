@@ -251,7 +251,7 @@ class SimplifiedLinearAttention(nn.Cell):
         """The SLA core on (B, N, C) q, k, v laid out row-major on the ``hw`` grid; returns (B, N, C)."""
         out_dtype = v.dtype
         q, k, v = q.astype(ms.float32), k.astype(ms.float32), v.astype(ms.float32)
-        if self.native_kernel is not None and not self.training:
+        if self.native_kernel is not None and not self.training and isinstance(self.dwc, nn.Conv2d):
             b, n, c = q.shape
             grid = (b, hw[0], hw[1], self.num_heads, self.head_dim)
             out = self.native_kernel(q.reshape(grid), k.reshape(grid), v.reshape(grid), *self._native_operands(hw))
@@ -271,7 +271,7 @@ class SimplifiedLinearAttention(nn.Cell):
         """``dwc`` on the (B, N, C) float32 values laid out on ``hw``, one conv per head: as matmuls on the grid the
         cell was built for (same numbers, 5-10x faster than the Conv2d on CPU), as the Conv2d on any other grid."""
         b, n, c = v.shape
-        if tuple(hw) == self.grid_size:
+        if tuple(hw) == self.grid_size and isinstance(self.dwc, nn.Conv2d):  # MindCV's O1 wraps it: no weight
             return depthwise_conv_as_matmuls(v, self.dwc.weight.astype(v.dtype), self.dwc.bias.astype(v.dtype), hw,
                                              self.dwc_column_index, self.dwc_row_shifts)
         grid = v.reshape(b, hw[0], hw[1], self.num_heads, self.head_dim).transpose(0, 3, 4, 1, 2)
@@ -280,7 +280,7 @@ class SimplifiedLinearAttention(nn.Cell):
 
     def construct(self, x, hw):
         qkv = self.qkv(x)
-        if self.native_qkv_kernel is not None and not self.training:
+        if self.native_qkv_kernel is not None and not self.training and isinstance(self.dwc, nn.Conv2d):
             out = self._attend_qkv(qkv, hw)
         else:
             q, k, v = ops.split(qkv, self.dim, axis=-1)

@@ -58,7 +58,9 @@ class Mlp(nn.Cell):
         self.matmul_transposed_b = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
-        if self.native_kernel is not None and not self.training and x.dtype == ms.float32:
+        # isinstance: MindCV's O1 wraps fc1 in a cell without its weight (then fc1 runs as the wrapped cell)
+        if (self.native_kernel is not None and not self.training and x.dtype == ms.float32
+                and isinstance(self.fc1, nn.Dense)):
             shape = x.shape
             hidden = self.matmul_transposed_b(x.reshape(-1, shape[-1]), self.fc1.weight)
             hidden = self.native_kernel(hidden, self.fc1.bias).reshape(shape[:-1] + (-1,))

@@ -4,7 +4,7 @@ from mindspore import nn, ops
 from .fold import fold_norm_into_producer, register_fold
 from .helpers import to_2tuple
 
-__all__ = ["PatchEmbed", "PatchConv2d", "check_input"]
+__all__ = ["PatchEmbed", "PatchConv2d", "check_input", "patch_tokens"]
 
 
 def check_input(x, in_channels, multiple, model_name):
@@ -61,6 +61,19 @@ class PatchConv2d(nn.Conv2d):
         return out.reshape(out.shape[0], hp, wp, self.out_channels).transpose(0, 3, 1, 2)
 
 
+def patch_tokens(conv, x, hw=None):
+    """``conv.tokens(x)`` for an image, ``conv.tokens_from_tokens(x, hw)`` for a token map on ``hw``; when MindCV's
+    O1 has wrapped the PatchConv2d in a float16 cell without its methods, the wrapped cell's map output as tokens."""
+    if isinstance(conv, PatchConv2d):
+        return conv.tokens(x) if hw is None else conv.tokens_from_tokens(x, hw)
+    if hw is not None:
+        b, _, c = x.shape
+        x = x.transpose(0, 2, 1).reshape(b, c, hw[0], hw[1])
+    out = conv(x)
+    b, c, h, w = out.shape
+    return out.reshape(b, c, h * w).transpose(0, 2, 1), (h, w)
+
+
 class PatchEmbed(nn.Cell):
     """Image (B, C, H, W), or a (B, H·W, C) token map with its grid ``hw``, -> tokens (B, H/p · W/p, D) and
     the token grid (H/p, W/p)."""
@@ -72,10 +85,7 @@ class PatchEmbed(nn.Cell):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def construct(self, x, hw=None):
-        if hw is None:
-            x, hw = self.proj.tokens(x)
-        else:
-            x, hw = self.proj.tokens_from_tokens(x, hw)
+        x, hw = patch_tokens(self.proj, x, hw)
         return self.norm(x), hw
 
 

@@ -114,13 +114,22 @@ class LePEConv(nn.Conv2d):
         super().__init__(dim, dim, 3, group=dim, pad_mode="pad", padding=1, has_bias=True)
         self.native_kernel = kernel("DepthwiseConvTokens", depthwise_conv_tokens)
 
-    def construct(self, v, window):
+    def construct(self, v, window=None):
+        if window is None:  # a (B', C, H, W) map: the call of MindCV's O1 wrapper, which passes one argument
+            return super().construct(v)
         if self.native_kernel is not None and not self.training:
             b, n, c = v.shape
             out = self.native_kernel(v.astype(ms.float32).reshape(b, window[0], window[1], 1, c),
                                      self.weight.astype(ms.float32), self.bias.astype(ms.float32))
             return out.reshape(b, n, c).astype(v.dtype)
         return grid_to_tokens(super().construct(tokens_to_grid(v, window)))
+
+
+def lepe(conv, v, window):
+    """``conv(v, window)`` of a LePEConv; through MindCV's O1 wrapper (one argument), the conv of v's window grid."""
+    if isinstance(conv, LePEConv):
+        return conv(v, window)
+    return grid_to_tokens(conv(tokens_to_grid(v, window)))
 
 
 class LePEAttention(nn.Cell):
@@ -144,12 +153,12 @@ class LePEAttention(nn.Cell):
     def construct(self, q, k, v, hw):
         window = stripe_window(self.stripe, self.split, hw)
         q, k, v = to_windows(q, hw, window), to_windows(k, hw, window), to_windows(v, hw, window)
-        lepe = self.get_v(v, window)
+        positional = lepe(self.get_v, v, window)
         q = split_heads(q * self.scale, self.num_heads)
         k = split_heads(k, self.num_heads)
         v = split_heads(v, self.num_heads)
         attn = float32_softmax(ops.bmm(q, k.transpose(0, 2, 1)), v.dtype)
-        out = merge_heads(ops.bmm(attn, v), self.num_heads) + lepe
+        out = merge_heads(ops.bmm(attn, v), self.num_heads) + positional
         return from_windows(out, hw, window)
 
 
@@ -170,7 +179,7 @@ class SLALePEAttention(SimplifiedLinearAttention):
     def construct(self, q, k, v, hw):
         window = stripe_window(self.stripe, self.split, hw)
         q, k, v = to_windows(q, hw, window), to_windows(k, hw, window), to_windows(v, hw, window)
-        out = self.attend(q, k, v, window) + self.get_v(v, window)
+        out = self.attend(q, k, v, window) + lepe(self.get_v, v, window)
         return from_windows(out, hw, window)
 
 

@@ -31,6 +31,7 @@ from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAt
                       check_input, dense, float32_softmax, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
                       merge_heads, register_fold, resize_token_grid, split_heads, to_2tuple)
 from ..layers.flops import register_flops, softmax_flops
+from ..layers.patch_embed import patch_tokens
 from .backbone import BackboneMixin, fold_output_norms
 from .registry import build_model, default_cfg, register_model
 
@@ -69,7 +70,7 @@ class SpatialReductionAttention(nn.Cell):
         c = x.shape[-1]
         q = split_heads(self.q(x), self.num_heads)
         if self.sr_ratio > 1:
-            x = self.norm(self.sr.tokens_from_tokens(x, hw)[0])
+            x = self.norm(patch_tokens(self.sr, x, hw)[0])
         k, v = ops.split(self.kv(x), c, axis=-1)
         k, v = split_heads(k, self.num_heads), split_heads(v, self.num_heads)
         attn = float32_softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), v.dtype)
