@@ -3,6 +3,24 @@
 ``import slab_ms`` registers every SLAB model in MindCV, so ``mindcv.create_model("slab_deit_tiny")``
 works.
 """
+import os as _os
+import sys as _sys
+
+
+def _running_a_tool():
+    """True while a tool of this package starts: ``python -m slab_ms.<tool>`` (``sys.argv[0]`` is "-m" while
+    the package is imported), a ``slab-<tool>`` console script, or the repository's ``train.py`` /
+    ``validate.py`` / ``export.py``."""
+    script = _os.path.abspath(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
+    wrapper = _os.path.dirname(script) == _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    return bool(_sys.argv) and (_sys.argv[0] == "-m" or _os.path.basename(script).startswith("slab-") or wrapper)
+
+
+# MindSpore's log level is read once, when mindspore is imported. The tools keep MindSpore to its errors
+# (GLOG_v=3, as the scripts/ do) unless the user chose a level; a program that imports slab_ms keeps MindSpore's.
+if _running_a_tool() and "mindspore" not in _sys.modules:
+    _os.environ.setdefault("GLOG_v", "3")
+
 from . import _compat  # noqa: F401  (MindCV shims first)
 from .factory import create_model
 from .layers import PRepBNSchedule

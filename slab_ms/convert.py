@@ -2,8 +2,8 @@
 
     python -m slab_ms.convert --model slab_deit_tiny --ckpt_file slab_deit_t.pth --file_name slab_deit_tiny.ckpt
 
-(``slab-convert`` once installed.) The model is built with ``--num_classes`` / ``--image_size`` /
-``--model_kwargs``, the checkpoint is mapped onto it strictly (``slab_ms.weights``) and written atomically.
+(``slab-convert`` once installed.) The model is built with ``--num_classes`` (default: the rows of the
+checkpoint's ``head.weight``) / ``--image_size`` / ``--model_kwargs``, the checkpoint is mapped onto it strictly (``slab_ms.weights``) and written atomically.
 Bad input (unknown model, missing, damaged or foreign checkpoint, a pickle that asks to run code) is one
 message and exit status 2; the written file gets the usual mode (0644 under umask 022).
 """
@@ -17,7 +17,7 @@ from .cli import UsageError
 from .factory import create_model
 from .models import list_models
 from .utils import remove_stale_temporaries
-from .weights import load_official_checkpoint, save_checkpoint
+from .weights import checkpoint_num_classes, load_official_checkpoint, read_state_dict, save_checkpoint
 
 TOOL = "convert.py"
 
@@ -46,8 +46,10 @@ def _convert(argv):
     for stale in remove_stale_temporaries(folder):
         print(f"{TOOL}: removed '{stale}', a temporary file left by a killed run")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    net = create_model(args.model, num_classes=args.num_classes or 1000, **cli.factory_kwargs(args))
-    load_official_checkpoint(net, args.ckpt_file, use_ema=args.ckpt_ema)
+    state_dict = read_state_dict(args.ckpt_file, use_ema=args.ckpt_ema)
+    num_classes = args.num_classes or checkpoint_num_classes(state_dict)
+    net = create_model(args.model, num_classes=num_classes, **cli.factory_kwargs(args))
+    load_official_checkpoint(net, state_dict)
     save_checkpoint(net, args.file_name)
     print(f"wrote {args.file_name} ({sum(p.size for p in net.get_parameters()):,} values)")
     return 0

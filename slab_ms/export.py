@@ -50,7 +50,7 @@ from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
 from .utils import atomic_output, check_writable_folder, remove_stale_temporaries
-from .weights import load_checkpoint
+from .weights import checkpoint_num_classes, load_checkpoint
 
 TOOL = "export.py"
 
@@ -195,17 +195,6 @@ def output_path(args):
     """``--file_name`` (default: the model name) with the format's extension."""
     base, ext = args.file_name or args.model, FORMATS[args.file_format]
     return base if base.lower().endswith(ext) else base + ext
-
-
-def checkpoint_num_classes(path, default=1000):
-    """Rows of ``head.weight`` in a MindSpore checkpoint; ``default`` for other files or headless ones."""
-    if not path.endswith(".ckpt"):
-        return default
-    try:
-        head = ms.load_checkpoint(path, choice_func=lambda name: name == "head.weight").get("head.weight")
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(f"'{path}' is not a readable MindSpore checkpoint ({err}).") from err
-    return int(head.shape[0]) if head is not None else default
 
 
 class ErfFreeGELU(nn.Cell):

@@ -364,7 +364,7 @@ def _ablation(argv):
     from ..utils import atomic_output
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_context(runtime_num_threads=args.threads)
+    cli.set_cpu_threads(args.threads)
     wall = time.perf_counter()
     load = os.getloadavg()
     train_x, train_y, val_x, val_y, num_classes, text = (folder_data if args.data_dir else scene_data)(args)

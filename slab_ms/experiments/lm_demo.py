@@ -222,7 +222,7 @@ def _demo(argv):
 
     ms.set_context(mode=ms.GRAPH_MODE)
     if args.threads:
-        ms.set_context(runtime_num_threads=args.threads)
+        cli.set_cpu_threads(args.threads)
     wall = time.perf_counter()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     data, source = load_corpus(args.corpus)
@@ -273,7 +273,9 @@ def _demo(argv):
     if "rmsnorm" in results and "prepbn" in results:
         rel = results["prepbn"]["ppl"] / results["rmsnorm"]["ppl"] - 1
         speed = results["prepbn"]["tokens_per_s"] / results["rmsnorm"]["tokens_per_s"] - 1
-        print_now(f"  PRepBN vs RMSNorm: perplexity {rel:+.1%}, generation speed {speed:+.1%}")
+        caveat = (f" (--quick: {args.steps} steps of a tiny model test that the demo runs; these numbers say "
+                  "nothing about quality or speed)" if args.quick else "")
+        print_now(f"  PRepBN vs RMSNorm: perplexity {rel:+.1%}, generation speed {speed:+.1%}{caveat}")
     print_now(f"wall time {time.perf_counter() - wall:.0f} s; load average at the end {load_end[0]:.2f} "
               f"{load_end[1]:.2f} {load_end[2]:.2f}")
     return 0

@@ -5,10 +5,10 @@ import os
 import mindspore as ms
 
 from ..utils import atomic_output
-from .official import load_official_checkpoint
-from .strict import backbone_view, is_excluded, mismatch_message
+from .official import load_official_checkpoint, read_state_dict
+from .strict import backbone_view, is_excluded, load_checked, mismatch_message
 
-__all__ = ["load_checkpoint", "save_checkpoint", "UnreadableCheckpointError"]
+__all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_num_classes", "UnreadableCheckpointError"]
 
 # Scalars a MindSpore training checkpoint carries next to the weights (train.py's loss-scale state is
 # ``train_step.*``).
@@ -60,8 +60,23 @@ def load_checkpoint(net, path, ema=False, exclude=()):
         raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(net).__name__}: is it for another "
                                           "model or another size?" + _head_hint(mismatched), missing, unexpected,
                                           mismatched))
-    ms.load_param_into_net(net, {k: ckpt[k] for k in own}, strict_load=True)
+    load_checked(net, {k: ckpt[k] for k in own})
     return net
+
+
+def checkpoint_num_classes(src, default=1000):
+    """Rows of the classifier's ``head.weight`` in ``src`` (a MindSpore ``.ckpt``, an official checkpoint file or a
+    state dict); ``default`` for a checkpoint without one."""
+    if isinstance(src, dict):
+        head = src.get("head.weight")
+    elif src.endswith(".ckpt"):
+        try:
+            head = ms.load_checkpoint(src, choice_func=lambda name: name == "head.weight").get("head.weight")
+        except (ValueError, RuntimeError) as err:
+            raise UnreadableCheckpointError(f"'{src}' is not a readable MindSpore checkpoint ({err}).") from err
+    else:
+        head = read_state_dict(src).get("head.weight")
+    return int(head.shape[0]) if head is not None else default
 
 
 def _head_hint(mismatched):

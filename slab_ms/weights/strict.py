@@ -1,6 +1,7 @@
-"""What every strict loader shares: which names a caller leaves out, and the one mismatch message."""
+"""What every strict loader shares: which names a caller leaves out, the one mismatch message, the quiet load."""
+import mindspore as ms
 
-__all__ = ["is_excluded", "mismatch_message", "backbone_view"]
+__all__ = ["is_excluded", "mismatch_message", "backbone_view", "load_checked"]
 
 # A classifier's parts that a backbone (``features_only=True``) does not have, and the backbone's own.
 CLASSIFIER_CELLS = ("head", "norm")
@@ -39,3 +40,13 @@ def mismatch_message(headline, missing, unexpected, mismatched, limit=12):
         return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more if items else ""
     return (headline + show("missing in checkpoint", missing) + show("unexpected in checkpoint", unexpected)
             + show("shape mismatch", mismatched))
+
+
+def load_checked(net, values):
+    """Load ``values`` (parameter name -> Parameter), already checked against ``net`` by the caller, with
+    MindSpore's strict dtype and shape checks. The parameters the caller leaves out on purpose (the γ schedule it
+    sets itself, excluded cells) are passed at their current values, so MindSpore reports none as "not loaded"."""
+    full = {param.name: param for _, param in net.parameters_and_names()}
+    full.update(values)
+    ms.load_param_into_net(net, full, strict_load=True)
+    return net
