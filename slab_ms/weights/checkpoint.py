@@ -6,7 +6,7 @@ import mindspore as ms
 
 from ..utils import atomic_output
 from .official import load_official_checkpoint, read_state_dict
-from .strict import backbone_view, is_excluded, load_checked, mismatch_message
+from .strict import backbone_view, is_excluded, load_checked, mismatch_message, resize_position_tables
 
 __all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_num_classes", "UnreadableCheckpointError"]
 
@@ -52,6 +52,7 @@ def load_checkpoint(net, path, ema=False, exclude=()):
     every = dict(net.parameters_and_names())
     own = {n: p for n, p in every.items() if not is_excluded(n, exclude)}
     ckpt = {k: v for k, v in ckpt.items() if not is_excluded(k, exclude)}
+    ckpt = resize_position_tables(ckpt, {n: tuple(p.shape) for n, p in own.items()})
     missing = sorted(n for n in own if n not in ckpt)
     mismatched = sorted(f"{n}: checkpoint {tuple(ckpt[n].shape)} vs model {tuple(p.shape)}"
                         for n, p in own.items() if n in ckpt and tuple(ckpt[n].shape) != tuple(p.shape))
@@ -60,7 +61,8 @@ def load_checkpoint(net, path, ema=False, exclude=()):
         raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(net).__name__}: is it for another "
                                           "model or another size?" + _head_hint(mismatched), missing, unexpected,
                                           mismatched))
-    load_checked(net, {k: ckpt[k] for k in own})
+    load_checked(net, {k: ckpt[k] if isinstance(ckpt[k], ms.Parameter) else ms.Parameter(ms.Tensor(ckpt[k]), name=k)
+                       for k in own})
     return net
 
 
