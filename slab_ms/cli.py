@@ -120,7 +120,8 @@ def add_device_args(parser):
                        help="None (default): the best available, Ascend, then GPU, then CPU")
     group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
     group.add_argument("--runtime_num_threads", type=optional(int), default=None,
-                       help="CPU threads of MindSpore's runtime (None: MindSpore's default)")
+                       help="MindSpore's CPU op threads (device_context.cpu.op_tuning.threads_num; None: MindSpore's "
+                            "default)")
     return group
 
 

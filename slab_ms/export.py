@@ -10,7 +10,7 @@ reloads the written file (``mindspore.load`` + ``nn.GraphCell``; onnxruntime for
 its logits on a fixed random batch with the training-form model in eval mode. It succeeds only if
 max|Δ| ≤ 1e-4 · max(1, max|logit|) for both the deploy network and the reloaded file; a mismatch
 exits with status 1 and the numbers. Bad input (missing or foreign checkpoint, unknown model,
-unsupported format/device, an existing output file without ``--overwrite``, an input size the model
+unsupported format/device, an existing ``--file_name`` without ``--overwrite``, an input size the model
 cannot take, a PRepBN checkpoint whose γ has not reached 0 without ``--allow_unfinished``) exits with
 status 2 and one message. The file is written under a temporary name and renamed only after the check,
 so a failed run leaves no output file; it gets the usual file mode (0644 under umask 022) and the
@@ -49,7 +49,7 @@ from .layers.cpu_kernels import use_standard_ops
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
-from .utils import atomic_output, check_writable_folder, remove_stale_temporaries
+from .utils import atomic_output, check_writable_folder, first_free_path, remove_stale_temporaries
 from .weights import checkpoint_num_classes, load_checkpoint
 
 TOOL = "export.py"
@@ -79,7 +79,8 @@ def parse_args(argv=None):
     cli.add_checkpoint_args(parser, "MindSpore .ckpt or official .pth (default: the newest checkpoint of the recipe "
                             "or of the demo run)", ema_aliases=("--ema",))
     group = parser.add_argument_group("output")
-    group.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
+    group.add_argument("--file_name", default=None, help="output path without extension (default: <model>, or "
+                                                         "<model>-2, -3, ... when that exists)")
     group.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
     group.add_argument("--overwrite", type=cli.str2bool, nargs="?", const=True, default=False,
                        help="replace an existing output file (default: refuse)")
@@ -104,16 +105,23 @@ def _read_recipe(path):
         raise UsageError(f"recipe: {err}") from err
 
 
-def demo_checkpoint():
-    """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
+def newest_demo_checkpoint():
+    """``(checkpoint, recipe path, recipe)`` of the newest checkpoint in a demo recipe's ckpt_dir (any run under it:
+    the 2-worker demo's and the one-process script's), or None. ``scripts/run_eval.sh`` evaluates this one too."""
     found = []
     for path in glob.glob(DEMO_RECIPES):
         recipe = _read_recipe(path)
         ckpt = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
         if ckpt:
             found.append((os.path.getmtime(ckpt), ckpt, path, recipe))
+    return max(found)[1:] if found else None
+
+
+def demo_checkpoint():
+    """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
+    found = newest_demo_checkpoint()
     if found:
-        _, ckpt, path, recipe = max(found)
+        ckpt, path, recipe = found
         print(f"{TOOL}: no --ckpt_file given; using the demo checkpoint {ckpt} (recipe {path})")
         return ckpt, recipe
     ckpt = newest_checkpoint()
@@ -173,6 +181,8 @@ def check_args(args):
         args.model = match.group("model")
     if args.num_classes is None:  # a backbone has no classifier
         args.num_classes = 0 if args.features_only else checkpoint_num_classes(args.ckpt_file)
+    if args.file_name is None and not args.overwrite:  # the default name: never an earlier export's
+        args.file_name = first_free_path(output_path(args))
     path = output_path(args)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
