@@ -11,9 +11,12 @@ def _running_a_tool():
     """True while a tool of this package starts: ``python -m slab_ms.<tool>`` (``sys.argv[0]`` is "-m" while
     the package is imported), a ``slab-<tool>`` console script, or the repository's ``train.py`` /
     ``validate.py`` / ``export.py``."""
-    script = _os.path.abspath(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
-    wrapper = _os.path.dirname(script) == _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-    return bool(_sys.argv) and (_sys.argv[0] == "-m" or _os.path.basename(script).startswith("slab-") or wrapper)
+    first = _sys.argv[0] if _sys.argv else ""
+    if first == "-m" or _os.path.basename(first).startswith("slab-"):
+        return True
+    repository = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    return (_os.path.basename(first) in ("train.py", "validate.py", "export.py")
+            and _os.path.dirname(_os.path.abspath(first)) == repository)
 
 
 # MindSpore's log level is read once, when mindspore is imported. The tools keep MindSpore to its errors

@@ -3,7 +3,8 @@
     python -m slab_ms.convert --model slab_deit_tiny --ckpt_file slab_deit_t.pth --file_name slab_deit_tiny.ckpt
 
 (``slab-convert`` once installed.) The model is built with ``--num_classes`` (default: the rows of the
-checkpoint's ``head.weight``) / ``--image_size`` / ``--model_kwargs``, the checkpoint is mapped onto it strictly (``slab_ms.weights``) and written atomically.
+checkpoint's ``head.weight``) / ``--image_size`` / ``--model_kwargs``, the checkpoint is mapped onto it strictly
+(``slab_ms.weights``) and written atomically.
 Bad input (unknown model, missing, damaged or foreign checkpoint, a pickle that asks to run code) is one
 message and exit status 2; the written file gets the usual mode (0644 under umask 022).
 """

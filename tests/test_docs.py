@@ -127,7 +127,8 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
         assert tools[argv[1]](argv[2:]) == 0, command
     out = capsys.readouterr().out
     assert f"using the demo checkpoint {run}/{recipe['model']}.ckpt" in out
-    assert sorted(p for p in os.listdir() if p.endswith(".mindir")) == ["slab_deit_tiny-2.mindir", "slab_deit_tiny.mindir"]
+    assert sorted(p for p in os.listdir() if p.endswith(".mindir")) == ["slab_deit_tiny-2.mindir",
+                                                                         "slab_deit_tiny.mindir"]
 
     # the one-process demo: same recipe, global batch 64 = 2 workers x 32, so the same optimizer steps
     dry = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_standalone_train.sh"), "--dry_run"],
@@ -136,7 +137,8 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
     args = parse_args(dry[2:])
     images = sum(len(files) for _, _, files in os.walk(os.path.join(recipe["data_dir"], "train")))
     assert args.batch_size == 2 * recipe["batch_size"]
-    assert args.epochs * (images // args.batch_size) == recipe["epochs"] * (-(-images // 2) // recipe["batch_size"]) == 440
+    per_worker = -(-images // 2)  # the 2-worker demo: each rank reads half of the images, rounded up
+    assert args.epochs * (images // args.batch_size) == recipe["epochs"] * (per_worker // recipe["batch_size"]) == 440
     os.makedirs(args.ckpt_dir)
     ms.save_checkpoint(net, os.path.join(args.ckpt_dir, f"{recipe['model']}.ckpt"))
     with open(os.path.join(ROOT, "scripts", "run_eval.sh"), encoding="utf-8") as f:

@@ -24,7 +24,8 @@ Gaussian noise 0.15); train and val scenes use disjoint glyphs. ``--data_dir`` r
 Writes ``--csv`` (one row per run and epoch: train loss, val loss, val accuracy, γ at the end of the epoch,
 lr, seconds; γ is the LayerNorm weight of the mixture: 1 for LN, 0 for BN / RepBN) and ``--plot`` (curves and
 final accuracies, mean ± std over seeds), by default into a new ``output/ablation/<date-time>/``, prints progress
-and a Markdown table. An existing ``--csv`` / ``--plot`` is refused unless ``--overwrite``. Bad input is one ``ablation: error: ...`` line and exit status 2.
+and a Markdown table. An existing ``--csv`` / ``--plot`` is refused unless ``--overwrite``. Bad input is one
+``ablation: error: ...`` line and exit status 2.
 """
 import argparse
 import csv

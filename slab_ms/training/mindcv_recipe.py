@@ -42,7 +42,7 @@ INSTEAD = {
 
 def add_mindcv_aliases(parser):
     """MindCV's names of options (``--epoch_size`` for ``--epochs``, ...) on the command line too."""
-    actions = {opt: action for action in parser._actions for opt in action.option_strings}  # pylint: disable=protected-access
+    actions = {opt: a for a in parser._actions for opt in a.option_strings}  # pylint: disable=protected-access
     for mindcv, ours in RENAMED.items():
         action = actions.get(f"--{ours}")
         if action is not None and f"--{mindcv}" not in actions:

@@ -62,7 +62,7 @@ def load_checkpoint(net, path, ema=False, exclude=()):
                                           "model or another size?" + _head_hint(mismatched), missing, unexpected,
                                           mismatched))
     load_checked(net, {k: ckpt[k] if isinstance(ckpt[k], ms.Parameter) else ms.Parameter(ms.Tensor(ckpt[k]), name=k)
-                       for k in own})
+                       for k in own})  # a resized position table is an array
     return net
 
 

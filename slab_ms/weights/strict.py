@@ -12,7 +12,8 @@ __all__ = ["is_excluded", "mismatch_message", "backbone_view", "resize_position_
 _logger = logging.getLogger(__name__)
 # Tables laid out on a square grid of tokens or of relative offsets, whose size follows the input size or window:
 # (1, [prefix tokens +] S·S, C) position embeddings and SLA positional encodings, (S·S, heads) relative biases.
-POSITION_TABLE = re.compile(r"(^|\.)(pos_embed\d*|absolute_pos_embed|positional_encoding|relative_position_bias_table)$")
+POSITION_TABLE = re.compile(
+    r"(^|\.)(pos_embed\d*|absolute_pos_embed|positional_encoding|relative_position_bias_table)$")
 
 # A classifier's parts that a backbone (``features_only=True``) does not have, and the backbone's own.
 CLASSIFIER_CELLS = ("head", "norm")
@@ -77,7 +78,7 @@ def resize_position_tables(values, shapes):
     model's (``shapes``: name -> shape) resized bicubically, as the reference's fine-tuning does (leading prefix
     tokens such as a class token are kept). Logs one line naming what was resized; other mismatches are left to
     the caller's error."""
-    resized = []
+    values, resized = dict(values), []
     for name, target in shapes.items():
         value = values.get(name)
         if value is None or not POSITION_TABLE.search(name) or tuple(value.shape) == tuple(target):
