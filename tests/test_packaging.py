@@ -62,3 +62,14 @@ def test_a_tool_prints_no_mindspore_warning_and_convert_reads_the_class_count(tm
     assert f"wrote {dst}" in result.stdout
     import mindspore as ms
     assert ms.load_checkpoint(str(dst))["head.weight"].shape == (10, 48)
+
+
+@pytest.mark.parametrize("argv0, tool", [("-m", True), ("/usr/local/bin/slab-train", True),
+                                         (os.path.join(ROOT, "export.py"), True), ("-c", False),
+                                         (os.path.join(ROOT, "tests", "export.py"), False), ("my_script.py", False)])
+def test_the_tools_and_only_they_quiet_mindspore_by_default(argv0, tool, monkeypatch):
+    """A tool starting (python -m slab_ms.<tool>, a console script, the repository's wrappers) sets GLOG_v=3 before
+    MindSpore loads, unless the user set it; a program that imports slab_ms keeps MindSpore's level."""
+    import slab_ms
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert slab_ms._running_a_tool() is tool  # pylint: disable=protected-access

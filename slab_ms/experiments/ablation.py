@@ -76,7 +76,7 @@ def parse_args(argv=None):
                                                     "output/ablation/<date-time>/ folder)")
     parser.add_argument("--plot", default=None, help="PNG path (default: the CSV's, with .png)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --csv / --plot files")
-    parser.add_argument("--threads", type=int, default=2, help="MindSpore CPU runtime threads")
+    parser.add_argument("--threads", type=int, default=2, help="MindSpore CPU op threads")
     args = parser.parse_args(argv)
     cli.apply_budget(args, FULL, QUICK)
     args.plot = args.plot or (os.path.splitext(args.csv)[0] + ".png" if args.csv else None)

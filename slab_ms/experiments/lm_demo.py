@@ -15,9 +15,10 @@ Bad input is one ``lm_demo: error: ...`` line and exit status 2.
 
 Two choices are the demo's, not the reference's: RepBN starts as in the vision models (``--bn_init ones``: η = 1,
 BN weight 1), because the reference LLaMA's zero start (η, weight, bias 0) cannot grow within a few hundred Adam
-steps (150 steps: validation perplexity 40.2 from zeros, 11.7 from ones); and MindSpore runs one CPU runtime thread
+steps (150 steps: validation perplexity 40.2 from zeros, 11.7 from ones); and MindSpore runs one CPU thread
 (``--threads 1``), because on a shared 2-core machine its default thread pool made one single-token decoding call
-take 40-90 ms instead of 4-5 ms.
+take 40-90 ms instead of 4-5 ms (measured with the runtime-thread setting; the op-thread setting that replaced it
+decoded at the same speed within the machine's noise, 3 alternating runs each, load 7).
 """
 import argparse
 import functools
