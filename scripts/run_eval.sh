@@ -1,6 +1,6 @@
 #!/bin/bash
 # Evaluate a checkpoint on the val split (top-1 / top-5) with validate.py.
-# With no arguments: the newest demo checkpoint (./output/demo*/<time>/slab_deit_tiny.ckpt).
+# With no arguments: the newest demo checkpoint (the newest *.ckpt under ./output/demo/, as python export.py picks it).
 set -euo pipefail
 
 usage() {
@@ -30,8 +30,9 @@ cd "$REPO"
 export GLOG_v="${GLOG_v:-3}"
 
 if [ $# -eq 0 ]; then
-    CKPT=$(ls -t ./output/demo*/*/slab_deit_tiny.ckpt 2>/dev/null | head -n 1 || true)
-    [ -n "$CKPT" ] || fail "no demo checkpoint under ./output/demo*/: run bash scripts/run_distribute_train.sh first"
+    # the newest checkpoint of a demo run, as python export.py picks it
+    CKPT=$(python -c "from slab_ms.export import newest_demo_checkpoint as n; f = n(); print(f[0] if f else '')")
+    [ -n "$CKPT" ] || fail "no demo checkpoint under ./output/demo/: run bash scripts/run_distribute_train.sh first"
     for FORM in --deploy=False --deploy=True; do
         python validate.py -c configs/demo/slab_deit_demo.yaml --ckpt_file "$CKPT" "$FORM"
     done

@@ -28,7 +28,7 @@ counted. GFLOP/s = FLOPs / median latency; "of GEMM" is that rate over the same 
 (``ln``, ``prepbn``, ``slab``); ``--torch`` adds timm's ``deit_tiny_patch16_224`` /
 ``swin_tiny_patch4_window7_224`` (when torch and timm import) with the same thread count, timed in
 the baseline's group; ``--profile`` prints MindSpore's per-op-type profile of each model at the
-largest batch size. Bad arguments: one message, exit status 2.
+largest batch size. Exit status 0 after a run; bad arguments: one message, exit status 2.
 """
 import argparse
 import csv
@@ -46,7 +46,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from . import create_model, reparameterize_model
+from . import cli, create_model, reparameterize_model
 from .layers.flops import count_flops
 
 __all__ = ["FAMILIES", "FORMS", "main"]
@@ -173,7 +173,7 @@ def _worker(conn, spec, threads, jit_level, quick, flops):
         ms.set_context(mode=ms.GRAPH_MODE)
         if jit_level:
             ms.set_context(jit_config={"jit_level": jit_level})
-        ms.device_context.cpu.op_tuning.threads_num(threads)
+        cli.set_cpu_threads(threads)
         net, image_size, counted = _build(spec, quick, flops is None)
         conn.send(("ready", counted if flops is None else flops))
         inputs, train = {}, {}
@@ -594,8 +594,8 @@ def main(argv=None):
         write_csv(result, args.csv)
     if args.plot:
         plot(result, args.plot)
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

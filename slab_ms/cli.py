@@ -15,11 +15,12 @@ import threading
 __all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
            "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args", "available_devices",
            "resolve_device",
-           "set_context", "check_image_size", "add_budget_args", "apply_budget", "Interrupted", "signals_deferred",
-           "run", "DEVICES"]
+           "set_context", "set_cpu_threads", "check_image_size", "add_budget_args", "apply_budget", "Interrupted",
+           "signals_deferred", "run", "DEVICES"]
 
 DEVICES = ("CPU", "GPU", "Ascend")
 PREFERENCE = ("Ascend", "GPU", "CPU")  # the default device_target: the first of these this MindSpore can use
+_cpu_threads = None  # what set_cpu_threads set in this process
 
 
 class UsageError(ValueError):
@@ -171,7 +172,8 @@ def add_device_args(parser):
                        help="None (default): the best available, Ascend, then GPU, then CPU")
     group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
     group.add_argument("--runtime_num_threads", type=optional(int), default=None,
-                       help="CPU threads of MindSpore's runtime (None: MindSpore's default)")
+                       help="MindSpore's CPU op threads (device_context.cpu.op_tuning.threads_num; None: MindSpore's "
+                            "default)")
     return group
 
 
@@ -215,7 +217,22 @@ def set_context(args, print_fn=print):
             raise UsageError(f"--device_target {args.device_target} is not usable with this MindSpore installation: "
                              f"{str(err).strip().splitlines()[0]}") from err
     if args.runtime_num_threads:
-        ms.set_context(runtime_num_threads=args.runtime_num_threads)
+        set_cpu_threads(args.runtime_num_threads)
+
+
+def set_cpu_threads(num):
+    """MindSpore's CPU op threads, through ``device_context.cpu.op_tuning.threads_num`` (``set_context(
+    runtime_num_threads=...)`` is deprecated and, at 1 thread, warns about its actor threads). MindSpore takes that
+    setting once per process: a later request for the same number, or any once the caller's own code has set it,
+    does nothing; another number than this function set falls back to the deprecated setting."""
+    import mindspore as ms
+    from mindspore._c_expression import RuntimeConf  # pylint: disable=no-name-in-module
+    global _cpu_threads  # pylint: disable=global-statement
+    if not RuntimeConf.get_instance().is_op_threads_num_configured():
+        ms.device_context.cpu.op_tuning.threads_num(int(num))
+        _cpu_threads = int(num)
+    elif _cpu_threads not in (None, int(num)):
+        ms.set_context(runtime_num_threads=int(num))
 
 
 def check_image_size(net, image_size, error=UsageError):

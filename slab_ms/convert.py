@@ -2,8 +2,9 @@
 
     python -m slab_ms.convert --model slab_deit_tiny --ckpt_file slab_deit_t.pth --file_name slab_deit_tiny.ckpt
 
-(``slab-convert`` once installed.) The model is built with ``--num_classes`` / ``--image_size`` /
-``--model_kwargs``, the checkpoint is mapped onto it strictly (``slab_ms.weights``) and written atomically.
+(``slab-convert`` once installed.) The model is built with ``--num_classes`` (default: the rows of the
+checkpoint's ``head.weight``) / ``--image_size`` / ``--model_kwargs``, the checkpoint is mapped onto it strictly
+(``slab_ms.weights``) and written atomically.
 Bad input (unknown model, missing, damaged or foreign checkpoint, a pickle that asks to run code, an existing
 output file without ``--overwrite``, an unwritable folder, a name too long, a full disk) is one message and
 exit status 2; the written file gets the usual mode (0644 under umask 022).
@@ -19,7 +20,7 @@ from .cli import UsageError
 from .factory import create_model
 from .models import list_models
 from .utils import check_output_name, check_writable_folder, refuse_existing, remove_stale_temporaries
-from .weights import load_official_checkpoint, save_checkpoint
+from .weights import checkpoint_num_classes, load_official_checkpoint, read_state_dict, save_checkpoint
 
 TOOL = "convert.py"
 
@@ -55,8 +56,10 @@ def _convert(argv):
         print(f"{TOOL}: removed '{stale}', a temporary file left by a killed run")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        net = create_model(args.model, num_classes=args.num_classes or 1000, **cli.factory_kwargs(args))
-        load_official_checkpoint(net, args.ckpt_file, use_ema=args.ckpt_ema)
+        state_dict = read_state_dict(args.ckpt_file, use_ema=args.ckpt_ema)
+        num_classes = args.num_classes or checkpoint_num_classes(state_dict)
+        net = create_model(args.model, num_classes=num_classes, **cli.factory_kwargs(args))
+        load_official_checkpoint(net, state_dict)
         save_checkpoint(net, args.file_name, overwrite=args.overwrite)
     except BaseException:
         if created:  # a failed conversion leaves no new folder behind

@@ -10,7 +10,7 @@ reloads the written file (``mindspore.load`` + ``nn.GraphCell``; onnxruntime for
 its logits on a fixed random batch with the training-form model in eval mode. It succeeds only if
 max|Δ| ≤ 1e-4 · max(1, max|logit|) for both the deploy network and the reloaded file; a mismatch
 exits with status 1 and the numbers. Bad input (missing or foreign checkpoint, unknown model,
-unsupported format/device, an existing output file without ``--overwrite``, an input size the model
+unsupported format/device, an existing ``--file_name`` without ``--overwrite``, an input size the model
 cannot take, a PRepBN checkpoint whose γ has not reached 0 without ``--allow_unfinished``) exits with
 status 2 and one message. The file is written under a temporary name and renamed only after the check,
 so a failed run leaves no output file; it gets the usual file mode (0644 under umask 022) and the
@@ -56,9 +56,9 @@ from .layers.cpu_kernels import use_standard_ops
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
-from .utils import (atomic_output, check_output_name, check_writable_folder, refuse_existing,
+from .utils import (atomic_output, check_output_name, check_writable_folder, first_free_path, refuse_existing,
                     remove_stale_temporaries)
-from .weights import load_checkpoint
+from .weights import checkpoint_num_classes, load_checkpoint
 
 TOOL = "export.py"
 
@@ -88,7 +88,8 @@ def parse_args(argv=None):
     cli.add_checkpoint_args(parser, "MindSpore .ckpt or official .pth (default: the newest checkpoint of the recipe "
                             "or of the demo run)", ema_aliases=("--ema",))
     group = parser.add_argument_group("output")
-    group.add_argument("--file_name", default=None, help="output path without extension (default: <model>)")
+    group.add_argument("--file_name", default=None, help="output path without extension (default: <model>, or "
+                                                         "<model>-2, -3, ... when that exists)")
     group.add_argument("--file_format", default="MINDIR", type=str.upper, help="MINDIR | ONNX | AIR")
     group.add_argument("--export_dtype", default="float32", choices=["float32", "float16"],
                        help="float16: the graph computes in float16 between float32 input and output, for Ascend / "
@@ -118,16 +119,23 @@ def _read_recipe(path):
         raise UsageError(f"recipe: {err}") from err
 
 
-def demo_checkpoint():
-    """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
+def newest_demo_checkpoint():
+    """``(checkpoint, recipe path, recipe)`` of the newest checkpoint in a demo recipe's ckpt_dir (any run under it:
+    the 2-worker demo's and the one-process script's), or None. ``scripts/run_eval.sh`` evaluates this one too."""
     found = []
     for path in glob.glob(DEMO_RECIPES):
         recipe = _read_recipe(path)
         ckpt = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
         if ckpt:
             found.append((os.path.getmtime(ckpt), ckpt, path, recipe))
+    return max(found)[1:] if found else None
+
+
+def demo_checkpoint():
+    """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
+    found = newest_demo_checkpoint()
     if found:
-        _, ckpt, path, recipe = max(found)
+        ckpt, path, recipe = found
         print(f"{TOOL}: no --ckpt_file given; using the demo checkpoint {ckpt} (recipe {path})")
         return ckpt, recipe
     ckpt = newest_checkpoint()
@@ -193,6 +201,8 @@ def check_args(args):
     if args.file_name and not os.path.basename(args.file_name):
         raise UsageError(f"--file_name '{args.file_name}' is a folder; give the path of the file to write, "
                          f"e.g. {os.path.join(args.file_name, args.model)}")
+    if args.file_name is None and not args.overwrite:  # the default name: never an earlier export's
+        args.file_name = first_free_path(output_path(args))
     path = output_path(args)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -212,17 +222,6 @@ def output_path(args):
     """``--file_name`` (default: the model name) with the format's extension."""
     base, ext = args.file_name or args.model, FORMATS[args.file_format]
     return base if base.lower().endswith(ext) else base + ext
-
-
-def checkpoint_num_classes(path, default=1000):
-    """Rows of ``head.weight`` in a MindSpore checkpoint; ``default`` for other files or headless ones."""
-    if not path.endswith(".ckpt"):
-        return default
-    try:
-        head = ms.load_checkpoint(path, choice_func=lambda name: name == "head.weight").get("head.weight")
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(f"'{path}' is not a readable MindSpore checkpoint ({err}).") from err
-    return int(head.shape[0]) if head is not None else default
 
 
 class ErfFreeGELU(nn.Cell):

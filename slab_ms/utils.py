@@ -1,13 +1,15 @@
 """Small file-system helpers shared by the package: atomic outputs with the usual file mode, their stale
-temporaries, a writable-folder check and the run lock of a checkpoint folder."""
+temporaries, a writable-folder check, the run lock of a checkpoint folder, and fresh default output names."""
 import contextlib
+import datetime
 import errno
 import fcntl
 import os
 import re
 
 __all__ = ["atomic_output", "save_figure", "default_file_mode", "remove_stale_temporaries", "check_writable_folder",
-           "check_output_name", "refuse_existing", "reporting_disk_full", "OutputError", "RunLock", "FolderInUseError"]
+           "check_output_name", "refuse_existing", "reporting_disk_full", "OutputError", "RunLock", "FolderInUseError",
+           "new_run_folder", "first_free_path"]
 
 # Every temporary this package writes carries this marker (".<name>.slabtmp<pid><suffix>"), so cleanup never
 # touches a file of another program; the regex also matches the ".<name>.slabtmp<pid>.tmp" that MindSpore's
@@ -277,3 +279,28 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def new_run_folder(parent):
+    """Create and return a new ``<parent>/<date-time>`` folder (``-2``, ``-3``, ... within the same second): the
+    default output of a run, so running a command again never meets the files of the last run."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        candidate = os.path.join(parent, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.makedirs(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise ValueError(f"no free output folder name under '{parent}'; pass an output path")
+
+
+def first_free_path(path):
+    """``path``, or the first of ``<stem>-2<ext>``, ``<stem>-3<ext>``, ... that does not exist: a default output
+    name that never replaces an earlier output."""
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{stem}-{n}{ext}"
+    return path

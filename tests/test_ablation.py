@@ -1,6 +1,7 @@
 """The ablation tool (--quick): a complete, finite CSV and a valid PNG; the two ablation-only model switches."""
 import csv
 import math
+import os
 
 import numpy as np
 import pytest
@@ -9,10 +10,14 @@ from PIL import Image
 from slab_ms.experiments import ablation
 
 
-def test_quick_run_writes_a_complete_finite_csv_and_a_png(tmp_path, capsys):
-    out = tmp_path / "abl.csv"
-    argv = ["--quick", "--variants", "ln,bn_prog", "--seeds", "2", "--csv", str(out)]
+def test_quick_run_writes_a_complete_finite_csv_and_a_png(tmp_path, monkeypatch, capsys):
+    """By default into a new output/ablation/<date-time>/, so the same command runs again; an existing --csv is
+    refused without --overwrite."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--quick", "--variants", "ln,bn_prog", "--seeds", "2"]
     assert ablation.main(argv) == 0
+    (run,) = os.listdir(tmp_path / "output" / "ablation")
+    out = tmp_path / "output" / "ablation" / run / "ablation.csv"
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == ablation.CSV_FIELDS
@@ -28,14 +33,15 @@ def test_quick_run_writes_a_complete_finite_csv_and_a_png(tmp_path, capsys):
     first = [r["train_loss"] for r in rows if r["variant"] == "ln" and r["seed"] == "0"]
     second = [r["train_loss"] for r in rows if r["variant"] == "ln" and r["seed"] == "1"]
     assert first != second
-    with Image.open(tmp_path / "abl.png") as image:
+    with Image.open(out.with_suffix(".png")) as image:
         image.verify()
-    with Image.open(tmp_path / "abl.png") as image:
+    with Image.open(out.with_suffix(".png")) as image:
         assert image.format == "PNG" and 600 < image.size[0] < 2000 and 150 < image.size[1] < 800
     printed = capsys.readouterr().out
     assert "| `bn_prog` |" in printed and "epoch 2/2" in printed
-    assert ablation.main(argv) == 2  # the outputs exist: refused without --overwrite
+    assert ablation.main(argv + ["--csv", str(out)]) == 2  # the outputs exist: refused without --overwrite
     assert "exists" in capsys.readouterr().err
+    ablation.check_args(ablation.parse_args(argv))  # the same command again: a new folder, nothing refused
 
 
 @pytest.mark.parametrize("argv, message", [(["--variants", "ln,nope"], "--variants"),

@@ -14,8 +14,9 @@ from mindcv.utils.amp import auto_mixed_precision
 def quick_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     paths = {"json": str(folder / "out.json"), "csv": str(folder / "out.csv")}
-    benchmark.main(["--quick", "--families", "deit", "--batch_sizes", "1", "--repeats", "1",
-                    "--json", paths["json"], "--csv", paths["csv"]])
+    # 0 is what the console script (sys.exit(main())) exits with after a successful run
+    assert benchmark.main(["--quick", "--families", "deit", "--batch_sizes", "1", "--repeats", "1",
+                           "--json", paths["json"], "--csv", paths["csv"]]) == 0
     with open(paths["json"]) as f:
         result = json.load(f)
     with open(paths["csv"], newline="") as f:

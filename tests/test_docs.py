@@ -80,3 +80,69 @@ def test_readme_ablation_table_is_the_committed_csv():
     summary = ablation.summarize(rows, list(ablation.VARIANTS))
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         assert ablation.markdown_table(summary) in f.read()
+
+
+def readme_code_blocks():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return re.findall(r"```[a-z]*\n(.*?)```", f.read(), flags=re.S)
+
+
+def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, capsys):
+    """A new user after the demo: the `next:` commands the demo prints (as the README shows them), then the README's
+    `python export.py`, each exits 0 in a checkout with the demo's data and a finished demo checkpoint (training itself
+    is tested elsewhere). A later one-process demo run keeps the 2-worker demo's 440 optimizer steps, and
+    `scripts/run_eval.sh` and `export.py` then pick the same newest checkpoint."""
+    import shlex
+    import shutil
+    import yaml
+    import mindspore as ms
+    import slab_ms
+    from slab_ms import export, validate
+    from slab_ms.data import prepare_demo_dataset
+    from test_export import finished
+    from test_reparam import randomize
+
+    shutil.copytree(os.path.join(ROOT, "configs", "demo"), tmp_path / "configs" / "demo")
+    monkeypatch.chdir(tmp_path)
+    config = "configs/demo/slab_deit_demo.yaml"
+    with open(config, encoding="utf-8") as f:
+        recipe = yaml.safe_load(f)
+    prepare_demo_dataset(recipe["data_dir"])
+    run = "./output/demo/20261205-010203"
+    os.makedirs(run)
+    net = slab_ms.create_model(recipe["model"], num_classes=10, image_size=recipe["image_size"],
+                               **recipe["model_kwargs"])
+    ms.save_checkpoint(finished(randomize(net)), f"{run}/{recipe['model']}.ckpt")
+
+    (demo_output,) = [b for b in readme_code_blocks() if "\nnext:" in b]
+    commands = [line.split("next:")[-1].strip() for line in demo_output.splitlines()
+                if line.startswith("next:") or line.startswith("       python")]
+    deploy = next(b for b in readme_code_blocks() if b.startswith("python export.py "))
+    commands.append(deploy.splitlines()[0].split("#")[0].strip())  # python export.py
+    assert [c.split()[:2] for c in commands] == [["python", "validate.py"], ["python", "export.py"],
+                                                 ["python", "export.py"]]
+    tools = {"validate.py": validate.main, "export.py": export.main}
+    for command in commands:
+        argv = shlex.split(re.sub(r"\./output/demo/\d{8}-\d{6}", run, command))
+        assert tools[argv[1]](argv[2:]) == 0, command
+    out = capsys.readouterr().out
+    assert f"using the demo checkpoint {run}/{recipe['model']}.ckpt" in out
+    assert sorted(p for p in os.listdir() if p.endswith(".mindir")) == ["slab_deit_tiny-2.mindir",
+                                                                         "slab_deit_tiny.mindir"]
+
+    # the one-process demo: same recipe, global batch 64 = 2 workers x 32, so the same optimizer steps
+    dry = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_standalone_train.sh"), "--dry_run"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    from slab_ms.training import parse_args
+    args = parse_args(dry[2:])
+    images = sum(len(files) for _, _, files in os.walk(os.path.join(recipe["data_dir"], "train")))
+    assert args.batch_size == 2 * recipe["batch_size"]
+    per_worker = -(-images // 2)  # the 2-worker demo: each rank reads half of the images, rounded up
+    assert args.epochs * (images // args.batch_size) == recipe["epochs"] * (per_worker // recipe["batch_size"]) == 440
+    os.makedirs(args.ckpt_dir)
+    ms.save_checkpoint(net, os.path.join(args.ckpt_dir, f"{recipe['model']}.ckpt"))
+    with open(os.path.join(ROOT, "scripts", "run_eval.sh"), encoding="utf-8") as f:
+        (pick,) = [line.strip() for line in f if line.strip().startswith("CKPT=$(python")]
+    picked = subprocess.run(["bash", "-c", f'{pick}; echo "$CKPT"'], capture_output=True, text=True, check=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3")).stdout.strip()
+    assert picked == export.newest_demo_checkpoint()[0] == os.path.join(args.ckpt_dir, f"{recipe['model']}.ckpt")

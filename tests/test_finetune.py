@@ -155,3 +155,75 @@ def test_prepbn_schedule_defaults_to_continue_and_a_recipe_value_is_checked(tmp_
     config.write_text("model: slab_deit_tiny\ndata_dir: d\nprepbn_schedule: restrat\n")
     with pytest.raises(ConfigError, match="key 'prepbn_schedule' is 'restrat'; choose one of continue, restart"):
         parse_args(["-c", str(config)])
+
+
+# Bicubic (Keys' kernel, a = -0.75, half-pixel centres: torch's interpolate(mode="bicubic"), the reference's) of
+# f(r) = r² on a 14-row grid, sampled at the 4-row grid's centres r = 1.25, 4.75, 8.25, 11.75. Bilinear would give
+# 1.75, 22.75, 68.25, 138.25 (and a transposed grid a function of the column instead of the row).
+BICUBIC_R2_14_TO_4 = np.array([1.609375, 22.046875, 68.765625, 136.890625])
+
+
+def test_a_224_checkpoint_loads_into_a_64_model_with_its_position_tables_resized(tmp_path, caplog):
+    """The position tables (DeiT's pos_embed with its class token, SLA's positional encodings) are resized
+    bicubically at load, with one line naming them; the 64² model then gives about the logits of the 224² model
+    on the same 64² input (which resizes the tables bilinearly at run time)."""
+    import logging
+    import mindspore as ms
+    from slab_ms.weights import save_checkpoint
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    kwargs = dict(num_classes=10, embed_dim=32, depth=1, num_heads=2, patch_size=16)
+    rows = np.repeat(np.arange(14.0), 14)  # the row of each token of the 14x14 grid, row-major
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32))
+    for name in ("deit_tiny_prepbn", "slab_deit_tiny"):
+        big = slab_ms.create_model(name, image_size=224, **kwargs)
+        tables = [n for n, _ in big.parameters_and_names() if n.endswith(("pos_embed", "positional_encoding"))]
+        channels = np.arange(32)
+        for n in tables:  # smooth in rows and columns; channel 0 is r² / 100
+            param = big.parameters_dict()[n]
+            grid = 0.5 * np.sin(0.3 * rows[:, None] + channels) * np.cos(0.2 * np.tile(np.arange(14.0), 14)[:, None])
+            grid[:, 0] = rows ** 2 / 100
+            prefix = param.shape[1] - 196
+            value = np.concatenate([np.full((prefix, 32), 7.0), grid])[None].astype(np.float32)
+            param.set_data(ms.Tensor(value))
+        path = str(tmp_path / f"{name}.ckpt")
+        save_checkpoint(big, path)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            small = slab_ms.create_model(name, image_size=64, checkpoint_path=path, **kwargs)
+        lines = [r.getMessage() for r in caplog.records if "position table" in r.getMessage()]
+        assert len(lines) == 1 and f"resized {len(tables)} position table(s)" in lines[0]
+        assert "pos_embed 14x14 -> 4x4" in lines[0]
+        for n in tables:
+            value = small.parameters_dict()[n].asnumpy()[0]
+            prefix = value.shape[0] - 16
+            assert (value[:prefix] == 7.0).all()  # the class token's position is kept
+            np.testing.assert_allclose(value[prefix:, 0], np.repeat(BICUBIC_R2_14_TO_4, 4) / 100, rtol=1e-5)
+        big.set_train(False)
+        small.set_train(False)
+        expected, got = big(x).asnumpy(), small(x).asnumpy()
+        assert np.isfinite(got).all()
+        assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max(), name
+        assert (got.argmax(1) == expected.argmax(1)).all()
+    # Swin: a window clamped to a smaller stage map shrinks the relative position bias table ((2w - 1)², heads)
+    kwargs = dict(num_classes=10, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    big = slab_ms.create_model("slab_swin_tiny", image_size=224, **kwargs)
+    table = big.parameters_dict()["layers.2.blocks.0.attn.relative_position_bias_table"]
+    table.set_data(ms.Tensor(np.repeat(np.arange(13.0), 13)[:, None].astype(np.float32)))  # the row offset dy
+    save_checkpoint(big, str(tmp_path / "swin.ckpt"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        small = slab_ms.create_model("slab_swin_tiny", image_size=64, checkpoint_path=str(tmp_path / "swin.ckpt"),
+                                     **kwargs)
+    (line,) = [r.getMessage() for r in caplog.records if "position table" in r.getMessage()]
+    assert ("layers.2.blocks.0.attn.relative_position_bias_table 13x13 -> 7x7, "
+            "layers.3.blocks.0.attn.relative_position_bias_table 13x13 -> 3x3") in line
+    grid = small.parameters_dict()["layers.2.blocks.0.attn.relative_position_bias_table"].asnumpy().reshape(7, 7)
+    assert (grid[3] == 6.0).all() and (np.diff(grid[:, 3]) > 0).all()  # the centre row is dy = 6; dy grows down
+    assert np.isfinite(small.set_train(False)(x).asnumpy()).all()
+    # an official .pth goes through the same resize (the fixture is 64²: 4x4 patches of 16)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        slab_ms.create_model("deit_small_prepbn", num_classes=10, image_size=32, embed_dim=48, depth=2, num_heads=3,
+                             checkpoint_path=os.path.join(ROOT, "tests", "fixtures", "official_small_deit_prepbn.pth"))
+    assert "resized 1 position table(s) to this model's grids (bicubic, as the reference's fine-tuning): pos_embed " \
+           "4x4 -> 2x2" in caplog.text

@@ -290,6 +290,9 @@ def test_demo_quick_runs_and_reports():
         assert 1.0 < ppl < 259.0 * 4, line
     assert "folded (no norm cell left)" in out and "γ schedule finished" in out
     assert "step 24/24" in out and "PRepBN vs RMSNorm" in out
+    comparison = next(l for l in summary.splitlines() if "PRepBN vs RMSNorm" in l)
+    assert comparison.endswith("(--quick: 24 steps of a tiny model test that the demo runs; these numbers say nothing "
+                               "about quality or speed)")
 
 
 @pytest.mark.parametrize("argv, message", [(["--steps", "5"], "--steps must be >= 10"),

@@ -62,6 +62,9 @@ DROPPED = {"swin_tiny_ascend": {"dataset_download", "pretrained", "decay_epochs"
                                   "use_nesterov"}}
 
 
+EPOCHS_OPTION = {"swin_tiny_ascend": "--epoch_size", "vit_b32_224_ascend": "--epochs"}  # MindCV's name, ours
+
+
 def _recipe(name):
     return os.path.join(RECIPES, f"{name}.yaml")
 
@@ -98,6 +101,20 @@ def test_a_mindcv_setting_train_py_does_not_have_is_refused_by_name(change, mess
     assert message in str(err.value)
 
 
+def test_distribute_without_a_launcher_is_one_line_and_mindcv_names_work_on_the_command_line(data, capsys):
+    """The recipe's ``distribute: True`` in a process no launcher started: one line naming both ways out, exit 2;
+    MindCV's ``--epoch_size`` and ``--image_resize`` are accepted on the command line as in the recipe."""
+    from slab_ms.train import main
+    from slab_ms.training import parse_args
+    argv = ["-c", _recipe("swin_tiny_ascend"), "--model", MODEL, "--data_dir", data]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "bash scripts/run_distribute_train.sh" in err and "--distribute False" in err
+    args = parse_args(argv + ["--distribute", "False", "--epoch_size", "3", "--image_resize", "64"])
+    assert (args.epochs, args.image_size, args.distribute) == (3, 64, False)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """5 classes (so top-5 is not trivially 100 %), 4 train and 1 val image each: 2 optimizer steps of 8."""
@@ -123,7 +140,7 @@ def test_the_recipe_trains_unmodified_except_the_model(name, data, tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     cmd = [sys.executable, TRAIN_PY, "-c", _recipe(name), "--model", MODEL, "--model_kwargs", TINY,
            "--data_dir", data, "--ckpt_dir", str(ckpt_dir), "--distribute", "False", "--num_classes", "5",
-           "--image_size", "32", "--batch_size", "8", "--epochs", "1", "--warmup_epochs", "0",
+           "--image_size", "32", "--batch_size", "8", EPOCHS_OPTION[name], "1", "--warmup_epochs", "0",
            "--num_parallel_workers", "1", "--check_images", "False", "--prepbn_decay_ratio", "1.0",
            "--runtime_num_threads", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)

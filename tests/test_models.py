@@ -39,6 +39,13 @@ def test_mindcv_lists_ours_under_their_own_module_names():
     assert not set(mindcv.list_models(module="pvt")) & set(MODELS)  # MindCV's own PVT models only
 
 
+def test_each_family_module_exports_each_of_its_factories_once():
+    families = {family_of(name) for name in MODELS}
+    for module in families:
+        assert len(module.__all__) == len(set(module.__all__)), module.__name__
+    assert sorted(n for m in families for n in m.__all__ if n in MODELS) == MODELS
+
+
 def test_every_family_names_its_models_the_same_way():
     families = {family_of(name) for name in MODELS}
     assert {f.__name__.rsplit(".", 1)[-1] for f in families} == {"deit", "pvt", "swin", "cswin"}

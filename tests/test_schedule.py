@@ -217,8 +217,12 @@ def test_gamma_decay_in_a_user_loop_counts_optimizer_steps_under_accumulation():
     seen = [gamma_decay.on_train_step_end() for _ in range(4)]  # 4 micro-batches = 2 optimizer steps
     assert seen == pytest.approx([1.0, 0.5, 0.5, 0.0])
     gamma_decay.on_train_end()
-    with pytest.raises(ValueError, match="longer than the run"):
-        GammaDecay(_tiny_prepbn_model(decay_steps=5), total_steps=4).on_train_begin()
+    too_long = _tiny_prepbn_model(decay_steps=5)
+    with pytest.raises(ValueError, match=r"longer than the run.*create_model\(\.\.\., prepbn_decay_steps=N\).*"
+                                         r"PRepBNSchedule\.of\(net\)\.set\(decay_steps=N\) with N <= 4\.$"):
+        GammaDecay(too_long, total_steps=4).on_train_begin()
+    PRepBNSchedule.of(too_long).set(decay_steps=4)  # the fix the message names
+    GammaDecay(too_long, total_steps=4, print_fn=lambda *_: None).on_train_begin()
 
 
 def test_gamma_decay_in_sink_mode_advances_by_the_steps_each_call_covers():

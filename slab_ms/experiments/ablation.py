@@ -23,8 +23,9 @@ Gaussian noise 0.15); train and val scenes use disjoint glyphs. ``--data_dir`` r
 
 Writes ``--csv`` (one row per run and epoch: train loss, val loss, val accuracy, γ at the end of the epoch,
 lr, seconds; γ is the LayerNorm weight of the mixture: 1 for LN, 0 for BN / RepBN) and ``--plot`` (curves and
-final accuracies, mean ± std over seeds), prints progress and a Markdown table. Existing output files are
-refused unless ``--overwrite``. Bad input is one ``ablation: error: ...`` line and exit status 2.
+final accuracies, mean ± std over seeds), by default into a new ``output/ablation/<date-time>/``, prints progress
+and a Markdown table. An existing ``--csv`` / ``--plot`` is refused unless ``--overwrite``. Bad input is one
+``ablation: error: ...`` line and exit status 2.
 """
 import argparse
 import csv
@@ -71,13 +72,14 @@ def parse_args(argv=None):
                         help="γ decays from 1 to 0 over this fraction of the optimizer steps (progressive variants)")
     parser.add_argument("--data_dir", default=None, help="an ImageFolder (train/<class>/<image>, val/...) instead of "
                                                         "the digit scenes")
-    parser.add_argument("--csv", default=os.path.join("output", "ablation", "ablation.csv"))
+    parser.add_argument("--csv", default=None, help="CSV path (default: ablation.csv in a new "
+                                                    "output/ablation/<date-time>/ folder)")
     parser.add_argument("--plot", default=None, help="PNG path (default: the CSV's, with .png)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --csv / --plot files")
-    parser.add_argument("--threads", type=int, default=2, help="MindSpore CPU runtime threads")
+    parser.add_argument("--threads", type=int, default=2, help="MindSpore CPU op threads")
     args = parser.parse_args(argv)
     cli.apply_budget(args, FULL, QUICK)
-    args.plot = args.plot or os.path.splitext(args.csv)[0] + ".png"
+    args.plot = args.plot or (os.path.splitext(args.csv)[0] + ".png" if args.csv else None)
     return args
 
 
@@ -102,6 +104,8 @@ def check_args(args):
     if args.data_dir is None and args.train_images < args.batch_size:
         raise UsageError(f"--train_images {args.train_images} is below --batch_size {args.batch_size}")
     for path in (args.csv, args.plot):
+        if path is None:
+            continue  # a default: written to a new folder
         if os.path.exists(path) and not args.overwrite:
             raise UsageError(f"'{path}' exists; pass --overwrite to replace it, or another --csv / --plot")
         folder = os.path.dirname(os.path.abspath(path))
@@ -361,10 +365,13 @@ def _ablation(argv):
     check_args(args)
     import mindspore as ms
     from ..training.callbacks import format_seconds
-    from ..utils import atomic_output
+    from ..utils import atomic_output, new_run_folder
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_context(runtime_num_threads=args.threads)
+    cli.set_cpu_threads(args.threads)
+    if args.csv is None:
+        args.csv = os.path.join(new_run_folder(os.path.join("output", "ablation")), "ablation.csv")
+        args.plot = args.plot or os.path.splitext(args.csv)[0] + ".png"
     wall = time.perf_counter()
     load = os.getloadavg()
     train_x, train_y, val_x, val_y, num_classes, text = (folder_data if args.data_dir else scene_data)(args)

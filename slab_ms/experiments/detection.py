@@ -18,7 +18,6 @@ new folder (``--output_dir``, default ``./output/detection/<date-time>``). Bad i
 ``detection: error: ...`` line and exit status 2.
 """
 import argparse
-import datetime
 import functools
 import math
 import os
@@ -264,19 +263,11 @@ def check_args(args):
 def new_output_dir(path):
     """``path`` (created when missing; ``check_args`` refused one that is not empty) or a new
     ``./output/detection/<date-time>``."""
-    from ..cli import UsageError
+    from ..utils import new_run_folder
     if path is not None:
         os.makedirs(path, exist_ok=True)
         return path
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        candidate = os.path.join("output", "detection", stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            os.makedirs(candidate)
-            return candidate
-        except FileExistsError:
-            continue
-    raise UsageError("no free output folder name under ./output/detection; pass --output_dir")
+    return new_run_folder(os.path.join("output", "detection"))
 
 
 # ------------------------------------------------------------------------------------------ training

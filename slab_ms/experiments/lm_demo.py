@@ -15,9 +15,10 @@ Bad input is one ``lm_demo: error: ...`` line and exit status 2.
 
 Two choices are the demo's, not the reference's: RepBN starts as in the vision models (``--bn_init ones``: η = 1,
 BN weight 1), because the reference LLaMA's zero start (η, weight, bias 0) cannot grow within a few hundred Adam
-steps (150 steps: validation perplexity 40.2 from zeros, 11.7 from ones); and MindSpore runs one CPU runtime thread
+steps (150 steps: validation perplexity 40.2 from zeros, 11.7 from ones); and MindSpore runs one CPU thread
 (``--threads 1``), because on a shared 2-core machine its default thread pool made one single-token decoding call
-take 40-90 ms instead of 4-5 ms.
+take 40-90 ms instead of 4-5 ms (measured with the runtime-thread setting; the op-thread setting that replaced it
+decoded at the same speed within the machine's noise, 3 alternating runs each, load 7).
 """
 import argparse
 import functools
@@ -222,7 +223,7 @@ def _demo(argv):
 
     ms.set_context(mode=ms.GRAPH_MODE)
     if args.threads:
-        ms.set_context(runtime_num_threads=args.threads)
+        cli.set_cpu_threads(args.threads)
     wall = time.perf_counter()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     data, source = load_corpus(args.corpus)
@@ -273,7 +274,9 @@ def _demo(argv):
     if "rmsnorm" in results and "prepbn" in results:
         rel = results["prepbn"]["ppl"] / results["rmsnorm"]["ppl"] - 1
         speed = results["prepbn"]["tokens_per_s"] / results["rmsnorm"]["tokens_per_s"] - 1
-        print_now(f"  PRepBN vs RMSNorm: perplexity {rel:+.1%}, generation speed {speed:+.1%}")
+        caveat = (f" (--quick: {args.steps} steps of a tiny model test that the demo runs; these numbers say "
+                  "nothing about quality or speed)" if args.quick else "")
+        print_now(f"  PRepBN vs RMSNorm: perplexity {rel:+.1%}, generation speed {speed:+.1%}{caveat}")
     print_now(f"wall time {time.perf_counter() - wall:.0f} s; load average at the end {load_end[0]:.2f} "
               f"{load_end[1]:.2f} {load_end[2]:.2f}")
     return 0

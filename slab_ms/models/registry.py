@@ -38,6 +38,9 @@ def register_model(fn):
         raise RuntimeError(f"model name '{name}' already exists in MindCV; pick another name.")
     _SLAB_MODELS[name] = fn.__module__
     _mindcv_register(fn)
+    exported = sys.modules[fn.__module__].__all__
+    if exported.count(name) > 1:  # MindCV appends each model to its module's __all__, which already lists it
+        exported.pop()
     family = fn.__module__.rsplit(".", 1)[-1]
     _mindcv_registry._module_to_models[family].discard(name)  # pylint: disable=protected-access
     for module in (f"slab_{family}", "slab"):

@@ -112,7 +112,15 @@ class GammaDecay(Callback):
         if self.start_step is None:  # a train step that advances γ itself started it at 0 with the optimizer
             self.start_step = 0 if self.in_graph else self.schedule()["step"] - self._optimizer_steps(run_context)
         s = self._sync(run_context)
-        self.prepbn.check_fits(self.total_steps, start_step=self.start_step)
+        try:
+            self.prepbn.check_fits(self.total_steps, start_step=self.start_step)
+        except ValueError as err:
+            room = self.start_step + self.total_steps - s["warmup_steps"]  # the most decay steps that fit
+            bound = (f"decay_steps=N) with N <= {room}" if room > 0 else
+                     f"warmup_steps=W, decay_steps=N) with W + N <= {self.start_step + self.total_steps}")
+            raise ValueError(f"{err} Fit the schedule to this run: build the model with create_model(..., "
+                             f"prepbn_decay_steps=N), or set it on the built model with PRepBNSchedule.of(net).set("
+                             f"{bound}.") from None
         end = self.prepbn.end_step()
         if end <= self.start_step:
             self.print_fn(f"γ schedule: finished before this run (step {self.start_step} ≥ warm-up "

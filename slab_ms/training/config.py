@@ -12,10 +12,12 @@ import os
 import yaml
 
 from ..cli import UsageError, add_checkpoint_args, add_device_args, json_dict, optional, str2bool
-from .mindcv_recipe import translate_mindcv_keys
+from .mindcv_recipe import add_mindcv_aliases, translate_mindcv_keys
 
 __all__ = ["build_parser", "parse_args", "read_recipe", "check_args", "check_ranges", "ConfigError", "SAVE_POLICIES"]
 
+# Set in a worker process by msrun (MS_ROLE), mpirun (OMPI_COMM_WORLD_RANK) or an Ascend rank table.
+LAUNCHER_ENV = ("MS_ROLE", "OMPI_COMM_WORLD_RANK", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
 SAVE_POLICIES = ("latest_k", "top_k", None)  # None: keep every checkpoint (MindCV's ckpt_save_policy None)
 
 
@@ -156,7 +158,7 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
     group.add_argument("--log_interval", type=int, default=10, help="optimizer steps between progress lines")
     group.add_argument("--val_while_train", type=str2bool, default=False)
     group.add_argument("--val_interval", type=int, default=1, help="epochs between validations")
-    return parser
+    return add_mindcv_aliases(parser)
 
 
 def _coerce(action, value, key, path):
@@ -198,8 +200,8 @@ def load_yaml_defaults(parser, path):
         raise ConfigError(f"{path}: not a readable yaml recipe ({' '.join(str(err).split())})") from err
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe is a flat mapping of option: value")
-    by_dest = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    actions = {opt[2:]: a for a in by_dest.values() for opt in a.option_strings if opt.startswith("--")}
+    actions = {opt[2:]: a for a in parser._actions if a.dest not in ("help", "config")
+               for opt in a.option_strings if opt.startswith("--")}
     recipe, refused = translate_mindcv_keys(recipe, set(actions), path)
     if refused:
         raise ConfigError("\n".join(refused))
@@ -296,6 +298,10 @@ def check_args(args):
         raise ConfigError("no model: set 'model' in the recipe or pass --model NAME")
     if not args.data_dir:
         raise ConfigError("no data: set 'data_dir' in the recipe or pass --data_dir PATH")
+    if args.distribute and not any(os.getenv(name) for name in LAUNCHER_ENV):
+        raise ConfigError("distribute: True trains on the worker processes a launcher starts, and none started this "
+                          "one: launch it with bash scripts/run_distribute_train.sh -n N -c RECIPE (msrun), or pass "
+                          "--distribute False to train in this one process")
     if args.accumulate_steps < 1:
         raise ConfigError(f"accumulate_steps must be >= 1, got {args.accumulate_steps}")
     if args.epochs < 1:

@@ -3,8 +3,9 @@
 Keys that mean the same under another name are renamed; keys whose value is a MindCV default with no effect
 here are dropped; a MindCV setting this trainer does not have is refused by name, with what to use instead.
 """
+import argparse
 
-__all__ = ["translate_mindcv_keys"]
+__all__ = ["translate_mindcv_keys", "add_mindcv_aliases"]
 
 RENAMED = {
     "epoch_size": "epochs",
@@ -37,6 +38,17 @@ NO_EFFECT = {
 INSTEAD = {
     "weight_decay_filter": "train.py excludes 1-D parameters and biases from weight decay (MindCV's norm_and_bias)",
 }
+
+
+def add_mindcv_aliases(parser):
+    """MindCV's names of options (``--epoch_size`` for ``--epochs``, ...) on the command line too."""
+    actions = {opt: a for a in parser._actions for opt in a.option_strings}  # pylint: disable=protected-access
+    for mindcv, ours in RENAMED.items():
+        action = actions.get(f"--{ours}")
+        if action is not None and f"--{mindcv}" not in actions:
+            parser.add_argument(f"--{mindcv}", dest=action.dest, type=action.type, nargs=action.nargs,
+                                choices=action.choices, default=argparse.SUPPRESS, help=f"MindCV's name of --{ours}")
+    return parser
 
 
 def translate_mindcv_keys(recipe, options, path):

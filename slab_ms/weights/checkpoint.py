@@ -6,10 +6,10 @@ import mindspore as ms
 
 from ..layers.amp import parameters_and_names_through_amp, unwrap_amp
 from ..utils import atomic_output
-from .official import load_official_checkpoint
-from .strict import backbone_view, is_excluded, mismatch_message
+from .official import load_official_checkpoint, read_state_dict
+from .strict import backbone_view, is_excluded, load_checked, mismatch_message, resize_position_tables
 
-__all__ = ["load_checkpoint", "save_checkpoint", "UnreadableCheckpointError"]
+__all__ = ["load_checkpoint", "save_checkpoint", "checkpoint_num_classes", "UnreadableCheckpointError"]
 
 # Scalars a MindSpore training checkpoint carries next to the weights (train.py's loss-scale state is
 # ``train_step.*``).
@@ -57,6 +57,7 @@ def load_checkpoint(net, path, ema=False, exclude=()):
     every = dict(parameters_and_names_through_amp(model))
     own = {n: p for n, p in every.items() if not is_excluded(n, exclude)}
     ckpt = {k: v for k, v in ckpt.items() if not is_excluded(k, exclude)}
+    ckpt = resize_position_tables(ckpt, {n: tuple(p.shape) for n, p in own.items()})
     missing = sorted(n for n in own if n not in ckpt)
     mismatched = sorted(f"{n}: checkpoint {tuple(ckpt[n].shape)} vs model {tuple(p.shape)}"
                         for n, p in own.items() if n in ckpt and tuple(ckpt[n].shape) != tuple(p.shape))
@@ -65,8 +66,24 @@ def load_checkpoint(net, path, ema=False, exclude=()):
         raise ValueError(mismatch_message(f"Checkpoint '{path}' does not fit {type(model).__name__}: is it for another "
                                           "model or another size?" + _head_hint(mismatched), missing, unexpected,
                                           mismatched))
-    ms.load_param_into_net(net, {k: ckpt[k] for k in own}, strict_load=True)
+    load_checked(net, {k: ckpt[k] if isinstance(ckpt[k], ms.Parameter) else ms.Parameter(ms.Tensor(ckpt[k]), name=k)
+                       for k in own})  # a resized position table is an array
     return net
+
+
+def checkpoint_num_classes(src, default=1000):
+    """Rows of the classifier's ``head.weight`` in ``src`` (a MindSpore ``.ckpt``, an official checkpoint file or a
+    state dict); ``default`` for a checkpoint without one."""
+    if isinstance(src, dict):
+        head = src.get("head.weight")
+    elif src.endswith(".ckpt"):
+        try:
+            head = ms.load_checkpoint(src, choice_func=lambda name: name == "head.weight").get("head.weight")
+        except (ValueError, RuntimeError) as err:
+            raise UnreadableCheckpointError(f"'{src}' is not a readable MindSpore checkpoint ({err}).") from err
+    else:
+        head = read_state_dict(src).get("head.weight")
+    return int(head.shape[0]) if head is not None else default
 
 
 def _head_hint(mismatched):

@@ -24,7 +24,7 @@ from ..layers.norm import prepbn_layers
 from ..layers.schedule import PRepBNSchedule
 from ..models.registry import drop_keys, family_of
 from .pth import CheckpointFormatError, describe_error, read_pth
-from .strict import backbone_view, is_excluded, mismatch_message
+from .strict import backbone_view, is_excluded, load_checked, mismatch_message, resize_position_tables
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names",
            "official_parameters", "match_parameters", "load_converted", "schedule_from_counters"]
@@ -160,7 +160,7 @@ def match_parameters(targets, state_dict):
         if tuple(value.shape) != tuple(param.shape):
             mismatched.append(f"{src_name}: source {tuple(value.shape)} vs model {tuple(param.shape)}")
             continue
-        params[ms_name] = ms.Parameter(ms.Tensor(value.astype(ms.dtype_to_nptype(param.dtype))), name=ms_name)
+        params[ms_name] = ms.Parameter(ms.Tensor(value, dtype=param.dtype), name=ms_name)
     return params, used, missing, mismatched
 
 
@@ -169,7 +169,7 @@ def load_converted(net, params, schedule, notes):
     schedule."""
     for note in notes:
         _logger.info(note)
-    ms.load_param_into_net(net, params, strict_load=True)
+    load_checked(net, params)
     if schedule is not None:
         PRepBNSchedule.require(net).set(*schedule)
     return net
@@ -193,6 +193,7 @@ def convert_state_dict(net, state_dict, exclude=()):
     if family_filter is not None:
         state_dict, family_notes = family_filter(state_dict, net)
         dropped += family_notes
+    state_dict = resize_position_tables(state_dict, {src: tuple(param.shape) for src, param in targets.values()})
     params, used, missing, mismatched = match_parameters(targets, state_dict)
     has_prepbn = bool(prepbn_layers(net))
     schedule, notes = schedule_from_counters(state_dict) if has_prepbn else (None, [])
