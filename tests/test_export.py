@@ -118,10 +118,10 @@ def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
     assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
 
 
-def test_float16_mindir_computes_in_float16_within_its_tolerance(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["deit_tiny_prepbn", "slab_deit_tiny"])
+def test_float16_mindir_computes_in_float16_within_its_tolerance(name, tmp_path, capsys):
     """--export_dtype float16: the folded model at O2 (float16 inside, float32 in and out), reloaded and compared
-    with the float32 training form within 1e-2 · max(1, max|logit|)."""
-    name = "deit_tiny_prepbn"
+    with the float32 training form within 1e-2 · max(1, max|logit|); SLA keeps its normaliser in float32."""
     net = finished(randomize(slab_ms.create_model(name, num_classes=10, **tiny_config(name)), weight_gain=0.5))
     ckpt, path = str(tmp_path / "net.ckpt"), str(tmp_path / "net16")
     ms.save_checkpoint(net, ckpt)

@@ -195,8 +195,9 @@ class PyramidVisionTransformer(BackboneMixin, nn.Cell):
             x = blk(x, hw)
         return x, hw
 
-    def forward_stages(self, x, last=NUM_STAGES - 1):
-        """Image -> ``((tokens (B, N, C), (H, W)), ...)`` of stages 1 .. ``last + 1``."""
+    def forward_stages(self, x, last=3):
+        """Image -> ``((tokens (B, N, C), (H, W)), ...)`` of stages 1 .. ``last + 1`` (default: all four; a literal,
+        since MindSpore's O1 rewrite re-runs this signature without the module's names)."""
         x, hw = self._stage(x, None, self.patch_embed1, self.pos_embed1, self.block1, self.grid_sizes[0])
         stages = ((x, hw),)
         if last >= 1:
