@@ -10,7 +10,7 @@ import json
 import sys
 
 __all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
-           "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args", "available_devices",
+           "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "apply_checkpoint_args", "add_device_args", "available_devices",
            "resolve_device",
            "set_context", "check_image_size", "add_budget_args", "apply_budget", "run", "DEVICES"]
 
@@ -104,12 +104,24 @@ def factory_kwargs(args):
 
 
 def add_checkpoint_args(parser, help, aliases=(), ema_aliases=()):
-    """``--ckpt_file`` (the checkpoint the tool reads) and ``--ckpt_ema`` (read its ``ema.*`` weights)."""
+    """``--ckpt_file`` (the checkpoint the tool reads), ``--ckpt_ema`` (read its ``ema.*`` weights) and what a
+    checkpoint reader accepts (``--max_checkpoint_gb``, ``--allow_nonfinite``: :func:`apply_checkpoint_args`)."""
     group = parser.add_argument_group("checkpoint")
     group.add_argument("--ckpt_file", *aliases, dest="ckpt_file", default="", help=help)
     group.add_argument("--ckpt_ema", *ema_aliases, dest="ckpt_ema", type=str2bool, nargs="?", const=True,
                        default=False, help="read the ema.* weights of a train.py checkpoint (trained with --ema True)")
+    group.add_argument("--max_checkpoint_gb", type=optional(float), default=None,
+                       help="memory a checkpoint may take once read, decompressed and its tensors built, in GiB "
+                            "(default: 8x the model's parameters, at least 1 GiB); raise it for a trusted file")
+    group.add_argument("--allow_nonfinite", type=str2bool, nargs="?", const=True, default=False,
+                       help="load a checkpoint that holds NaN / inf values (refused by default, naming the tensor)")
     return group
+
+
+def apply_checkpoint_args(args):
+    """Give every checkpoint reader of this process the limits of :func:`add_checkpoint_args`' options."""
+    from .weights.guard import configure  # pylint: disable=import-outside-toplevel
+    configure(args.max_checkpoint_gb, args.allow_nonfinite)
 
 
 def add_device_args(parser):

@@ -11,7 +11,7 @@ import os
 
 import yaml
 
-from ..cli import UsageError, add_checkpoint_args, add_device_args, json_dict, optional, str2bool
+from ..cli import UsageError, add_checkpoint_args, add_device_args, apply_checkpoint_args, json_dict, optional, str2bool
 from .mindcv_recipe import translate_mindcv_keys
 
 __all__ = ["build_parser", "parse_args", "read_recipe", "check_args", "check_ranges", "ConfigError", "SAVE_POLICIES"]
@@ -231,6 +231,7 @@ def parse_args(argv=None):
         parser.set_defaults(**load_yaml_defaults(parser, pre.config))
     args = parser.parse_args(argv)
     check_args(args)
+    apply_checkpoint_args(args)
     return args
 
 
@@ -251,7 +252,7 @@ _RANGES = {
     "re_prob": (0, 1, False, False), "color_jitter": (0, None, False, False), "crop_pct": (0, 1, True, False),
     "mixup": (0, None, False, False), "cutmix": (0, None, False, False), "mixup_prob": (0, 1, False, False),
     "scale_lr_batch": (0, None, False, False),
-    "val_interval": (1, None, False, False),
+    "val_interval": (1, None, False, False), "max_checkpoint_gb": (0, None, True, False),
 }
 # Options that take several numbers: name -> (low, low_open) for each of them.
 _LIST_RANGES = {"scale": (0, True), "ratio": (0, True), "std": (0, True)}

@@ -14,9 +14,7 @@ import glob
 import os
 import re
 
-import mindspore as ms
-
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_parameters, read_ckpt, save_checkpoint
 
 __all__ = ["resumable_name", "list_resumable", "find_latest", "save_train_checkpoint", "save_final_checkpoint",
            "load_train_checkpoint", "prune_checkpoints", "read_val_top1", "checkpoints_to_keep"]
@@ -68,8 +66,8 @@ def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, ep
 def read_val_top1(path):
     """The ``val_top1`` a checkpoint was saved with, or None (no validation before it, or unreadable)."""
     try:
-        ckpt = ms.load_checkpoint(path, choice_func=lambda name: name == "val_top1")
-    except (ValueError, RuntimeError, OSError):
+        ckpt = read_ckpt(path, names={"val_top1"})
+    except (ValueError, OSError):
         return None
     return float(ckpt["val_top1"].asnumpy()) if "val_top1" in ckpt else None
 
@@ -117,8 +115,8 @@ def load_train_checkpoint(path, model, optimizer, train_step):
     The model part is strict (a checkpoint of another model or size is a clear error, see
     ``slab_ms.weights.load_checkpoint``); missing optimizer or EMA state is an error too.
     """
-    load_checkpoint(model, path)
-    ckpt = ms.load_checkpoint(path)
+    ckpt = read_ckpt(path, model)
+    load_parameters(model, ckpt, path)
     for key in ("epoch_num", "step_num"):
         if key not in ckpt:
             raise ValueError(f"'{path}' is not a resumable train.py checkpoint (no '{key}'); to start a new run "
