@@ -106,7 +106,10 @@ def _npy_members(archive, path, budget):
                                             "1.0 or 2.0")
             shape, _, dtype = read_header(f)
             header = f.tell()
-        plain_dtype(dtype)
+        try:
+            plain_dtype(dtype)
+        except CheckpointFormatError as err:
+            raise CheckpointFormatError(f"'{path}': array '{name}': {err}") from None
         if any(type(d) is not int or d < 0 for d in shape):
             raise CheckpointFormatError(f"'{path}': array '{name}' has the shape {short_repr(shape)}")
         nbytes = math.prod(shape) * dtype.itemsize
