@@ -392,3 +392,18 @@ def test_fuzzed_ckpt_and_npz_files_load_or_fail_with_one_clear_error(tmp_path):
             errors[name[-5:] if name.endswith(".ckpt") else ".npz"] += 1
             assert str(folder / name) in message and len(message) < 2000, (name, message)
     assert errors[".ckpt"] > 50 and errors[".npz"] > 50, errors  # most mutations are damage the reader must notice
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path, capsys):
+    """A "billion laughs" under 1 KB in a known key: nine levels of nine aliases would compose 9**9 items."""
+    from slab_ms.train import main as train_main  # pylint: disable=import-outside-toplevel
+    from slab_ms.training.config import ConfigError, read_recipe  # pylint: disable=import-outside-toplevel
+    levels = ["&a0 [" + ", ".join(["1"] * 9) + "]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "laughs.yaml"
+    bomb.write_text(f"model: {MODEL}\nlr: [{', '.join(levels)}]\n")
+    assert bomb.stat().st_size < 1024
+    with pytest.raises(ConfigError, match=r"the alias \*a0 is not allowed in a recipe .* line 2"):
+        read_recipe(str(bomb))
+    assert train_main(["-c", str(bomb)]) == 2
+    assert "train.py: error: " in capsys.readouterr().err

@@ -183,6 +183,18 @@ def _typed(action, value, key, path):
         raise ConfigError(f"{path}: key '{key}' has an invalid value {value!r} ({err})") from err
 
 
+class _RecipeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+    """``yaml.safe_load`` without aliases: a recipe writes its values out, and nested aliases expand
+    exponentially (a 1 KB "billion laughs" file is gigabytes once composed)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"the alias *{event.anchor[:40]} is not allowed in a recipe "
+                                              "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml_defaults(parser, path):
     """The recipe's values as parser defaults; unknown keys are an error naming the closest options.
 
@@ -193,7 +205,7 @@ def load_yaml_defaults(parser, path):
         raise ConfigError(f"config file not found: '{path}'")
     try:
         with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
+            recipe = yaml.load(f, Loader=_RecipeLoader) or {}  # nosec: a safe loader
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: not a readable yaml recipe ({' '.join(str(err).split())})") from err
     if not isinstance(recipe, dict):
@@ -237,14 +249,17 @@ def parse_args(argv=None):
 
 # Numeric options and their valid ranges (checked at parse time, so a bad value is one message, not a crash
 # in the data pipeline or after an epoch): name -> (low, high, low_open, high_open); None: unbounded. The
-# γ schedule, accumulation, epochs, loss scale, clipping and checkpoint intervals have their own messages in
-# check_args.
+# γ schedule, accumulation, loss scale, clipping and checkpoint intervals have their own messages in check_args.
+# The upper bounds of the options that size an allocation (images, batches, the per-step lr schedule) stop a typo
+# such as image_size 100000 or epochs 1000000000000 before it asks for terabytes.
+_MAX_EPOCHS, _MAX_IMAGE_SIZE, _MAX_BATCH = 100_000, 8192, 65536
 _RANGES = {
-    "image_size": (1, None, False, False), "batch_size": (1, None, False, False),
-    "val_batch_size": (1, None, False, False), "num_parallel_workers": (1, None, False, False),
+    "image_size": (1, _MAX_IMAGE_SIZE, False, False), "batch_size": (1, _MAX_BATCH, False, False),
+    "val_batch_size": (1, _MAX_BATCH, False, False), "num_parallel_workers": (1, None, False, False),
+    "epochs": (1, _MAX_EPOCHS, False, False),
     "num_classes": (1, None, False, False), "seed": (0, 2 ** 32 - 1, False, False),
     "runtime_num_threads": (1, None, False, False),
-    "cooldown_epochs": (0, None, False, False), "warmup_epochs": (0, None, False, False),
+    "cooldown_epochs": (0, _MAX_EPOCHS, False, False), "warmup_epochs": (0, _MAX_EPOCHS, False, False),
     "lr": (0, None, False, False), "min_lr": (0, None, False, False), "warmup_lr": (0, None, False, False),
     "weight_decay": (0, None, False, False), "momentum": (0, 1, False, True), "beta1": (0, 1, False, True),
     "beta2": (0, 1, False, True), "label_smoothing": (0, 1, False, True), "ema_decay": (0, 1, False, False),
@@ -299,8 +314,6 @@ def check_args(args):
         raise ConfigError("no data: set 'data_dir' in the recipe or pass --data_dir PATH")
     if args.accumulate_steps < 1:
         raise ConfigError(f"accumulate_steps must be >= 1, got {args.accumulate_steps}")
-    if args.epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {args.epochs}")
     if args.prepbn_decay_steps is not None and args.prepbn_decay_ratio is not None:
         raise ConfigError("set either prepbn_decay_steps or prepbn_decay_ratio, not both")
     if args.prepbn_decay_steps is not None and args.prepbn_decay_steps <= 0:
