@@ -10,7 +10,8 @@ import json
 import sys
 
 __all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
-           "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "apply_checkpoint_args", "add_device_args", "available_devices",
+           "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "apply_checkpoint_args", "add_device_args",
+           "available_devices",
            "resolve_device",
            "set_context", "check_image_size", "add_budget_args", "apply_budget", "run", "DEVICES"]
 

@@ -121,65 +121,79 @@ UNREADABLE, STATE_ERROR, BUDGET = "UnreadableCheckpointError", "CheckpointFormat
 # case -> (reader, folder -> the crafted file's path, budget GiB or None, expected error type, text of the message)
 CASES = {
     # MindSpore .ckpt
-    "ckpt fewer elements than bytes": ("ckpt", lambda f: _ckpt(f / "a.ckpt", [("w", [2, 2], "Float32", bytes(64))]), None,
-                                       UNREADABLE, "tensor 'w' of shape (2, 2) and type Float32 needs 16 bytes, "
-                                                   "the file holds 64"),
-    "ckpt negative dim": ("ckpt", lambda f: _ckpt(f / "b.ckpt", [("w", [-1, 4], "Float32", bytes(16))]), None, UNREADABLE,
-                          "has the dims (-1, 4): not up to 32 non-negative sizes"),
-    "ckpt dims past the bytes": ("ckpt", lambda f: _ckpt(f / "c.ckpt", [("w", [2 ** 40, 2 ** 40], "Float32", bytes(4))]),
-                                 None, UNREADABLE, "needs 4835703278458516698824704 bytes, the file holds 4"),
-    "ckpt unknown type": ("ckpt", lambda f: _ckpt(f / "d.ckpt", [("w", [1], "Complex512", bytes(4))]), None, UNREADABLE,
-                          "unknown type 'Complex512'"),
-    "ckpt name with a control character": ("ckpt", lambda f: _ckpt(f / "e.ckpt", [("a\x00b", [1], "Float32", bytes(4))]),
-                                           None, UNREADABLE, "is not 1 to 1024 printable characters"),
-    "ckpt name twice": ("ckpt", lambda f: _ckpt(f / "g.ckpt", [("w", [1], "Float32", bytes(4)), ("v", [], "Int64", bytes(8)),
-                                                      ("w", [1], "Float32", bytes(4))]), None, UNREADABLE,
-                        "tensor 'w' appears twice"),
-    "ckpt empty": ("ckpt", lambda f: _ckpt(f / "h.ckpt", []), None, UNREADABLE, "it holds no tensors"),
-    "ckpt NaN and inf": ("ckpt", lambda f: _ckpt(f / "i.ckpt", [("blocks.0.w", [3], "Float32", NAN)]), None,
-                         "NonFiniteCheckpointError", "tensor 'blocks.0.w' holds 1 NaN and 1 inf values of 3"),
-    "ckpt over the budget": ("ckpt", lambda f: _ckpt(f / "j.ckpt", [("w", [1 << 19], "Float32", bytes(2 << 20))]), 0.001,
-                             BUDGET, "over the budget of 0.001 GiB (--max_checkpoint_gb"),
-    # .pth: exponential hashing / walks, deep nesting, unbounded reprs, memory bombs
-    "pth tuple DAG as a SETITEM key": ("state", lambda f: _pth(f / "a.pth", _model_dict(_tuple_dag(100) + pickle.NONE)),
-                                       None, STATE_ERROR, "a dict key of a tuple: only numbers, text and bytes"),
-    "pth tuple DAG as a DICT key": ("state", lambda f: _pth(f / "b.pth", pickle.PROTO + b"\x02" + pickle.MARK
-                                                  + _tuple_dag(100) + pickle.NONE + pickle.DICT + pickle.STOP),
-                                    None, STATE_ERROR, "a dict key of a tuple"),
-    "pth tuple DAG in a FROZENSET": ("state", lambda f: _pth(f / "c.pth", pickle.PROTO + b"\x04" + pickle.MARK
-                                                   + _tuple_dag(100) + pickle.FROZENSET + pickle.STOP),
-                                     None, STATE_ERROR, "frozenset of a tuple"),
-    "pth list DAG given to set()": ("state", lambda f: _pth(f / "d.pth", pickle.PROTO + b"\x02" + _global("__builtin__", "set")
-                                                  + _list_dag(100) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP),
-                                    None, STATE_ERROR, "set of a list"),
-    "pth key nested a million deep": ("state", lambda f: _pth(f / "e.pth", _model_dict(DEEP_KEY)), None, STATE_ERROR,
-                                      "a dict key of a tuple"),
-    "pth persistent id a DAG": ("state", lambda f: _pth(f / "f.pth", pickle.PROTO + b"\x02" + _tuple_dag(100)
-                                              + pickle.BINPERSID + pickle.STOP), None, STATE_ERROR,
-                                "a persistent id ((((...), (...)), ((...), (...))), (((...), (...)), ((...), "),
-    "pth stride-0 tensors over the total budget": ("state", lambda f: _pth(f / "g.pth", _model_dict(STRIDE0), STORAGE),
-                                                   0.25, BUDGET, "a tensor of size (26214400,) (stride (0,), "
-                                                                 "storage of 1 elements) brings"),
-    "pth small zip member expanding 1000 times": ("state", lambda f: _pth(f / "h.pth", _model_dict(
-        _text("w") + _tensor((1 << 18,), (1,))), ZEROS, zipfile.ZIP_DEFLATED), None, STATE_ERROR,
-        "member 'archive/data/0' expands"),
-    # .npz and .safetensors: headers checked before any data is read
-    "npz header larger than its data": ("state", lambda f: _npz(f / "a.npz", {"w": _npy((10 ** 9,), data=bytes(16))}),
-                                        None, STATE_ERROR, "array 'w' of shape (1000000000,) and dtype float32 "
-                                                           "needs 4000000000 bytes, its member holds 16"),
-    "npz object array": ("state", lambda f: _npz(f / "b.npz", {"w": _npy((1,), "|O", b"\x80\x02N.")}), None, STATE_ERROR,
-                         "numpy dtype object is not a plain number type"),
-    "npz over the budget": ("state", lambda f: _npz(f / "c.npz", {"w": _npy((1 << 20,), data=bytes(4 << 20))}), 0.001,
-                            BUDGET, "array 'w' of shape (1048576,) brings"),
-    "safetensors sparse 8 GiB tensor": ("state", lambda f: _safetensors(f / "a.safetensors", {"w": {
-        "dtype": "F32", "shape": [1 << 31], "data_offsets": [0, 8 << 30]}}, bytes(16)), None, STATE_ERROR,
-        "a byte range within the file's 16 data bytes"),
-    "safetensors name with a control character": ("state", lambda f: _safetensors(f / "b.safetensors", {"\x01": {
-        "dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)), None, STATE_ERROR,
+    "ckpt fewer elements than bytes": (
+        "ckpt", lambda f: _ckpt(f / "a.ckpt", [("w", [2, 2], "Float32", bytes(64))]), None, UNREADABLE,
+        "tensor 'w' of shape (2, 2) and type Float32 needs 16 bytes, the file holds 64"),
+    "ckpt negative dim": (
+        "ckpt", lambda f: _ckpt(f / "b.ckpt", [("w", [-1, 4], "Float32", bytes(16))]), None, UNREADABLE,
+        "has the dims (-1, 4): not up to 32 non-negative sizes"),
+    "ckpt dims past the bytes": (
+        "ckpt", lambda f: _ckpt(f / "c.ckpt", [("w", [2 ** 40, 2 ** 40], "Float32", bytes(4))]), None, UNREADABLE,
+        "needs 4835703278458516698824704 bytes, the file holds 4"),
+    "ckpt unknown type": (
+        "ckpt", lambda f: _ckpt(f / "d.ckpt", [("w", [1], "Complex512", bytes(4))]), None, UNREADABLE,
+        "unknown type 'Complex512'"),
+    "ckpt name with a control character": (
+        "ckpt", lambda f: _ckpt(f / "e.ckpt", [("a\x00b", [1], "Float32", bytes(4))]), None, UNREADABLE,
         "is not 1 to 1024 printable characters"),
-    "safetensors shape against its bytes": ("state", lambda f: _safetensors(f / "c.safetensors", {"w": {
-        "dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}, bytes(4)), None, STATE_ERROR,
-        "tensor 'w' of shape [3] and dtype F32 needs 12 bytes, its byte range holds 4"),
+    "ckpt name twice": (
+        "ckpt", lambda f: _ckpt(f / "g.ckpt", [("w", [1], "Float32", bytes(4)), ("v", [], "Int64", bytes(8)),
+                                               ("w", [1], "Float32", bytes(4))]), None, UNREADABLE,
+        "tensor 'w' appears twice"),
+    "ckpt empty": ("ckpt", lambda f: _ckpt(f / "h.ckpt", []), None, UNREADABLE, "it holds no tensors"),
+    "ckpt NaN and inf": (
+        "ckpt", lambda f: _ckpt(f / "i.ckpt", [("blocks.0.w", [3], "Float32", NAN)]), None,
+        "NonFiniteCheckpointError", "tensor 'blocks.0.w' holds 1 NaN and 1 inf values of 3"),
+    "ckpt over the budget": (
+        "ckpt", lambda f: _ckpt(f / "j.ckpt", [("w", [1 << 19], "Float32", bytes(2 << 20))]), 0.001, BUDGET,
+        "over the budget of 0.001 GiB (--max_checkpoint_gb"),
+    # .pth: exponential hashing / walks, deep nesting, unbounded reprs, memory bombs
+    "pth tuple DAG as a SETITEM key": (
+        "state", lambda f: _pth(f / "a.pth", _model_dict(_tuple_dag(100) + pickle.NONE)), None, STATE_ERROR,
+        "a dict key of a tuple: only numbers, text and bytes"),
+    "pth tuple DAG as a DICT key": (
+        "state", lambda f: _pth(f / "b.pth", pickle.PROTO + b"\x02" + pickle.MARK + _tuple_dag(100) + pickle.NONE
+                                + pickle.DICT + pickle.STOP), None, STATE_ERROR, "a dict key of a tuple"),
+    "pth tuple DAG in a FROZENSET": (
+        "state", lambda f: _pth(f / "c.pth", pickle.PROTO + b"\x04" + pickle.MARK + _tuple_dag(100)
+                                + pickle.FROZENSET + pickle.STOP), None, STATE_ERROR, "frozenset of a tuple"),
+    "pth list DAG given to set()": (
+        "state", lambda f: _pth(f / "d.pth", pickle.PROTO + b"\x02" + _global("__builtin__", "set") + _list_dag(100)
+                                + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP), None, STATE_ERROR, "set of a list"),
+    "pth key nested a million deep": (
+        "state", lambda f: _pth(f / "e.pth", _model_dict(DEEP_KEY)), None, STATE_ERROR, "a dict key of a tuple"),
+    "pth persistent id a DAG": (
+        "state", lambda f: _pth(f / "f.pth", pickle.PROTO + b"\x02" + _tuple_dag(100) + pickle.BINPERSID
+                                + pickle.STOP), None, STATE_ERROR,
+        "a persistent id ((((...), (...)), ((...), (...))), (((...), (...)), ((...), "),
+    "pth stride-0 tensors over the total budget": (
+        "state", lambda f: _pth(f / "g.pth", _model_dict(STRIDE0), STORAGE), 0.25, BUDGET,
+        "a tensor of size (26214400,) (stride (0,), storage of 1 elements) brings"),
+    "pth small zip member expanding 1000 times": (
+        "state", lambda f: _pth(f / "h.pth", _model_dict(_text("w") + _tensor((1 << 18,), (1,))), ZEROS,
+                                zipfile.ZIP_DEFLATED), None, STATE_ERROR, "member 'archive/data/0' expands"),
+    # .npz and .safetensors: headers checked before any data is read
+    "npz header larger than its data": (
+        "state", lambda f: _npz(f / "a.npz", {"w": _npy((10 ** 9,), data=bytes(16))}), None, STATE_ERROR,
+        "array 'w' of shape (1000000000,) and dtype float32 needs 4000000000 bytes, its member holds 16"),
+    "npz object array": (
+        "state", lambda f: _npz(f / "b.npz", {"w": _npy((1,), "|O", b"\x80\x02N.")}), None, STATE_ERROR,
+        "numpy dtype object is not a plain number type"),
+    "npz over the budget": (
+        "state", lambda f: _npz(f / "c.npz", {"w": _npy((1 << 20,), data=bytes(4 << 20))}), 0.001, BUDGET,
+        "array 'w' of shape (1048576,) brings"),
+    "safetensors sparse 8 GiB tensor": (
+        "state", lambda f: _safetensors(f / "a.safetensors", {"w": {"dtype": "F32", "shape": [1 << 31],
+                                                                   "data_offsets": [0, 8 << 30]}}, bytes(16)),
+        None, STATE_ERROR, "a byte range within the file's 16 data bytes"),
+    "safetensors name with a control character": (
+        "state", lambda f: _safetensors(f / "b.safetensors", {"\x01": {"dtype": "F32", "shape": [1],
+                                                                       "data_offsets": [0, 4]}}, bytes(4)),
+        None, STATE_ERROR, "is not 1 to 1024 printable characters"),
+    "safetensors shape against its bytes": (
+        "state", lambda f: _safetensors(f / "c.safetensors", {"w": {"dtype": "F32", "shape": [3],
+                                                                   "data_offsets": [0, 4]}}, bytes(4)),
+        None, STATE_ERROR, "tensor 'w' of shape [3] and dtype F32 needs 12 bytes, its byte range holds 4"),
 }
 
 

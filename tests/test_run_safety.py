@@ -4,6 +4,7 @@ checkpoint, and exit status 2 with one line for bad options, recipes, data folde
 import glob
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -255,7 +256,7 @@ def _umask():
 ])
 def test_numeric_options_out_of_range_are_refused_at_parse_time(recipe, option, value, message, capsys):
     _, config = recipe
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_args(["-c", config, option, value])
     assert train_main(["-c", config, option, value]) == 2
     assert validate_main(["-c", config, option, value]) == 2

@@ -136,7 +136,8 @@ def _read_npz(path, budget):
     except (CheckpointFormatError, CheckpointBudgetError):
         raise
     except Exception as err:  # zipfile / zlib / numpy format errors for a damaged archive
-        raise CheckpointFormatError(f"'{path}' is not a readable .npz archive of arrays ({describe_error(err)}).") from None
+        raise CheckpointFormatError(f"'{path}' is not a readable .npz archive of arrays "
+                                    f"({describe_error(err)}).") from None
 
 
 def _check_safetensors_header(path, budget):

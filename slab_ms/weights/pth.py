@@ -123,7 +123,8 @@ def _rebuild_tensor(storage, offset, size, stride, *args, budget):
     if not size:
         return storage[offset].copy()
     budget.take(int(np.prod(size, dtype=object)) * storage.itemsize,
-                f"a tensor of size {short_repr(size)} (stride {short_repr(stride)}, storage of {storage.size} elements)")
+                f"a tensor of size {short_repr(size)} (stride {short_repr(stride)}, storage of {storage.size} "
+                "elements)")
     flat = storage[offset:]
     return np.lib.stride_tricks.as_strided(flat, shape=size, strides=[s * flat.itemsize for s in stride]).copy()
 
@@ -424,8 +425,8 @@ class _Storages:
         dtype = _TORCH_DTYPES[storage_type.name]
         itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
         if len(raw) % itemsize:
-            raise CheckpointFormatError(f"'{self.path}': storage {short_repr(key)} has {len(raw)} bytes, not a whole number "
-                                        f"of {storage_type.name} elements")
+            raise CheckpointFormatError(f"'{self.path}': storage {short_repr(key)} has {len(raw)} bytes, not a whole "
+                                        f"number of {storage_type.name} elements")
         if dtype == "bfloat16":
             array = (np.frombuffer(raw, ">u2" if self.big_endian else "<u2").astype(np.uint32) << 16).view(np.float32)
         else:
