@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-__all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
+__all__ = ["UsageError", "str2bool", "json_dict", "text", "optional", "int_list", "add_model_args", "add_backbone_args",
            "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "apply_checkpoint_args", "add_device_args",
            "available_devices",
            "resolve_device",
@@ -46,6 +46,13 @@ def json_dict(value):
     return parsed
 
 
+def text(value):
+    """A text option's value: a recipe's number, list or mapping is refused (a command line always gives text)."""
+    if not isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"expected text, got a {type(value).__name__}")
+    return value
+
+
 def optional(cast):
     """``cast`` that also accepts 'none' / 'null' / '' for "not set"."""
     def parse(value):
@@ -53,6 +60,7 @@ def optional(cast):
             return None
         return cast(value)
     parse.__name__ = getattr(cast, "__name__", "value")
+    parse.accepts_none = True
     return parse
 
 
@@ -108,7 +116,7 @@ def add_checkpoint_args(parser, help, aliases=(), ema_aliases=()):
     """``--ckpt_file`` (the checkpoint the tool reads), ``--ckpt_ema`` (read its ``ema.*`` weights) and what a
     checkpoint reader accepts (``--max_checkpoint_gb``, ``--allow_nonfinite``: :func:`apply_checkpoint_args`)."""
     group = parser.add_argument_group("checkpoint")
-    group.add_argument("--ckpt_file", *aliases, dest="ckpt_file", default="", help=help)
+    group.add_argument("--ckpt_file", *aliases, dest="ckpt_file", type=text, default="", help=help)
     group.add_argument("--ckpt_ema", *ema_aliases, dest="ckpt_ema", type=str2bool, nargs="?", const=True,
                        default=False, help="read the ema.* weights of a train.py checkpoint (trained with --ema True)")
     group.add_argument("--max_checkpoint_gb", type=optional(float), default=None,
@@ -128,7 +136,7 @@ def apply_checkpoint_args(args):
 def add_device_args(parser):
     """``--device_target --mode --runtime_num_threads``."""
     group = parser.add_argument_group("system")
-    group.add_argument("--device_target", type=optional(str), default=None, choices=DEVICES + (None,),
+    group.add_argument("--device_target", type=optional(text), default=None, choices=DEVICES + (None,),
                        help="None (default): the best available, Ascend, then GPU, then CPU")
     group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
     group.add_argument("--runtime_num_threads", type=optional(int), default=None,

@@ -421,3 +421,65 @@ def test_yaml_aliases_are_refused_before_they_expand(tmp_path, capsys):
         read_recipe(str(bomb))
     assert train_main(["-c", str(bomb)]) == 2
     assert "train.py: error: " in capsys.readouterr().err
+
+
+TEXT_KEYS = ("dataset", "train_split", "val_split", "interpolation", "opt", "loss", "auto_augment", "scheduler",
+             "ckpt_dir", "resume", "ckpt_file", "re_value")
+WRONG_TYPES = (5, [1, 2], {"a": 1}, True, None)
+
+
+def _recipe(tmp_path, **keys):
+    path = tmp_path / "recipe.yaml"
+    import yaml  # pylint: disable=import-outside-toplevel
+    path.write_text(yaml.safe_dump({"model": MODEL, "data_dir": str(tmp_path), **keys}))
+    return str(path)
+
+
+@pytest.mark.parametrize("key", TEXT_KEYS)
+def test_recipe_text_keys_of_another_type_are_one_message_naming_the_key(tmp_path, key):
+    """A number, list, mapping, boolean or null where a text option belongs (each crashed somewhere in the data
+    pipeline, MindCV or the file system before) is refused when the recipe is read."""
+    from slab_ms.training.config import ConfigError, parse_args  # pylint: disable=import-outside-toplevel
+    for value in WRONG_TYPES:
+        if key == "re_value" and value == 5 or value is None and key == "auto_augment":
+            continue  # a valid erasing value; auto_augment's default is None
+        with pytest.raises(ConfigError, match=f"key '{key}' "):
+            parse_args(["-c", _recipe(tmp_path, **{key: value})])
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"opt": "adamx"}, "opt must be one of sgd, momentum"),
+    ({"loss": "mse"}, "loss must be one of ce, bce"),
+    ({"auto_augment": "randomaug-m9"}, "auto_augment must start with one of randaug"),
+    ({"re_value": 0.5}, "expected 'random' or an integer pixel value in [0, 255], got 0.5"),
+    ({"re_value": 256}, "expected 'random' or an integer pixel value in [0, 255], got 256"),
+])
+def test_recipe_values_mindcv_would_fail_on_are_refused_at_parse_time(tmp_path, keys, message, capsys):
+    from slab_ms.train import main as train_main  # pylint: disable=import-outside-toplevel
+    assert train_main(["-c", _recipe(tmp_path, **keys)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("train.py: error:") == 1 and "Traceback" not in err, err
+
+
+def test_re_value_zero_with_random_erasing_is_what_mindspore_takes(tmp_path):
+    """--re_value 0 was read as 0.0, which MindSpore's RandomErasing refuses (a traceback inside MindCV)."""
+    from mindspore.dataset import vision  # pylint: disable=import-outside-toplevel
+    from slab_ms.training.config import parse_args  # pylint: disable=import-outside-toplevel
+    for given, wanted in (("0", 0), ("255", 255), ("random", "random"), ("RANDOM", "random")):
+        args = parse_args(["-c", _recipe(tmp_path), "--re_prob", "0.25", "--re_value", given])
+        assert args.re_value == wanted and type(args.re_value) is type(wanted)
+        vision.RandomErasing(prob=args.re_prob, value=args.re_value)  # MindSpore's own check of the value
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bogus": 1}, "slab_deit_tiny has no option bogus; its options are "),
+    ({"depth": 10 ** 8}, "slab_deit_tiny: depth=100000000 is not a number in (0, 256]"),
+    ({"embed_dim": 10 ** 6}, "slab_deit_tiny: embed_dim=1000000 is not a number in (0, 16384]"),
+    ({"image_size": 10 ** 5}, "slab_deit_tiny: image_size=100000 is not a number in (0, 8192]"),
+    ({"depth": "12"}, "slab_deit_tiny: depth='12' is not a number"),
+])
+def test_model_kwargs_unknown_or_too_large_are_refused_before_building(kwargs, message):
+    import slab_ms  # pylint: disable=import-outside-toplevel
+    with pytest.raises(ValueError) as err:
+        slab_ms.create_model(MODEL, num_classes=2, **kwargs)
+    assert message in str(err.value)

@@ -11,23 +11,34 @@ import os
 
 import yaml
 
-from ..cli import UsageError, add_checkpoint_args, add_device_args, apply_checkpoint_args, json_dict, optional, str2bool
+from ..cli import (UsageError, add_checkpoint_args, add_device_args, apply_checkpoint_args, json_dict, optional,
+                   str2bool, text)
 from .mindcv_recipe import translate_mindcv_keys
 
 __all__ = ["build_parser", "parse_args", "read_recipe", "check_args", "check_ranges", "ConfigError", "SAVE_POLICIES"]
 
 SAVE_POLICIES = ("latest_k", "top_k", None)  # None: keep every checkpoint (MindCV's ckpt_save_policy None)
+# MindCV's names (case-insensitive) for create_optimizer, create_loss and create_transforms' auto_augment prefixes.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lion", "nadam", "adan", "rmsprop", "adagrad", "lamb")
+LOSSES = ("ce", "bce", "asl_single_label", "asl_multi_label", "jsd")
+AUTO_AUGMENT = ("randaug", "autoaug", "3a", "trivialaugwide", "augmix")
 
 
 class ConfigError(UsageError):
     """A recipe or command line that cannot be trained as given."""
 
 
-def number_or_str(value):
+def erasing_value(value):
+    """Random erasing's fill: 'random' or one pixel value, an integer in [0, 255] (what MindSpore takes)."""
+    if str(value).lower() == "random":
+        return "random"
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        return str(value)
+        number = math.nan
+    if isinstance(value, bool) or not (number.is_integer() and 0 <= number <= 255):
+        raise argparse.ArgumentTypeError(f"expected 'random' or an integer pixel value in [0, 255], got {value!r:.40}")
+    return int(number)
 
 
 def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or official .pth), see prepbn_schedule",
@@ -44,11 +55,11 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
     group.add_argument("--seed", type=int, default=0)
 
     group = parser.add_argument_group("data (read by slab_ms.data.create_loaders)")
-    group.add_argument("--dataset", default="imagefolder",
+    group.add_argument("--dataset", type=text, default="imagefolder",
                        help="imagefolder, or digits (the embedded demo, written to data_dir on first use)")
-    group.add_argument("--data_dir", type=optional(str), default=None, help="folder with train/ and val/")
-    group.add_argument("--train_split", default="train")
-    group.add_argument("--val_split", default="val")
+    group.add_argument("--data_dir", type=optional(text), default=None, help="folder with train/ and val/")
+    group.add_argument("--train_split", type=text, default="train")
+    group.add_argument("--val_split", type=text, default="val")
     group.add_argument("--image_size", type=int, default=224)
     group.add_argument("--batch_size", type=int, default=128, help="per device")
     group.add_argument("--val_batch_size", type=optional(int), default=None)
@@ -57,15 +68,15 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
     group.add_argument("--num_parallel_workers", type=int, default=4)
     group.add_argument("--shuffle", type=str2bool, default=True)
     group.add_argument("--drop_remainder", type=str2bool, default=True)
-    group.add_argument("--interpolation", default="bicubic")
+    group.add_argument("--interpolation", type=text, default="bicubic")
     group.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], help="RandomResizedCrop area range")
     group.add_argument("--ratio", type=float, nargs=2, default=[0.75, 1.333], help="RandomResizedCrop aspect")
     group.add_argument("--hflip", type=float, default=0.5)
     group.add_argument("--color_jitter", type=optional(float), default=None)
-    group.add_argument("--auto_augment", type=optional(str), default=None,
+    group.add_argument("--auto_augment", type=optional(text), default=None,
                        help="e.g. randaug-m9-mstd0.5-inc1 (the paper's RandAugment)")
     group.add_argument("--re_prob", type=float, default=0.0, help="random erasing probability")
-    group.add_argument("--re_value", type=number_or_str, default=0, help="erasing value or 'random'")
+    group.add_argument("--re_value", type=erasing_value, default=0, help="erasing value or 'random'")
     group.add_argument("--crop_pct", type=float, default=0.875)
     group.add_argument("--mean", type=float, nargs=3, default=[123.675, 116.28, 103.53])
     group.add_argument("--std", type=float, nargs=3, default=[58.395, 57.12, 57.375])
@@ -74,14 +85,14 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
     group.add_argument("--mixup_prob", type=float, default=1.0, help="probability of mixing a batch")
 
     group = parser.add_argument_group("model")
-    group.add_argument("--model", type=optional(str), default=None, help="registered model name")
+    group.add_argument("--model", type=optional(text), default=None, help="registered model name")
     group.add_argument("--num_classes", type=optional(int), default=None, help="None: from the dataset")
     group.add_argument("--model_kwargs", type=json_dict, default={},
                        help="extra factory kwargs (yaml mapping or JSON), e.g. a tiny test size")
     group.add_argument("--drop_rate", type=float, default=0.0)
     group.add_argument("--drop_path_rate", type=float, default=0.0)
     group = add_checkpoint_args(parser, ckpt_help, aliases=ckpt_aliases, ema_aliases=ema_aliases)
-    group.add_argument("--ckpt_exclude", "--checkpoint_exclude", dest="ckpt_exclude", type=str, nargs="*", default=[],
+    group.add_argument("--ckpt_exclude", "--checkpoint_exclude", dest="ckpt_exclude", type=text, nargs="*", default=[],
                        help="cells of --ckpt_file left at their initial values, e.g. 'head' to fine-tune on "
                             "another number of classes")
     group.add_argument("--prepbn_schedule", default="continue", choices=["continue", "restart"],
@@ -102,12 +113,12 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
     group = parser.add_argument_group("optimisation")
     group.add_argument("--epochs", type=int, default=300)
     group.add_argument("--cooldown_epochs", type=int, default=0, help="extra epochs at min_lr")
-    group.add_argument("--opt", default="adamw")
+    group.add_argument("--opt", type=text, default="adamw")
     group.add_argument("--lr", type=float, default=5e-4, help="base lr (before scale_lr_batch scaling)")
     group.add_argument("--min_lr", type=float, default=5e-6)
     group.add_argument("--warmup_lr", type=float, default=5e-7)
     group.add_argument("--warmup_epochs", type=float, default=20)
-    group.add_argument("--scheduler", default="timm_cosine",
+    group.add_argument("--scheduler", type=text, default="timm_cosine",
                        help="timm_cosine (the reference's per-step cosine) or a MindCV scheduler name "
                             "(cosine_decay, constant, ...)")
     group.add_argument("--scale_lr_batch", type=int, default=0,
@@ -118,7 +129,7 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
     group.add_argument("--beta2", type=float, default=0.999)
     group.add_argument("--clip_grad", type=optional(float), default=None, help="max global grad norm (None: off)")
     group.add_argument("--accumulate_steps", type=int, default=1, help="micro-batches per optimizer step")
-    group.add_argument("--loss", default="CE")
+    group.add_argument("--loss", type=text, default="CE")
     group.add_argument("--label_smoothing", type=float, default=0.0)
     group.add_argument("--amp_level", default="O0", choices=["O0", "O1", "O2", "O3"])
     group.add_argument("--loss_scale", type=float, default=1.0,
@@ -141,18 +152,18 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
                             "sink, the same chunks are fed from the host)")
 
     group = parser.add_argument_group("checkpoints and logging")
-    group.add_argument("--ckpt_dir", default="./ckpt",
+    group.add_argument("--ckpt_dir", type=text, default="./ckpt",
                        help="checkpoints, <model>-config.yaml (the resolved options) and <model>-metrics.csv")
     group.add_argument("--ckpt_interval", type=int, default=0,
                        help="also save every N optimizer steps (0: only at epoch ends)")
     group.add_argument("--ckpt_save_interval", type=int, default=1,
                        help="save at the end of every N-th epoch (and of the last one)")
-    group.add_argument("--ckpt_save_policy", type=optional(str), default="latest_k",
+    group.add_argument("--ckpt_save_policy", type=optional(text), default="latest_k",
                        help="latest_k: keep the newest keep_checkpoint_max checkpoints; top_k: keep the "
                             "keep_checkpoint_max epoch checkpoints of the best validation top-1 (needs "
                             "val_while_train), plus the newest one to resume from; none: keep all")
     group.add_argument("--keep_checkpoint_max", type=int, default=3)
-    group.add_argument("--resume", default="", help="'auto' (newest in ckpt_dir) or a checkpoint path")
+    group.add_argument("--resume", type=text, default="", help="'auto' (newest in ckpt_dir) or a checkpoint path")
     group.add_argument("--log_interval", type=int, default=10, help="optimizer steps between progress lines")
     group.add_argument("--val_while_train", type=str2bool, default=False)
     group.add_argument("--val_interval", type=int, default=1, help="epochs between validations")
@@ -169,7 +180,11 @@ def _coerce(action, value, key, path):
 
 
 def _typed(action, value, key, path):
-    if value is None or action.type is None:
+    if value is None:
+        if action.default is None or getattr(action.type, "accepts_none", False):
+            return None
+        raise ConfigError(f"{path}: key '{key}' is null; leave it out for its default {action.default!r}")
+    if action.type is None:
         return value
     try:
         if action.nargs not in (None, "?"):
@@ -312,6 +327,13 @@ def check_args(args):
         raise ConfigError("no model: set 'model' in the recipe or pass --model NAME")
     if not args.data_dir:
         raise ConfigError("no data: set 'data_dir' in the recipe or pass --data_dir PATH")
+    if args.opt.lower() not in OPTIMIZERS:
+        raise ConfigError(f"opt must be one of {', '.join(OPTIMIZERS)}, got '{args.opt}'")
+    if args.loss.lower() not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got '{args.loss}'")
+    if args.auto_augment is not None and not args.auto_augment.startswith(AUTO_AUGMENT):
+        raise ConfigError(f"auto_augment must start with one of {', '.join(AUTO_AUGMENT)} (e.g. "
+                          f"randaug-m9-mstd0.5-inc1), got '{args.auto_augment}'")
     if args.accumulate_steps < 1:
         raise ConfigError(f"accumulate_steps must be >= 1, got {args.accumulate_steps}")
     if args.prepbn_decay_steps is not None and args.prepbn_decay_ratio is not None:
