@@ -39,7 +39,7 @@ def json_dict(value):
         return value
     try:
         parsed = json.loads(value)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depth\": 1}}', got '{value}'") from err
     if not isinstance(parsed, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got '{value}'")

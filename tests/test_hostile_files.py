@@ -483,3 +483,24 @@ def test_model_kwargs_unknown_or_too_large_are_refused_before_building(kwargs, m
     with pytest.raises(ValueError) as err:
         slab_ms.create_model(MODEL, num_classes=2, **kwargs)
     assert message in str(err.value)
+
+
+def test_deeply_nested_recipe_and_model_kwargs_are_one_message_at_once(tmp_path, capsys):
+    """PyYAML's scanner takes quadratic time in the nesting depth (20 KB of brackets: half a minute) and its
+    composer recurses: a recipe is refused past 32 levels, in flow or block style, and past 1 MiB."""
+    import time  # pylint: disable=import-outside-toplevel
+    from slab_ms.train import main as train_main  # pylint: disable=import-outside-toplevel
+    flow, block, big = tmp_path / "flow.yaml", tmp_path / "block.yaml", tmp_path / "big.yaml"
+    flow.write_text(f"model: {MODEL}\nlr: " + "[" * 10000 + "]" * 10000 + "\n")
+    block.write_text(f"model: {MODEL}\nlr:\n" + "".join(" " * i + "-\n" for i in range(1, 40)))
+    big.write_text("#" * (2 << 20))
+    start = time.time()
+    for path, message in ((flow, "nested deeper than 32 levels"), (block, "nested deeper than 32 levels"),
+                          (big, "is not a recipe")):
+        assert train_main(["-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("train.py: error:") == 1, err
+    assert time.time() - start < 10
+    with pytest.raises(SystemExit):  # argparse's own message and exit status 2
+        train_main(["-c", _recipe(tmp_path), "--model_kwargs", "[" * 100000 + "]" * 100000])
+    assert "argument --model_kwargs: expected a JSON object" in capsys.readouterr().err

@@ -198,16 +198,33 @@ def _typed(action, value, key, path):
         raise ConfigError(f"{path}: key '{key}' has an invalid value {value!r} ({err})") from err
 
 
+# A recipe is a flat mapping of a few KB; PyYAML's scanner slows down quadratically with the nesting depth.
+_MAX_RECIPE_BYTES, _MAX_RECIPE_DEPTH = 1 << 20, 32
+
+
 class _RecipeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
-    """``yaml.safe_load`` without aliases: a recipe writes its values out, and nested aliases expand
-    exponentially (a 1 KB "billion laughs" file is gigabytes once composed)."""
+    """``yaml.safe_load`` without aliases (a recipe writes its values out, and nested aliases expand exponentially:
+    a 1 KB "billion laughs" file is gigabytes once composed) and at most ``_MAX_RECIPE_DEPTH`` levels deep."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, f"the alias *{event.anchor[:40]} is not allowed in a recipe "
                                               "(write the value out)", event.start_mark)
-        return super().compose_node(parent, index)
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > _MAX_RECIPE_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {_MAX_RECIPE_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def fetch_flow_collection_start(self, TokenClass):  # pylint: disable=invalid-name
+        if self.flow_level >= _MAX_RECIPE_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"nested deeper than {_MAX_RECIPE_DEPTH} levels",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
 
 
 def load_yaml_defaults(parser, path):
@@ -218,6 +235,9 @@ def load_yaml_defaults(parser, path):
     """
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: '{path}'")
+    if os.path.getsize(path) > _MAX_RECIPE_BYTES:
+        raise ConfigError(f"{path}: {os.path.getsize(path)} bytes is not a recipe (a flat yaml mapping of a few KB; "
+                          f"at most {_MAX_RECIPE_BYTES})")
     try:
         with open(path, encoding="utf-8") as f:
             recipe = yaml.load(f, Loader=_RecipeLoader) or {}  # nosec: a safe loader
