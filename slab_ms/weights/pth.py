@@ -113,13 +113,14 @@ def _rebuild_tensor(storage, offset, size, stride, *args, budget):
         raise CheckpointFormatError(f"tensor storage offset {short_repr(offset)} is not a non-negative integer")
     size, stride = _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride):
-        raise CheckpointFormatError(f"tensor size {size} and stride {stride} differ in length")
+        raise CheckpointFormatError(f"tensor size {short_repr(size)} and stride {short_repr(stride)} differ in length")
     if any(s == 0 for s in size):
         return np.zeros(size, storage.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
-        raise CheckpointFormatError(f"a tensor of size {size} (stride {stride}, offset {offset}) reaches element "
-                                    f"{last} of a storage of {storage.size} elements (truncated archive?)")
+        raise CheckpointFormatError(f"a tensor of size {short_repr(size)} (stride {short_repr(stride)}, offset "
+                                    f"{offset}) reaches element {last} of a storage of {storage.size} elements "
+                                    "(truncated archive?)")
     if not size:
         return storage[offset].copy()
     budget.take(int(np.prod(size, dtype=object)) * storage.itemsize,
