@@ -300,7 +300,7 @@ def test_crafted_ckpt_through_mindspore_entry_points_is_one_error_not_a_crash(tm
     ([], bytes(4), "head.weight has the shape (), not (classes, features)"),
     ([10 ** 6, 1], bytes(4 * 10 ** 6), "head.weight has the shape (1000000, 1) but slab_deit_tiny feeds its "
                                        "classifier 32 features"),
-])
+], ids=["1e8 x 0", "1e9 x 0", "scalar", "1e6 x 1"])
 def test_export_refuses_a_head_it_cannot_take_the_class_count_from(tmp_path, capsys, dims, data, message):
     """Without --num_classes, export reads the class count from head.weight: a (1e8, 0) head once built a 12.8 GB
     classifier, (1e9, 0) a MemoryError, a scalar an IndexError; a (1e6, 1) head would build 1e6 x 32."""
