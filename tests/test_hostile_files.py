@@ -504,3 +504,24 @@ def test_deeply_nested_recipe_and_model_kwargs_are_one_message_at_once(tmp_path,
     with pytest.raises(SystemExit):  # argparse's own message and exit status 2
         train_main(["-c", _recipe(tmp_path), "--model_kwargs", "[" * 100000 + "]" * 100000])
     assert "argument --model_kwargs: expected a JSON object" in capsys.readouterr().err
+
+
+def test_tool_flags_set_the_budget_and_let_nan_through(tmp_path, capsys):
+    """--max_checkpoint_gb and --allow_nonfinite as a tool passes them (convert here; every tool has both)."""
+    from slab_ms.convert import main as convert_main  # pylint: disable=import-outside-toplevel
+    from slab_ms.weights import read_state_dict  # pylint: disable=import-outside-toplevel
+    state = read_state_dict(FIXTURE)
+    name = next(k for k, v in state.items() if v.dtype == np.float32 and v.size > 1)
+    state[name] = state[name].copy()
+    state[name].flat[0] = np.nan
+    npz = str(tmp_path / "nan.npz")
+    np.savez(npz, **state)
+    model = ["--model", "deit_small_prepbn", "--num_classes", "10", "--model_kwargs",
+             '{"image_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3}', "--ckpt_file", npz]
+    assert convert_main(model + ["--file_name", str(tmp_path / "a.ckpt")]) == 2
+    assert f"tensor '{name}' holds 1 NaN and 0 inf values" in capsys.readouterr().err
+    assert convert_main(model + ["--file_name", str(tmp_path / "b.ckpt"), "--max_checkpoint_gb", "0.00001",
+                                 "--allow_nonfinite"]) == 2
+    assert "over the budget of 1e-05 GiB (--max_checkpoint_gb 1e-05 GiB)" in capsys.readouterr().err
+    assert convert_main(model + ["--file_name", str(tmp_path / "c.ckpt"), "--allow_nonfinite"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["c.ckpt", "nan.npz"]
