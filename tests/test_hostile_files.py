@@ -525,3 +525,25 @@ def test_tool_flags_set_the_budget_and_let_nan_through(tmp_path, capsys):
     assert "over the budget of 1e-05 GiB (--max_checkpoint_gb 1e-05 GiB)" in capsys.readouterr().err
     assert convert_main(model + ["--file_name", str(tmp_path / "c.ckpt"), "--allow_nonfinite"]) == 0
     assert sorted(os.listdir(tmp_path)) == ["c.ckpt", "nan.npz"]
+
+
+def test_read_ckpt_gives_what_mindspore_reads_from_its_own_files(tmp_path):
+    """Float32, bfloat16, int64 and text entries, with and without the CRC trailer: the checked reader returns
+    what mindspore.load_checkpoint returns; a CRC that does not match is refused."""
+    from slab_ms.weights.checkpoint import (  # pylint: disable=import-outside-toplevel
+        UnreadableCheckpointError, read_ckpt)
+    entries = [{"name": "w", "data": ms.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))},
+               {"name": "b", "data": ms.Tensor(np.float32([1.5, -2.0]), ms.bfloat16)}]
+    for crc in (False, True):
+        path = str(tmp_path / f"crc{crc}.ckpt")
+        ms.save_checkpoint(entries, path, append_dict={"epoch_num": 3, "note": "hello"}, crc_check=crc)
+        mine, theirs = read_ckpt(path), ms.load_checkpoint(path)
+        assert mine.keys() == theirs.keys() == {"w", "b", "epoch_num", "note"} and mine["note"] == theirs["note"]
+        for key in ("w", "b", "epoch_num"):
+            assert mine[key].dtype == theirs[key].dtype and mine[key].shape == theirs[key].shape
+            assert np.array_equal(mine[key].float().asnumpy(), theirs[key].float().asnumpy())
+    data = bytearray((tmp_path / "crcTrue.ckpt").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "bad.ckpt").write_bytes(bytes(data))
+    with pytest.raises(UnreadableCheckpointError, match="its CRC-32 does not match its records"):
+        read_ckpt(str(tmp_path / "bad.ckpt"))
