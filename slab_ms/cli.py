@@ -12,8 +12,9 @@ import signal
 import sys
 import threading
 
-__all__ = ["UsageError", "str2bool", "json_dict", "optional", "int_list", "add_model_args", "add_backbone_args",
-           "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "add_device_args", "available_devices",
+__all__ = ["UsageError", "str2bool", "json_dict", "text", "optional", "int_list", "add_model_args", "add_backbone_args",
+           "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "apply_checkpoint_args", "add_device_args",
+           "available_devices",
            "resolve_device",
            "set_context", "set_cpu_threads", "check_image_size", "add_budget_args", "apply_budget", "Interrupted",
            "signals_deferred", "run", "DEVICES"]
@@ -91,11 +92,18 @@ def json_dict(value):
         return value
     try:
         parsed = json.loads(value)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depth\": 1}}', got '{value}'") from err
     if not isinstance(parsed, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got '{value}'")
     return parsed
+
+
+def text(value):
+    """A text option's value: a recipe's number, list or mapping is refused (a command line always gives text)."""
+    if not isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"expected text, got a {type(value).__name__}")
+    return value
 
 
 def optional(cast):
@@ -105,6 +113,7 @@ def optional(cast):
             return None
         return cast(value)
     parse.__name__ = getattr(cast, "__name__", "value")
+    parse.accepts_none = True
     return parse
 
 
@@ -157,18 +166,30 @@ def factory_kwargs(args):
 
 
 def add_checkpoint_args(parser, help, aliases=(), ema_aliases=()):
-    """``--ckpt_file`` (the checkpoint the tool reads) and ``--ckpt_ema`` (read its ``ema.*`` weights)."""
+    """``--ckpt_file`` (the checkpoint the tool reads), ``--ckpt_ema`` (read its ``ema.*`` weights) and what a
+    checkpoint reader accepts (``--max_checkpoint_gb``, ``--allow_nonfinite``: :func:`apply_checkpoint_args`)."""
     group = parser.add_argument_group("checkpoint")
-    group.add_argument("--ckpt_file", *aliases, dest="ckpt_file", default="", help=help)
+    group.add_argument("--ckpt_file", *aliases, dest="ckpt_file", type=text, default="", help=help)
     group.add_argument("--ckpt_ema", *ema_aliases, dest="ckpt_ema", type=str2bool, nargs="?", const=True,
                        default=False, help="read the ema.* weights of a train.py checkpoint (trained with --ema True)")
+    group.add_argument("--max_checkpoint_gb", type=optional(float), default=None,
+                       help="memory a checkpoint may take once read, decompressed and its tensors built, in GiB "
+                            "(default: 8x the model's parameters, at least 1 GiB); raise it for a trusted file")
+    group.add_argument("--allow_nonfinite", type=str2bool, nargs="?", const=True, default=False,
+                       help="load a checkpoint that holds NaN / inf values (refused by default, naming the tensor)")
     return group
+
+
+def apply_checkpoint_args(args):
+    """Give every checkpoint reader of this process the limits of :func:`add_checkpoint_args`' options."""
+    from .weights.guard import configure  # pylint: disable=import-outside-toplevel
+    configure(args.max_checkpoint_gb, args.allow_nonfinite)
 
 
 def add_device_args(parser):
     """``--device_target --mode --runtime_num_threads``."""
     group = parser.add_argument_group("system")
-    group.add_argument("--device_target", type=optional(str), default=None, choices=DEVICES + (None,),
+    group.add_argument("--device_target", type=optional(text), default=None, choices=DEVICES + (None,),
                        help="None (default): the best available, Ascend, then GPU, then CPU")
     group.add_argument("--mode", type=int, default=0, choices=[0, 1], help="0: GRAPH_MODE, 1: PYNATIVE_MODE")
     group.add_argument("--runtime_num_threads", type=optional(int), default=None,

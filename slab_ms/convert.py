@@ -41,6 +41,7 @@ def parse_args(argv=None):
 
 def _convert(argv):
     args = parse_args(argv)
+    cli.apply_checkpoint_args(args)
     if args.model not in list_models():
         raise UsageError(f"unknown --model '{args.model}'; choose one of {', '.join(list_models())}")
     if not args.ckpt_file or not args.file_name:

@@ -59,6 +59,7 @@ from .training.config import read_recipe
 from .utils import (atomic_output, check_output_name, check_writable_folder, first_free_path, refuse_existing,
                     remove_stale_temporaries)
 from .weights import checkpoint_num_classes, load_checkpoint
+from .weights.checkpoint import read_ckpt
 
 TOOL = "export.py"
 
@@ -197,7 +198,9 @@ def check_args(args):
                              f"(registered: {', '.join(list_models())}).")
         args.model = match.group("model")
     if args.num_classes is None:  # a backbone has no classifier
-        args.num_classes = 0 if args.features_only else checkpoint_num_classes(args.ckpt_file)
+        args.checkpoint_head = None if args.features_only else checkpoint_head(args.ckpt_file)
+        args.num_classes = 0 if args.features_only else (
+            args.checkpoint_head[0] if args.checkpoint_head else checkpoint_num_classes(args.ckpt_file))
     if args.file_name and not os.path.basename(args.file_name):
         raise UsageError(f"--file_name '{args.file_name}' is a folder; give the path of the file to write, "
                          f"e.g. {os.path.join(args.file_name, args.model)}")
@@ -222,6 +225,33 @@ def output_path(args):
     """``--file_name`` (default: the model name) with the format's extension."""
     base, ext = args.file_name or args.model, FORMATS[args.file_format]
     return base if base.lower().endswith(ext) else base + ext
+
+
+def checkpoint_head(path):
+    """``(classes, features)`` of a MindSpore checkpoint's ``head.weight``; None for other files or headless ones."""
+    if not path.endswith(".ckpt"):
+        return None
+    try:
+        head = read_ckpt(path, names={"head.weight"}).get("head.weight")
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if head is None:
+        return None
+    if len(head.shape) != 2 or min(head.shape) < 1:
+        raise UsageError(f"'{path}': head.weight has the shape {tuple(head.shape)}, not (classes, features) of a "
+                         "classifier: pass --num_classes (or --features_only for a backbone)")
+    return tuple(head.shape)
+
+
+def check_head_width(args, kwargs):
+    """Refuse a ``head.weight`` whose input width differs from the model's before a classifier of its class count is
+    built: the model's head is then the checkpoint's size, which its file already holds."""
+    probe = create_model(args.model, num_classes=1, image_size=args.image_size, **kwargs)
+    head = dict(probe.parameters_and_names()).get("head.weight")
+    classes, features = args.checkpoint_head
+    if head is not None and features != head.shape[1]:
+        raise UsageError(f"'{args.ckpt_file}': head.weight has the shape ({classes}, {features}) but {args.model} "
+                         f"feeds its classifier {head.shape[1]} features: is it for another model or size?")
 
 
 class ErfFreeGELU(nn.Cell):
@@ -250,6 +280,8 @@ def build_model(args, kwargs):
     if args.model not in list_models():
         raise UsageError(f"unknown --model '{args.model}'; registered models: {', '.join(list_models())}.")
     try:
+        if getattr(args, "checkpoint_head", None):  # the class count was read from the checkpoint
+            check_head_width(args, kwargs)
         net = create_model(args.model, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
     except (TypeError, ValueError) as err:
         raise UsageError(f"cannot build {args.model} with --model_kwargs {args.model_kwargs}: {err}") from err
@@ -379,6 +411,7 @@ def export(args, kwargs):
 
 def _export(argv):
     args = parse_args(argv)
+    cli.apply_checkpoint_args(args)
     path, failures = export(args, check_args(args))
     if failures:
         print(f"{TOOL}: FAILED, nothing written: " + "; ".join(failures), file=sys.stderr)

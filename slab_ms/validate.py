@@ -46,6 +46,7 @@ def parse_args(argv=None):
         parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
     check_ranges(args)
+    cli.apply_checkpoint_args(args)
     if not args.model:
         raise ConfigError("no model: set 'model' in the recipe or pass --model NAME")
     if not args.data_dir:

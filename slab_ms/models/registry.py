@@ -8,6 +8,7 @@ specific to it: ``ARCHS`` (model name -> the released architecture's kwargs, the
 name -> tiny kwargs that keep every cell type; the registry-parametrised tests build them).
 """
 import fnmatch
+import inspect
 import re
 import sys
 
@@ -97,14 +98,40 @@ def canonical_kwargs(kwargs):
     return out
 
 
+# Architecture options that size an allocation (an int, or one per stage) and their largest sane value: a typo
+# such as depth 100000000 would otherwise build for hours or ask for terabytes before any other check.
+SIZE_LIMITS = {"image_size": 8192, "patch_size": 1024, "in_channels": 64, "embed_dim": 16384, "embed_dims": 16384,
+               "depth": 256, "depths": 256, "num_heads": 1024, "mlp_ratio": 64, "mlp_ratios": 64, "window_size": 1024,
+               "split_size": 1024, "sr_ratios": 1024, "kernel_size": 64}
+
+
+def check_kwargs(cls, name, args):
+    """Refuse (ValueError) an option ``cls`` does not take, naming the ones it does, and a size out of
+    :data:`SIZE_LIMITS`, before anything is built."""
+    params = inspect.signature(cls.__init__).parameters
+    taken = {"image_size" if p == "img_size" else p for p in params if p != "self"}
+    unknown = sorted(k for k in args if k not in taken)
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options are {', '.join(sorted(taken))}")
+    for key, limit in SIZE_LIMITS.items():
+        value = args.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= limit
+                                         for v in values):
+            raise ValueError(f"{name}: {key}={value!r:.80} is not a number in (0, {limit}]" +
+                             (" (or one per stage)" if key.endswith("s") or key == "depth" else ""))
+
+
 def build_model(cls, name, arch, pretrained=False, **kwargs):
     """The one body of every factory: refuse ``pretrained``, merge the caller's kwargs over the released
-    architecture ``arch`` and build ``cls`` (whose constructor takes the official ``img_size``)."""
+    architecture ``arch``, check them (:func:`check_kwargs`) and build ``cls`` (whose constructor takes the
+    official ``img_size``)."""
     if pretrained:
         raise ValueError(f"No MindSpore weights are hosted for '{name}'. Convert the official PyTorch "
                          f"checkpoint with `python -m slab_ms.convert --model {name} --ckpt_file FILE.pth "
                          f"--file_name {name}.ckpt` and pass checkpoint_path='{name}.ckpt'.")
     args = dict(arch, **canonical_kwargs(kwargs))
+    check_kwargs(cls, name, args)
     return cls(img_size=args.pop("image_size", 224), **args)
 
 

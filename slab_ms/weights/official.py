@@ -10,7 +10,9 @@ BatchNorm's ``num_batches_tracked`` is dropped; the family's ``checkpoint_filter
 reference keeps and this code recomputes or never uses, each with a logged note; the per-layer PRepBN
 counters (``warm``, ``iter``, ``total_step``) set the model's one γ schedule.
 """
+import json
 import logging
+import math
 import os
 import re
 import zipfile
@@ -23,7 +25,8 @@ from ..layers.amp import cells_and_names_through_amp
 from ..layers.norm import prepbn_layers
 from ..layers.schedule import PRepBNSchedule
 from ..models.registry import drop_keys, family_of
-from .pth import CheckpointFormatError, describe_error, read_pth
+from .guard import Budget, CheckpointBudgetError, check_finite, check_name, short_repr
+from .pth import CheckpointFormatError, describe_error, plain_dtype, read_pth
 from .strict import backbone_view, is_excluded, load_checked, mismatch_message, resize_position_tables
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names",
@@ -42,23 +45,30 @@ _RENAME = {
 _BN_COUNTER = [(r"(^|\.)num_batches_tracked$", "BatchNorm counter, unused by MindSpore")]
 # The reference's per-layer PRepBN counters: LN-only warm-up steps, steps left, decay length.
 _COUNTERS = re.compile(r"^(.*)\.(warm|iter|total_step)$")
+# safetensors dtype names numpy can hold -> item size.
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+                       "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+_MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
 
 
-def read_state_dict(src, use_ema=False):
+def read_state_dict(src, use_ema=False, net=None):
     """Name -> numpy array from an official ``.pth``, a ``.safetensors``, an ``.npz`` or an in-memory dict.
 
     A file that cannot be read is one :class:`CheckpointFormatError` (a ValueError) naming it; a ``.pth``
-    whose pickle asks to run code is refused without running it (``weights/pth.py``).
+    whose pickle asks to run code is refused without running it (``weights/pth.py``). What a file takes once
+    read counts against the memory budget of ``weights/guard.py`` (``net``: the model it is read for) before
+    it is allocated, and NaN / inf values are refused naming the tensor.
     """
+    where = "the state dict"
     if isinstance(src, (str, os.PathLike)):
-        src = os.fspath(src)
+        src = where = os.fspath(src)
         if not os.path.isfile(src):
             raise FileNotFoundError(f"Checkpoint file not found: '{src}'.")
         if src.endswith(".npz"):
-            return _read_npz(src)
+            return _finite(_read_npz(src, Budget(src, net)), src)
         if src.endswith(".safetensors"):
-            return _read_safetensors(src)
-        obj = read_pth(src)
+            return _finite(_read_safetensors(src, Budget(src, net)), src)
+        obj = read_pth(src, net)
     else:
         obj = src
     if not isinstance(obj, dict):
@@ -69,30 +79,116 @@ def read_state_dict(src, use_ema=False):
     state = obj.get(key, obj)
     if not isinstance(state, dict):
         raise CheckpointFormatError(f"The checkpoint's '{key}' entry is a {type(state).__name__}, not a state dict.")
-    return {k: np.asarray(v) for k, v in state.items()
-            if isinstance(k, str) and (isinstance(v, np.ndarray) or np.isscalar(v))}
+    return _finite({k: np.asarray(v) for k, v in state.items()
+                    if isinstance(k, str) and (isinstance(v, np.ndarray) or np.isscalar(v))}, where)
 
 
-def _read_npz(path):
+def _finite(state, where):
+    for name, value in state.items():
+        check_finite(name, value, where)
+    return state
+
+
+def _npy_members(archive, path, budget):
+    """``[(name, member)]`` of an ``.npz``'s arrays, each ``.npy`` header read and checked (plain dtype, its data
+    exactly the member's remaining bytes, within ``budget``) before any data is read."""
+    members = []
+    for info in archive.infolist():
+        name = info.filename[:-len(".npy")] if info.filename.endswith(".npy") else info.filename
+        if name.startswith("__"):
+            continue
+        check_name(name, path, CheckpointFormatError)
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise CheckpointFormatError(f"'{path}': array '{name}' has the .npy format version {version}, not "
+                                            "1.0 or 2.0")
+            shape, _, dtype = read_header(f)
+            header = f.tell()
+        try:
+            plain_dtype(dtype)
+        except CheckpointFormatError as err:
+            raise CheckpointFormatError(f"'{path}': array '{name}': {err}") from None
+        if any(type(d) is not int or d < 0 for d in shape):
+            raise CheckpointFormatError(f"'{path}': array '{name}' has the shape {short_repr(shape)}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if header + nbytes != info.file_size:
+            raise CheckpointFormatError(f"'{path}': array '{name}' of shape {short_repr(shape)} and dtype {dtype} "
+                                        f"needs {nbytes} bytes, its member holds {info.file_size - header}")
+        budget.take(nbytes, f"array '{name}' of shape {short_repr(shape)}")
+        members.append((name, info))
+    return members
+
+
+def _read_npz(path, budget):
     if not zipfile.is_zipfile(path):
         raise CheckpointFormatError(f"'{path}' is not an .npz archive (numpy.savez writes a zip file; this one is "
                                     "not a zip, or it is truncated).")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files if not k.startswith("__")}
+        with zipfile.ZipFile(path) as archive:
+            members = _npy_members(archive, path, budget)
+            out = {}
+            for name, info in members:
+                with archive.open(info) as f:
+                    out[name] = np.lib.format.read_array(f, allow_pickle=False)
+            return out
+    except (CheckpointFormatError, CheckpointBudgetError):
+        raise
     except Exception as err:  # zipfile / zlib / numpy format errors for a damaged archive
-        raise CheckpointFormatError(f"'{path}' is not a readable .npz archive of arrays ({describe_error(err)}).") from None
+        raise CheckpointFormatError(f"'{path}' is not a readable .npz archive of arrays "
+                                    f"({describe_error(err)}).") from None
 
 
-def _read_safetensors(path):
+def _check_safetensors_header(path, budget):
+    """Every entry of a ``.safetensors`` header (name, dtype, shape, byte range) checked and counted against
+    ``budget`` before any tensor data is read."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little") if size >= 8 else 0
+        if not 0 < length <= min(size - 8, _MAX_SAFETENSORS_HEADER):
+            raise CheckpointFormatError(f"'{path}' is not a readable .safetensors file (a header of {length} bytes "
+                                        f"in a file of {size})")
+        budget.take(length, "its header")
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, RecursionError) as err:
+            raise CheckpointFormatError(f"'{path}' is not a readable .safetensors file (its header is no JSON: "
+                                        f"{describe_error(err)})") from None
+    if not isinstance(header, dict):
+        raise CheckpointFormatError(f"'{path}' is not a readable .safetensors file (its header is no JSON object)")
+    data_bytes = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        check_name(name, path, CheckpointFormatError)
+        entry = entry if isinstance(entry, dict) else {}
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if (dtype not in _SAFETENSORS_DTYPES or not isinstance(shape, list) or len(shape) > 32
+                or any(type(d) is not int or d < 0 for d in shape) or not isinstance(offsets, list)
+                or len(offsets) != 2 or any(type(o) is not int for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise CheckpointFormatError(f"'{path}': tensor '{name}' has the header entry {short_repr(entry)}: not a "
+                                        f"dtype of {', '.join(_SAFETENSORS_DTYPES)}, a shape and a byte range within "
+                                        f"the file's {data_bytes} data bytes")
+        nbytes = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+        if nbytes != offsets[1] - offsets[0]:
+            raise CheckpointFormatError(f"'{path}': tensor '{name}' of shape {short_repr(shape)} and dtype {dtype} "
+                                        f"needs {nbytes} bytes, its byte range holds {offsets[1] - offsets[0]}")
+        budget.take(nbytes, f"tensor '{name}' of shape {short_repr(shape)}")
+
+
+def _read_safetensors(path, budget):
     try:
         from safetensors.numpy import load_file
     except ImportError:
         raise CheckpointFormatError(f"reading '{path}' needs the safetensors package: pip install safetensors "
                                     "(or pip install slab-ms[safetensors])") from None
+    _check_safetensors_header(path, budget)
     try:
         return dict(load_file(path))
-    except Exception as err:  # SafetensorError, a header that is no JSON, an unsupported dtype ...
+    except Exception as err:  # SafetensorError for what the header check cannot see (overlapping ranges ...)
         raise CheckpointFormatError(f"'{path}' is not a readable .safetensors file ({describe_error(err)}).") from None
 
 
@@ -209,4 +305,5 @@ def convert_state_dict(net, state_dict, exclude=()):
 def load_official_checkpoint(net, src, use_ema=False, exclude=()):
     """Load an official PyTorch checkpoint (path or dict, see module doc) into ``net`` strictly; parameters
     under the cell names in ``exclude`` (e.g. ``("head",)``) keep their initial values."""
-    return load_converted(net, *convert_state_dict(net, read_state_dict(src, use_ema=use_ema), exclude=exclude))
+    return load_converted(net, *convert_state_dict(net, read_state_dict(src, use_ema=use_ema, net=net),
+                                                   exclude=exclude))

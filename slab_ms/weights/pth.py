@@ -15,6 +15,8 @@ constructs or mutates replaced):
   global (a protocol-2 ``__builtin__`` name is mapped to ``builtins`` first, as Python's unpickler does).
 * Globals of ``builtins`` and of the standard modules that reach the system (``os``, ``subprocess``,
   ``importlib``, ``operator`` ...) are refused as soon as they are named, even without a call.
+* A dict key is text, a number, bytes or None; a set holds only those: no container is ever hashed (a crafted
+  tuple DAG would take exponential time, a deeply nested one the C stack), and no check walks a container.
 * Any other class of a training checkpoint (``argparse.Namespace``, a config node ...) that the pickle
   instantiates without a call (NEWOBJ, protocol 2+) becomes an inert stand-in: it keeps the pickled state
   as data, has no methods the pickle can reach and its class is never called, imported or looked up.
@@ -22,7 +24,9 @@ constructs or mutates replaced):
   extension codes and protocol-0/1 instantiation (INST / OBJ) are refused.
 
 Every problem with the file (not a zip, truncated, bad pickle, missing or short storage, refused global) is
-one :class:`CheckpointFormatError`, a ValueError whose message names the file.
+one :class:`CheckpointFormatError`, a ValueError whose message names the file and shows only bounded reprs
+(``guard.short_repr``). The bytes read from the archive and those of every rebuilt tensor (a stride-0 view at
+its full size) count against the memory budget of ``guard.Budget`` before they are allocated.
 """
 import _compat_pickle
 import io
@@ -32,18 +36,18 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["read_pth", "CheckpointFormatError", "UnsafeCheckpointError"]
+from .guard import Budget, CheckpointBudgetError, short_repr
+
+__all__ = ["read_pth", "plain_dtype", "CheckpointFormatError", "UnsafeCheckpointError"]
 
 _TORCH_DTYPES = {
     "FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "BFloat16Storage": "bfloat16",
     "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1",
     "BoolStorage": "?",
 }
-# A compressed zip member may not expand beyond this (torch.save stores members uncompressed): a zip bomb
-# would otherwise fill the memory before any check.
-_MAX_EXPANSION, _SMALL_MEMBER = 100, 1 << 20
-# A tensor with stride 0 may repeat a small storage; beyond this many bytes that is a memory bomb, not a weight.
-_MAX_EXPANDED_BYTES = 1 << 30
+# A compressed zip member may not expand beyond this ratio, plus a few bytes for tiny members (torch.save stores
+# members uncompressed): a zip bomb would otherwise fill the memory before any check.
+_MAX_EXPANSION, _EXPANSION_SLACK = 100, 4096
 # Standard modules whose globals have no place in a checkpoint: refused when named, even without a call.
 _REFUSED_MODULES = {
     "builtins", "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "importlib", "runpy", "pty",
@@ -96,31 +100,32 @@ class _Inert:
 
 def _ints(value, what):
     if not isinstance(value, (tuple, list)) or not all(type(v) is int and v >= 0 for v in value):
-        raise CheckpointFormatError(f"tensor {what} {value!r} is not a tuple of non-negative integers")
+        raise CheckpointFormatError(f"tensor {what} {short_repr(value)} is not a tuple of non-negative integers")
     return tuple(value)
 
 
-def _rebuild_tensor(storage, offset, size, stride, *args):
-    """torch._utils._rebuild_tensor_v2 with bounds checks: a view of ``storage`` never reads past it."""
+def _rebuild_tensor(storage, offset, size, stride, *args, budget):
+    """torch._utils._rebuild_tensor_v2 with bounds checks: a view of ``storage`` never reads past it, and its copy
+    counts against ``budget`` (at its full size, so a stride-0 view that repeats one element is no bomb)."""
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
         raise CheckpointFormatError("a tensor's storage is not a storage record of the archive")
     if type(offset) is not int or offset < 0:
-        raise CheckpointFormatError(f"tensor storage offset {offset!r} is not a non-negative integer")
+        raise CheckpointFormatError(f"tensor storage offset {short_repr(offset)} is not a non-negative integer")
     size, stride = _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride):
-        raise CheckpointFormatError(f"tensor size {size} and stride {stride} differ in length")
+        raise CheckpointFormatError(f"tensor size {short_repr(size)} and stride {short_repr(stride)} differ in length")
     if any(s == 0 for s in size):
         return np.zeros(size, storage.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
-        raise CheckpointFormatError(f"a tensor of size {size} (stride {stride}, offset {offset}) reaches element "
-                                    f"{last} of a storage of {storage.size} elements (truncated archive?)")
+        raise CheckpointFormatError(f"a tensor of size {short_repr(size)} (stride {short_repr(stride)}, offset "
+                                    f"{offset}) reaches element {last} of a storage of {storage.size} elements "
+                                    "(truncated archive?)")
     if not size:
         return storage[offset].copy()
-    count = int(np.prod(size, dtype=object))
-    if count > storage.size and count * storage.itemsize > _MAX_EXPANDED_BYTES:
-        raise CheckpointFormatError(f"a tensor of size {size} repeats its {storage.size}-element storage (stride "
-                                    f"{stride}) into {count * storage.itemsize} bytes; refusing to allocate it")
+    budget.take(int(np.prod(size, dtype=object)) * storage.itemsize,
+                f"a tensor of size {short_repr(size)} (stride {short_repr(stride)}, storage of {storage.size} "
+                "elements)")
     flat = storage[offset:]
     return np.lib.stride_tricks.as_strided(flat, shape=size, strides=[s * flat.itemsize for s in stride]).copy()
 
@@ -131,7 +136,8 @@ def _rebuild_parameter(data, *args):
     return data
 
 
-def _plain_dtype(value):
+def plain_dtype(value):
+    """``numpy.dtype(value)`` when it is a plain number type (no object, text, record or sub-array); else an error."""
     dtype = np.dtype(value)
     if dtype.hasobject or dtype.kind not in "biufc?":
         raise CheckpointFormatError(f"numpy dtype {dtype} is not a plain number type")
@@ -141,11 +147,11 @@ def _plain_dtype(value):
 def _numpy_dtype(name, *args):
     if not isinstance(name, str):
         raise CheckpointFormatError("numpy.dtype needs a type name")
-    return _plain_dtype(name)
+    return plain_dtype(name)
 
 
 def _numpy_scalar(dtype, data=None):
-    dtype = _plain_dtype(dtype)
+    dtype = plain_dtype(dtype)
     if not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise CheckpointFormatError(f"numpy {dtype} scalar with {len(data or b'')} bytes")
     return np.frombuffer(data, dtype)[0]
@@ -166,25 +172,25 @@ def _numpy_reconstruct(cls, shape, typecode):
 def _encode(text, encoding="utf-8"):
     """_codecs.encode as protocol 2 uses it for bytes (``encode(str, 'latin1')``); no other codec."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise CheckpointFormatError(f"_codecs.encode with {type(text).__name__} / codec {encoding!r}")
+        raise CheckpointFormatError(f"_codecs.encode with {type(text).__name__} / codec {short_repr(encoding)}")
     return text.encode(encoding)
 
 
-_PLAIN = (int, float, complex, str, bytes, bool, tuple, frozenset, type(None))
+# What a dict key or a set element may be: values whose hash is not a walk over other objects.
+_SCALARS = (int, float, complex, str, bytes, bool, type(None))
 
 
-def _check_plain(values, kind):
+def _check_scalars(values, kind):
     for value in values:
-        if isinstance(value, list):
-            _check_plain(value, kind)
-        elif not isinstance(value, _PLAIN):
-            raise CheckpointFormatError(f"{kind} of a {type(value).__name__}")
+        if type(value) not in _SCALARS:
+            raise CheckpointFormatError(f"{kind} of a {type(value).__name__}: only numbers, text and bytes")
 
 
 def _plain(kind):
-    """``kind(*args)`` (set, frozenset, complex, slice) for numbers, text and lists of them only."""
+    """``kind(*args)`` (set, frozenset, complex, slice) for numbers, text, bytes and one list of them only."""
     def build(*args):
-        _check_plain(args, kind.__name__)
+        for arg in args:
+            _check_scalars(arg if type(arg) is list else (arg,), kind.__name__)
         return kind(*args)
     return build
 
@@ -230,9 +236,9 @@ class _Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
 
     dispatch = _Opcodes(_OPS)
 
-    def __init__(self, file, storage):
+    def __init__(self, file, storage, budget):
         super().__init__(file)
-        self._storage = storage
+        self._storage, self._budget = storage, budget
 
     def find_class(self, module, name):
         if not isinstance(module, str) or not isinstance(name, str):
@@ -260,7 +266,9 @@ class _Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
                                         "containers and plain values are rebuilt; nothing was executed")
         if id(func) not in _CALLABLE or not isinstance(args, tuple):
             raise UnsafeCheckpointError(f"refused call of {type(func).__name__}: not an allowed rebuild function")
-        self.stack[-1] = func(*args)
+        if func is OrderedDict and args:  # torch.save writes OrderedDict() and then its items (checked keys)
+            raise CheckpointFormatError("OrderedDict called with arguments")
+        self.stack[-1] = func(*args, budget=self._budget) if func is _rebuild_tensor else func(*args)
     dispatch[pickle.REDUCE[0]] = _call
 
     def _new(self, kwargs=None):
@@ -288,7 +296,7 @@ class _Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
         if isinstance(inst, _Inert):
             inst.state = state
         elif isinstance(inst, _ArrayBuilder):
-            inst.array = _array_from_state(state)
+            inst.array = _array_from_state(state, self._budget)
             self.stack[-1] = inst.array
         elif isinstance(inst, OrderedDict) and isinstance(state, dict):
             pass  # a state dict's _metadata (per-module versions): not needed
@@ -338,23 +346,34 @@ class _Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
             target = target.items
         elif type(target) not in (dict, OrderedDict):
             raise UnsafeCheckpointError(f"refused SETITEM on {type(target).__name__}")
-        for i in range(0, len(items) - 1, 2):
-            key = items[i]
-            if not isinstance(key, (str, int, float, bool, bytes, tuple, type(None))):
-                raise CheckpointFormatError(f"a dict key of type {type(key).__name__}")
-            target[key] = items[i + 1]
+        keys = items[0:len(items) - 1:2]
+        _check_scalars(keys, "a dict key")
+        for key, value in zip(keys, items[1::2]):
+            target[key] = value
+
+    def _dict(self):
+        items = self.pop_mark()
+        self.append({})
+        self._update(items)
+    dispatch[pickle.DICT[0]] = _dict
+
+    def _frozenset(self):
+        items = self.pop_mark()
+        _check_scalars(items, "frozenset")
+        self.append(frozenset(items))
+    dispatch[pickle.FROZENSET[0]] = _frozenset
 
     def _additems(self):
         items = self.pop_mark()
         target = self.stack[-1]
         if type(target) is not set:
             raise UnsafeCheckpointError(f"refused ADDITEMS to {type(target).__name__}")
-        _check_plain(items, "set")
+        _check_scalars(items, "set")
         target.update(items)
     dispatch[pickle.ADDITEMS[0]] = _additems
 
 
-def _array_from_state(state):
+def _array_from_state(state, budget):
     """numpy ``ndarray.__setstate__``'s (version, shape, dtype, fortran, raw bytes) for plain dtypes only."""
     if not isinstance(state, tuple) or len(state) != 5:
         raise CheckpointFormatError("numpy array state is not (version, shape, dtype, fortran, data)")
@@ -364,30 +383,32 @@ def _array_from_state(state):
         raise CheckpointFormatError("numpy array of a non-plain dtype")
     count = int(np.prod(shape, dtype=object))
     if count * dtype.itemsize != len(raw):
-        raise CheckpointFormatError(f"numpy array of shape {shape} with {len(raw)} bytes")
+        raise CheckpointFormatError(f"numpy array of shape {short_repr(shape)} with {len(raw)} bytes")
+    budget.take(len(raw), f"a numpy array of shape {short_repr(shape)}")
     return np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
-def _read_member(archive, name, path):
+def _read_member(archive, name, path, budget):
     try:
         info = archive.getinfo(name)
     except KeyError:
-        raise CheckpointFormatError(f"'{path}': the archive has no member '{name}' (truncated or incomplete "
-                                    "checkpoint?)") from None
-    if info.file_size > max(_SMALL_MEMBER, _MAX_EXPANSION * info.compress_size):
-        raise CheckpointFormatError(f"'{path}': member '{name}' expands {info.compress_size} bytes to "
+        raise CheckpointFormatError(f"'{path}': the archive has no member {short_repr(name)} (truncated or "
+                                    "incomplete checkpoint?)") from None
+    if info.file_size > _MAX_EXPANSION * info.compress_size + _EXPANSION_SLACK:
+        raise CheckpointFormatError(f"'{path}': member {short_repr(name)} expands {info.compress_size} bytes to "
                                     f"{info.file_size}; torch.save does not compress, refusing a zip bomb")
+    budget.take(info.file_size, f"member {short_repr(name)} ({info.file_size} bytes)")
     return archive.read(info)
 
 
 class _Storages:
     """persistent_load: ('storage', <torch.XStorage>, key, location, numel) -> the member's bytes as numpy."""
 
-    def __init__(self, archive, prefix, path):
-        self.archive, self.prefix, self.path, self.cache = archive, prefix, path, {}
+    def __init__(self, archive, prefix, path, budget):
+        self.archive, self.prefix, self.path, self.budget, self.cache = archive, prefix, path, budget, {}
         order = b"little"
         if f"{prefix}byteorder" in archive.namelist():  # torch >= 2.1 records the writer's byte order
-            order = _read_member(archive, f"{prefix}byteorder", path).strip()
+            order = _read_member(archive, f"{prefix}byteorder", path, budget).strip()
         if order not in (b"little", b"big"):
             raise CheckpointFormatError(f"'{path}': unknown byte order {order[:20]!r}")
         self.big_endian = order == b"big"
@@ -395,17 +416,18 @@ class _Storages:
     def __call__(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
-            raise CheckpointFormatError(f"'{self.path}': a persistent id {pid!r:.80} is not a torch storage record")
+            raise CheckpointFormatError(f"'{self.path}': a persistent id {short_repr(pid)} is not a torch storage "
+                                        "record")
         storage_type, key = pid[1], pid[2]
         cached = self.cache.get((key, storage_type.name))
         if cached is not None:
             return cached
-        raw = _read_member(self.archive, f"{self.prefix}data/{key}", self.path)
+        raw = _read_member(self.archive, f"{self.prefix}data/{key}", self.path, self.budget)
         dtype = _TORCH_DTYPES[storage_type.name]
         itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
         if len(raw) % itemsize:
-            raise CheckpointFormatError(f"'{self.path}': storage '{key}' has {len(raw)} bytes, not a whole number "
-                                        f"of {storage_type.name} elements")
+            raise CheckpointFormatError(f"'{self.path}': storage {short_repr(key)} has {len(raw)} bytes, not a whole "
+                                        f"number of {storage_type.name} elements")
         if dtype == "bfloat16":
             array = (np.frombuffer(raw, ">u2" if self.big_endian else "<u2").astype(np.uint32) << 16).view(np.float32)
         else:
@@ -414,9 +436,10 @@ class _Storages:
         return array
 
 
-def read_pth(path):
+def read_pth(path, net=None):
     """The object a zip-format ``torch.save`` wrote to ``path``, tensors as numpy arrays (see the module doc:
-    nothing the file names is called unless it is on the allow-list)."""
+    nothing the file names is called unless it is on the allow-list); ``net``, the model it is read for, sets
+    the memory budget."""
     if not zipfile.is_zipfile(path):
         raise CheckpointFormatError(
             f"'{path}' is not a zip-format PyTorch checkpoint (torch >= 1.6), or it is truncated. Re-save it with "
@@ -427,8 +450,11 @@ def read_pth(path):
             if not pkl:
                 raise CheckpointFormatError(f"'{path}' is a zip file but not a PyTorch checkpoint (no data.pkl).")
             prefix = pkl[0][: -len("data.pkl")]
-            data = _read_member(archive, pkl[0], path)
-            return _Unpickler(io.BytesIO(data), _Storages(archive, prefix, path)).load()
+            budget = Budget(path, net)
+            data = _read_member(archive, pkl[0], path, budget)
+            return _Unpickler(io.BytesIO(data), _Storages(archive, prefix, path, budget), budget).load()
+    except CheckpointBudgetError:
+        raise
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"'{path}' is not a safe checkpoint: {err}") from None
     except CheckpointFormatError as err:

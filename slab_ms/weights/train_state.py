@@ -17,7 +17,7 @@ import re
 import numpy as np
 import mindspore as ms
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_parameters, read_ckpt, save_checkpoint
 
 __all__ = ["resumable_name", "list_resumable", "find_latest", "save_train_checkpoint", "save_final_checkpoint",
            "load_train_checkpoint", "prune_checkpoints", "read_val_top1", "checkpoints_to_keep"]
@@ -73,8 +73,8 @@ def save_train_checkpoint(ckpt_dir, model_name, model, optimizer, train_step, ep
 def _read_entry(path, name):
     """The entry ``name`` of a checkpoint as a numpy array, or None (absent, or the file is unreadable)."""
     try:
-        ckpt = ms.load_checkpoint(path, choice_func=lambda key: key == name)
-    except (ValueError, RuntimeError, OSError):
+        ckpt = read_ckpt(path, names={name})
+    except (ValueError, OSError):
         return None
     return ckpt[name].asnumpy() if name in ckpt else None
 
@@ -134,8 +134,8 @@ def load_train_checkpoint(path, model, optimizer, train_step):
     The model part is strict (a checkpoint of another model or size is a clear error, see
     ``slab_ms.weights.load_checkpoint``); missing optimizer or EMA state is an error too.
     """
-    load_checkpoint(model, path)
-    ckpt = ms.load_checkpoint(path)
+    ckpt = read_ckpt(path, model)
+    load_parameters(model, ckpt, path)
     for key in ("epoch_num", "step_num"):
         if key not in ckpt:
             raise ValueError(f"'{path}' is not a resumable train.py checkpoint (no '{key}'); to start a new run "
