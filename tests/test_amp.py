@@ -107,9 +107,10 @@ def test_every_model_trains_finite_under_amp(name, level, trainer):
 
 
 @pytest.mark.parametrize("name", ["slab_pvt_tiny", "slab_swin_tiny"])
-def test_mindspore_o1_rewrite_trains_pvt_and_swin(name):
+def test_mindspore_o1_rewrite_trains_pvt_and_swin(name, tmp_path, monkeypatch):
     """``mindspore.amp.auto_mixed_precision(net, "O1")`` (what ``Model(amp_level="O1")`` applies) rewrites the
     model's Python code: it re-runs signatures without the module's names, so defaults are literals."""
+    monkeypatch.chdir(tmp_path)  # the rewrite writes the rewritten code to ./rewritten_network
     ms.set_seed(0)
     net = ms.amp.auto_mixed_precision(tiny(name), "O1")
     step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
