@@ -103,6 +103,7 @@ def canonical_kwargs(kwargs):
 SIZE_LIMITS = {"image_size": 8192, "patch_size": 1024, "in_channels": 64, "embed_dim": 16384, "embed_dims": 16384,
                "depth": 256, "depths": 256, "num_heads": 1024, "mlp_ratio": 64, "mlp_ratios": 64, "window_size": 1024,
                "split_size": 1024, "sr_ratios": 1024, "kernel_size": 64}
+MAY_BE_ZERO = {"kernel_size"}  # kernel_size 0: SLA without its depth-wise conv (the paper's ablation)
 
 
 def check_kwargs(cls, name, args):
@@ -116,9 +117,10 @@ def check_kwargs(cls, name, args):
     for key, limit in SIZE_LIMITS.items():
         value = args.get(key)
         values = value if isinstance(value, (list, tuple)) else [value]
-        if value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= limit
-                                         for v in values):
-            raise ValueError(f"{name}: {key}={value!r:.80} is not a number in (0, {limit}]" +
+        zero_ok = key in MAY_BE_ZERO
+        if value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                         and (0 <= v if zero_ok else 0 < v) and v <= limit for v in values):
+            raise ValueError(f"{name}: {key}={value!r:.80} is not a number in {'[' if zero_ok else '('}0, {limit}]" +
                              (" (or one per stage)" if key.endswith("s") or key == "depth" else ""))
 
 
