@@ -22,7 +22,7 @@ With neither ``--ckpt_file`` nor ``-c`` the newest checkpoint of a demo run is e
 ``*.ckpt`` in the ``ckpt_dir`` of a ``./configs/demo/*.yaml`` recipe (with that recipe), else under
 ``./output`` or ``./ckpt``. Without ``--model`` the model is read from a train.py checkpoint name
 (``<model>.ckpt``, ``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read
-from a ``.ckpt``'s ``head.weight`` (1000 for an official ``.pth``). A checkpoint trained under mixed precision
+from the checkpoint's ``head.weight`` (1000 without one). A checkpoint trained under mixed precision
 (``amp_level`` O1–O3) holds float32 weights under the usual names and is read like any other.
 
 ``--export_dtype float16`` (MINDIR or AIR, for Ascend / GPU inference): the float32 deploy form is checked as above,
@@ -58,7 +58,7 @@ from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
 from .utils import (atomic_output, check_output_name, check_writable_folder, first_free_path, refuse_existing,
                     remove_stale_temporaries)
-from .weights import checkpoint_num_classes, load_checkpoint
+from .weights import load_checkpoint, read_state_dict
 from .weights.checkpoint import read_ckpt
 
 TOOL = "export.py"
@@ -199,8 +199,7 @@ def check_args(args):
         args.model = match.group("model")
     if args.num_classes is None:  # a backbone has no classifier
         args.checkpoint_head = None if args.features_only else checkpoint_head(args.ckpt_file)
-        args.num_classes = 0 if args.features_only else (
-            args.checkpoint_head[0] if args.checkpoint_head else checkpoint_num_classes(args.ckpt_file))
+        args.num_classes = 0 if args.features_only else (args.checkpoint_head or (1000,))[0]
     if args.file_name and not os.path.basename(args.file_name):
         raise UsageError(f"--file_name '{args.file_name}' is a folder; give the path of the file to write, "
                          f"e.g. {os.path.join(args.file_name, args.model)}")
@@ -228,13 +227,13 @@ def output_path(args):
 
 
 def checkpoint_head(path):
-    """``(classes, features)`` of a MindSpore checkpoint's ``head.weight``; None for other files or headless ones."""
-    if not path.endswith(".ckpt"):
-        return None
+    """``(classes, features)`` of the ``head.weight`` of a MindSpore ``.ckpt`` or an official checkpoint; None for a
+    headless one."""
     try:
-        head = read_ckpt(path, names={"head.weight"}).get("head.weight")
+        weights = read_ckpt(path, names={"head.weight"}) if path.endswith(".ckpt") else read_state_dict(path)
     except ValueError as err:
         raise UsageError(str(err)) from err
+    head = weights.get("head.weight")
     if head is None:
         return None
     if len(head.shape) != 2 or min(head.shape) < 1:

@@ -100,10 +100,6 @@ class PRepBNSchedule:
         graph compiles), so claim before the first training call; ``GammaDecay`` reports a double count."""
         self.owner.prepbn_advances_itself = False
 
-    @property
-    def claimed(self):
-        return not getattr(self.owner, "prepbn_advances_itself", False)
-
     @staticmethod
     def detach(net):
         """Remove the schedule from ``net`` (a deploy form without PRepBN layers has no reader left)."""

@@ -29,6 +29,7 @@ __all__ = ["read_ckpt", "load_checkpoint", "load_parameters", "save_checkpoint",
 _TRAIN_STATE_KEYS = ("global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
                      "current_iterator_step", "last_overflow_iterator_step", "epoch_num", "step_num", "val_top1",
                      "epoch_losses")
+# MindSpore's tensor type names -> numpy dtype; BFloat16 is read as its bit pattern and widened to float32, "str"
 # (an ``append_dict`` text) is UTF-32.
 _CKPT_DTYPES = {
     "Int8": np.int8, "UInt8": np.uint8, "Int16": np.int16, "UInt16": np.uint16, "Int32": np.int32,
