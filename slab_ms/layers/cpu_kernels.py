@@ -107,30 +107,33 @@ def _bprop(reference):
 
 class NativeKernel(ops.Custom):
     """``ops.Custom`` running one function of the compiled kernels; its output has the first input's dtype and, unless
-    ``out_shape`` maps the input shapes to another, its shape.
+    ``out_shape`` maps the input shapes to another, its shape (``out_shape`` / ``out_dtype`` may return tuples for a
+    kernel of several outputs).
 
-    Its gradient is that of ``reference``, the same function in standard ops, so a network in evaluation mode
-    still differentiates (input saliency, frozen stages under a trainer). Stateless, so copies of a network
+    Its gradient is ``bprop`` (``bprop(*inputs, out, dout)`` returning one gradient per input, e.g. a native backward
+    kernel) or else that of ``reference``, the same function in standard ops, so a network in evaluation mode still
+    differentiates (input saliency, frozen stages under a trainer). Stateless, so copies of a network
     (``copy.deepcopy``, as ``reparameterize_model`` makes) share it.
     """
 
-    def __init__(self, path, name, reference, out_shape=None):
+    def __init__(self, path, name, reference, out_shape=None, out_dtype=None, bprop=None):
         super().__init__(f"{path}:{name}", out_shape=out_shape or (lambda shape, *_: shape),
-                         out_dtype=lambda dtype, *_: dtype, func_type="aot", bprop=_bprop(reference))
+                         out_dtype=out_dtype or (lambda dtype, *_: dtype), func_type="aot",
+                         bprop=bprop or _bprop(reference))
 
     def __deepcopy__(self, memo):
         return self
 
 
-def kernel(name, reference, out_shape=None):
-    """The ``NativeKernel`` running ``name`` from ``cpu_kernels.cc`` (differentiated as ``reference``, the same
-    function in standard ops), or None where native kernels are not used. A cell keeps it in an attribute and
-    takes the standard ops where that attribute is None."""
+def kernel(name, reference, out_shape=None, out_dtype=None, bprop=None):
+    """The ``NativeKernel`` running ``name`` from ``cpu_kernels.cc`` (differentiated by ``bprop`` or else as
+    ``reference``, the same function in standard ops), or None where native kernels are not used. A cell keeps it in
+    an attribute and takes the standard ops where that attribute is None."""
     path = library_path()
     if path is None:
         return None
     try:
-        return NativeKernel(path, name, reference, out_shape)
+        return NativeKernel(path, name, reference, out_shape, out_dtype, bprop)
     except (TypeError, ValueError, RuntimeError):  # e.g. a MS_CUSTOM_AOT_WHITE_LIST that excludes the cache
         return None
 
