@@ -13,7 +13,8 @@ from parity_utils import FIXTURES, load_fixture
 from slab_ms import reparameterize_model
 from slab_ms.experiments import lm_demo
 from slab_ms.layers import MaskedPRepBN, MaskedRepBN, PRepBN, PRepBNSchedule, RMSNorm, TokenBatchNorm
-from slab_ms.models.llama import CONFIGS, LlamaConfig, create_llama, generate
+from slab_ms.models.llama import (CONFIGS, GreedyGenerator, LlamaConfig, _additive_mask, _swap_halves, create_llama,
+                                  generate, rope_tables, signed_sin)
 from slab_ms.weights.official import official_parameters
 from slab_ms.reparam import remaining_norms
 from slab_ms.weights.llama import convert_llama_state_dict, load_official_llama
@@ -273,6 +274,42 @@ def test_rmsnorm_model_keeps_its_norms():
     deploy = reparameterize_model(net)
     assert len([c for _, c in deploy.cells_and_names() if isinstance(c, RMSNorm)]) == 5
     assert not [c for _, c in net.cells_and_names() if isinstance(c, (MaskedRepBN, MaskedPRepBN))]
+
+
+# ------------------------------------------------------------------------------------------- generation
+def test_rope_and_attention_mask_give_the_numbers_of_their_previous_formulation():
+    """RoPE by swapped halves and a signed sin, and the additive mask, against rotate_half (two slices and a Neg)
+    and masked_fill: the same float32 numbers, bit for bit."""
+    rng = np.random.default_rng(7)
+    cos, sin, _ = rope_tables(16, 12)
+    x = rng.standard_normal((2, 3, 12, 16)).astype(np.float32) * 4
+    rotate_half = np.concatenate([-x[..., 8:], x[..., :8]], axis=-1)
+    new = (Tensor(x) * Tensor(cos) + _swap_halves(Tensor(x)) * Tensor(signed_sin(sin))).asnumpy()
+    np.testing.assert_array_equal(new, (Tensor(x) * Tensor(cos) + Tensor(rotate_half) * Tensor(sin)).asnumpy())
+    scores = Tensor(rng.standard_normal((2, 3, 12, 12)).astype(np.float32) * 30)
+    allowed = Tensor(np.tril(np.ones((12, 12), np.bool_)) & (rng.random((2, 1, 1, 12)) > 0.3))
+    masked = ops.masked_fill(scores, ops.logical_not(allowed), float(np.finfo(np.float32).min))
+    np.testing.assert_array_equal(ops.softmax(scores + _additive_mask(allowed), -1).asnumpy(),
+                                  ops.softmax(masked, -1).asnumpy())
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "prepbn"])
+def test_cached_generation_matches_the_full_forward(norm):
+    """Batch 2: each token the cache chose is the argmax of the full forward over the sequence so far, with the same
+    logits; a generator called again (its graphs compiled) gives the same ids; without cache, the same ids."""
+    net = _randomised(create_llama("llama_tiny", norm=norm, bn_zero_init=False, initializer_range=0.2), 8)
+    net.set_train(False)
+    prompt = np.random.default_rng(9).integers(3, 128, (2, 5)).astype(np.int32)
+    generator = GreedyGenerator(net)
+    ids, stats = generator(prompt, 7, return_stats=True)
+    again, stats_again = generator(prompt, 7, return_stats=True)
+    np.testing.assert_array_equal(ids, again)
+    np.testing.assert_array_equal(ids, generate(net, prompt, 7, use_cache=False))
+    full = net(Tensor(ids)).asnumpy()[:, 4:-1]  # the logits at positions P - 1 .. P + N - 2
+    assert rel(stats["last_logits"], full) < TOL and rel(stats_again["last_logits"], full) < TOL
+    np.testing.assert_array_equal(ids[:, 5:], full.argmax(-1))
+    assert stats["timed_tokens"] == 5 and stats["prefill_seconds"] > 0 and stats_again["tokens_per_s"] > 0
+    assert len(set(ids[:, 5:].ravel().tolist())) > 1
 
 
 # ------------------------------------------------------------------------------------------- demo

@@ -40,7 +40,8 @@ from ..layers.schedule import advance_in_training
 from .registry import drop_keys
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",
-           "CONFIGS", "CausalLMLoss", "create_llama", "generate", "checkpoint_filter", "test_configs"]
+           "CONFIGS", "CausalLMLoss", "create_llama", "generate", "GreedyGenerator", "checkpoint_filter",
+           "test_configs"]
 
 _NEG = float(np.finfo(np.float32).min)
 
@@ -128,9 +129,24 @@ def rope_tables(head_dim, max_positions, base=10000.0):
     return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32), inv_freq
 
 
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return ops.concat((-x[..., half:], x[..., :half]), axis=-1)
+def signed_sin(sin):
+    """``sin`` with the first half of its last axis negated (the sign rotate_half puts on the swapped half)."""
+    half = sin.shape[-1] // 2
+    return np.concatenate([-sin[..., :half], sin[..., half:]], axis=-1)
+
+
+def _swap_halves(x):
+    """The two halves of the last axis swapped: with the first half of ``sin`` negated (:func:`rope_tables`'s
+    ``sin_signed``), ``x · cos + swap(x) · sin_signed`` is the reference's ``x · cos + rotate_half(x) · sin``
+    (the same numbers: a sign moved from x to sin), by a Split instead of two StridedSlices and a Neg."""
+    first, second = ops.split(x, x.shape[-1] // 2, axis=-1)
+    return ops.concat((second, first), axis=-1)
+
+
+def _additive_mask(allowed):
+    """0 where ``allowed``, float32's lowest value elsewhere: added to the scores, it does what masking them to
+    that value does (any score of magnitude below 1e31 vanishes in the sum's rounding) with one Add."""
+    return ops.select(allowed, ops.zeros(allowed.shape, ms.float32), ops.full(allowed.shape, _NEG, dtype=ms.float32))
 
 
 class LlamaMLP(nn.Cell):
@@ -165,26 +181,27 @@ class LlamaAttention(nn.Cell):
         return x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def project(self, x, cos, sin):
-        """q, k (rotated) and v as (B, H, T, hd); ``cos`` / ``sin`` are (T, hd) for the tokens' positions."""
+        """q, k (rotated) and v as (B, H, T, hd); ``cos`` / ``sin`` are (T, hd) for the tokens' positions,
+        ``sin`` as :func:`signed_sin` gives it."""
         b, t, _ = x.shape
         q = self._heads(self.q_proj(x), b, t)
         k = self._heads(self.k_proj(x), b, t)
         v = self._heads(self.v_proj(x), b, t)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + _swap_halves(q) * sin
+        k = k * cos + _swap_halves(k) * sin
         return q, k, v
 
-    def attend(self, q, k, v, allowed):
-        """softmax(q kᵀ/√d, keys where ``allowed`` is False excluded) v, heads merged and projected."""
+    def attend(self, q, k, v, mask):
+        """softmax(q kᵀ/√d + ``mask``) v, heads merged and projected; ``mask`` (:func:`_additive_mask`) is 0 for
+        an allowed key and float32's lowest value for an excluded one."""
         scores = ops.matmul(q, k.transpose(0, 1, 3, 2)).astype(ms.float32) * self.scale  # float32 under AMP too
-        scores = ops.masked_fill(scores, ops.logical_not(allowed), _NEG)
-        out = ops.matmul(float32_softmax(scores, v.dtype), v)
+        out = ops.matmul(float32_softmax(scores + mask, v.dtype), v)
         b, _, t, _ = out.shape
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, t, self.hidden_size))
 
-    def construct(self, x, cos, sin, allowed):
+    def construct(self, x, cos, sin, mask):
         q, k, v = self.project(x, cos, sin)
-        return self.attend(q, k, v, allowed)
+        return self.attend(q, k, v, mask)
 
 
 class LlamaDecoderLayer(nn.Cell):
@@ -203,19 +220,18 @@ class LlamaDecoderLayer(nn.Cell):
             return norm(x, mask)
         return norm(x)  # evaluation: running statistics for every token (and a folded norm is an Identity)
 
-    def construct(self, x, cos, sin, allowed, mask=None):
-        x = x + self.self_attn(self._norm(self.input_layernorm, x, mask), cos, sin, allowed)
+    def construct(self, x, cos, sin, attn_mask, mask=None):
+        x = x + self.self_attn(self._norm(self.input_layernorm, x, mask), cos, sin, attn_mask)
         return x + self.mlp(self._norm(self.post_attention_layernorm, x, mask))
 
-    def cached(self, x, cos, sin, allowed, select, keep, k_cache, v_cache):
-        """One decoding call with a key/value cache (evaluation): the new tokens' k, v are written at their
-        positions (``select`` (S, M) one-hot, ``keep`` (M, 1) = 1 where no new token goes) and attention reads the
-        whole cache, ``allowed`` (S, M) marking the keys at or before each query's position."""
+    def cached(self, x, cos, sin, attn_mask, slots, k_cache, v_cache):
+        """One decoding call with a key/value cache (evaluation): the new tokens' k, v are written into the caches
+        at ``slots`` ((B, H, S, 3) indices (batch, head, position) of each new row) and attention reads the whole
+        cache, ``attn_mask`` (S, M) excluding the keys after each query's position."""
         q, k, v = self.self_attn.project(self.input_layernorm(x), cos, sin)
-        select_t = select.transpose(1, 0)
-        k_cache = k_cache * keep + ops.matmul(select_t, k)
-        v_cache = v_cache * keep + ops.matmul(select_t, v)
-        x = x + self.self_attn.attend(q, k_cache, v_cache, allowed)
+        k_cache = ops.tensor_scatter_update(k_cache, slots, k)
+        v_cache = ops.tensor_scatter_update(v_cache, slots, v)
+        x = x + self.self_attn.attend(q, k_cache, v_cache, attn_mask)
         return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
 
 
@@ -235,23 +251,25 @@ class LlamaModel(nn.Cell):
         self.norm = norm_layer(config.hidden_size)
         head_dim = config.hidden_size // config.num_attention_heads
         cos, sin, self.inv_freq = rope_tables(head_dim, config.max_position_embeddings, config.rope_theta)
-        self.cos, self.sin = Tensor(cos), Tensor(sin)
+        self.cos, self.sin = Tensor(cos), Tensor(signed_sin(sin))
         self.mask_layers = config.bn_pad_mask == "all"
         self.max_positions = config.max_position_embeddings
         self.causal = Tensor(np.tril(np.ones((self.max_positions, self.max_positions), np.bool_)))
 
-    def _allowed(self, t, attention_mask):
+    def _attn_mask(self, t, attention_mask):
+        """The additive attention mask, (T, T) or (B, 1, T, T) with padding: causal, padded keys excluded."""
         allowed = self.causal[:t, :t]
-        if attention_mask is None:
-            return allowed
-        return ops.logical_and(allowed.expand_dims(0), attention_mask.astype(ms.bool_)[:, None, :]).expand_dims(1)
+        if attention_mask is not None:
+            allowed = ops.logical_and(allowed.expand_dims(0), attention_mask.astype(ms.bool_)[:, None, :])
+            allowed = allowed.expand_dims(1)
+        return _additive_mask(allowed)
 
     def embed(self, input_ids, attention_mask=None):
-        """Embedded tokens and what every layer reads: cos, sin, the attention's allowed keys, the norms' mask."""
+        """Embedded tokens and what every layer reads: cos, sin, the attention mask, the norms' mask."""
         t = input_ids.shape[1]
         x = self.embed_tokens(input_ids.astype(ms.int32))
         layer_mask = attention_mask if self.mask_layers else None
-        return x, self.cos[:t], self.sin[:t], self._allowed(t, attention_mask), layer_mask
+        return x, self.cos[:t], self.sin[:t], self._attn_mask(t, attention_mask), layer_mask
 
     def final_norm(self, x, attention_mask=None):
         if self.training:
@@ -259,17 +277,17 @@ class LlamaModel(nn.Cell):
         return self.norm(x)
 
     def construct(self, input_ids, attention_mask=None):
-        x, cos, sin, allowed, layer_mask = self.embed(input_ids, attention_mask)
+        x, cos, sin, attn_mask, layer_mask = self.embed(input_ids, attention_mask)
         for layer in self.layers:
-            x = layer(x, cos, sin, allowed, layer_mask)
+            x = layer(x, cos, sin, attn_mask, layer_mask)
         return self.final_norm(x, attention_mask)
 
     def hidden_states(self, input_ids, attention_mask=None):
         """[embeddings, after layer 1, ..., after the last layer] (before the final norm), run layer by layer."""
-        x, cos, sin, allowed, layer_mask = self.embed(input_ids, attention_mask)
+        x, cos, sin, attn_mask, layer_mask = self.embed(input_ids, attention_mask)
         out = [x]
         for layer in self.layers:
-            x = layer(x, cos, sin, allowed, layer_mask)
+            x = layer(x, cos, sin, attn_mask, layer_mask)
             out.append(x)
         return out
 
@@ -315,22 +333,24 @@ class LlamaForCausalLM(nn.Cell):
     def forward_cached(self, input_ids, position, k_cache, v_cache):
         """Evaluation with a key/value cache: ``input_ids`` (B, S) are the tokens at positions ``position`` ..
         ``position`` + S − 1 (``position`` an int32 scalar Tensor, so one graph serves every step); ``k_cache`` and
-        ``v_cache`` are tuples from :meth:`init_cache`. Returns the logits (B, S, V) and the updated caches."""
-        s, m = input_ids.shape[1], k_cache[0].shape[2]
+        ``v_cache`` are tuples from :meth:`init_cache`. Returns the logits of the last position (B, V), the one
+        generation reads (the head runs on that position only), and the updated caches."""
+        (b, s), (_, heads, m, _) = input_ids.shape, k_cache[0].shape
         positions = position + ops.arange(s, dtype=ms.int32)
         cos = ops.gather(self.model.cos, positions, 0)
         sin = ops.gather(self.model.sin, positions, 0)
-        slots = ops.arange(m, dtype=ms.int32)
-        select = (slots.expand_dims(0) == positions.expand_dims(1)).astype(ms.float32)  # (S, M)
-        keep = (1.0 - select.sum(axis=0)).expand_dims(1)  # (M, 1)
-        allowed = slots.expand_dims(0) <= positions.expand_dims(1)  # (S, M)
+        attn_mask = _additive_mask(ops.arange(m, dtype=ms.int32).expand_dims(0) <= positions.expand_dims(1))
+        grid = (b, heads, s)
+        slots = ops.stack((ops.arange(b, dtype=ms.int32).reshape(b, 1, 1).broadcast_to(grid),
+                           ops.arange(heads, dtype=ms.int32).reshape(1, heads, 1).broadcast_to(grid),
+                           positions.reshape(1, 1, s).broadcast_to(grid)), axis=-1)  # (B, H, S, 3)
         x = self.model.embed_tokens(input_ids.astype(ms.int32))
         new_k, new_v = (), ()
         for i, layer in enumerate(self.model.layers):
-            x, k, v = layer.cached(x, cos, sin, allowed, select, keep, k_cache[i], v_cache[i])
+            x, k, v = layer.cached(x, cos, sin, attn_mask, slots, k_cache[i], v_cache[i])
             new_k = new_k + (k,)
             new_v = new_v + (v,)
-        return self.logits(self.model.final_norm(x)), new_k, new_v
+        return self.logits(self.model.final_norm(x[:, -1:]))[:, 0], new_k, new_v
 
 
 class CausalLMLoss(nn.Cell):
@@ -354,7 +374,7 @@ class _CachedStep(nn.Cell):
 
     def construct(self, input_ids, position, k_cache, v_cache):
         logits, k_cache, v_cache = self.model.forward_cached(input_ids, position, k_cache, v_cache)
-        return ops.argmax(logits[:, -1], dim=-1).astype(ms.int32), logits[:, -1], k_cache, v_cache
+        return ops.argmax(logits, dim=-1).astype(ms.int32), logits, k_cache, v_cache
 
 
 class _FullStep(nn.Cell):
@@ -370,62 +390,81 @@ class _FullStep(nn.Cell):
         return ops.argmax(last, dim=-1).astype(ms.int32), last
 
 
+class GreedyGenerator:
+    """Greedy decoding of one model whose compiled step graphs are kept between calls (:func:`generate` builds a
+    new one per call; the benchmark times the calls after the first). ``use_cache`` as in :func:`generate`."""
+
+    def __init__(self, model, use_cache=True):
+        self.model, self.use_cache = model, use_cache
+        self.step = _CachedStep(model) if use_cache else _FullStep(model)
+
+    def __call__(self, prompt_ids, max_new_tokens, return_stats=False):
+        prompt = np.asarray(prompt_ids, np.int32)
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError(f"prompt_ids must be (batch, length >= 1), got shape {prompt.shape}")
+        model = self.model
+        b, p = prompt.shape
+        total = p + int(max_new_tokens)
+        if total > model.config.max_position_embeddings:
+            raise ValueError(f"prompt {p} + {max_new_tokens} new tokens exceed max_position_embeddings "
+                             f"{model.config.max_position_embeddings}")
+        was_training = model.training
+        model.set_train(False)
+        out = np.zeros((b, total), np.int32)
+        out[:, :p] = prompt
+        logits_seen = []
+        start, timed = None, 0
+        if self.use_cache:
+            k_cache, v_cache = model.init_cache(b, total)
+            begin = time.perf_counter()
+            # mutable: the caches are graph inputs that change every call, not constants to compile in
+            nxt, last, k_cache, v_cache = self.step(Tensor(prompt), Tensor(0, ms.int32), ms.mutable(k_cache),
+                                                    ms.mutable(v_cache))
+            out[:, p] = nxt.asnumpy()
+            prefill = time.perf_counter() - begin
+            logits_seen.append(last.asnumpy())
+            for i in range(p + 1, total):
+                if i == p + 2:  # the call at position p compiled the single-token graph
+                    start = time.perf_counter()
+                timed += start is not None
+                nxt, last, k_cache, v_cache = self.step(Tensor(out[:, i - 1:i]), Tensor(i - 1, ms.int32),
+                                                        ms.mutable(k_cache), ms.mutable(v_cache))
+                out[:, i] = nxt.asnumpy()
+                logits_seen.append(last.asnumpy())
+        else:
+            for i in range(p, total):
+                if i == p + 1:  # the first call compiled the graph
+                    start = time.perf_counter()
+                timed += start is not None
+                begin = time.perf_counter()
+                nxt, last = self.step(Tensor(out), Tensor(i, ms.int32))
+                out[:, i] = nxt.asnumpy()
+                if i == p:
+                    prefill = time.perf_counter() - begin
+                logits_seen.append(last.asnumpy())
+        elapsed = time.perf_counter() - start if start is not None else float("nan")
+        model.set_train(was_training)
+        if not return_stats:
+            return out
+        return out, dict(prefill_seconds=prefill, seconds=elapsed, timed_tokens=timed,
+                         tokens_per_s=b * timed / elapsed if timed and elapsed > 0 else float("nan"),
+                         last_logits=np.stack(logits_seen, axis=1))
+
+
 def generate(model, prompt_ids, max_new_tokens, use_cache=True, return_stats=False):
     """Greedy continuation of ``prompt_ids`` (B, P) by ``max_new_tokens`` tokens, in evaluation mode.
 
-    With ``use_cache`` a key/value cache of P + ``max_new_tokens`` positions is filled by one pass over the prompt,
-    then one token per call; without it every step runs the decoder over the whole (B, P + N) buffer, whose unwritten
-    positions cannot reach earlier ones through causal attention. Returns the ids (B, P + N) as numpy int32, and with
-    ``return_stats`` also ``dict(seconds, timed_tokens, tokens_per_s, last_logits)``: the calls that compile a graph
-    (the prompt's and the first single-token call; the first full pass) are left out of the timing, so
+    With ``use_cache`` a key/value cache of P + ``max_new_tokens`` positions is filled by one pass over the prompt
+    (which gives the first new token), then one token per call; without it every step runs the decoder over the
+    whole (B, P + N) buffer, whose unwritten positions cannot reach earlier ones through causal attention. Returns
+    the ids (B, P + N) as numpy int32, and with ``return_stats`` also ``dict(prefill_seconds, seconds,
+    timed_tokens, tokens_per_s, last_logits)``: ``prefill_seconds`` is the call that chose the first new token (the
+    prompt's pass; it includes compiling on a fresh :class:`GreedyGenerator`); the calls that compile a graph (the
+    prompt's and the first single-token call; the first full pass) are left out of ``seconds``, so
     ``timed_tokens`` is N − 2 with the cache and N − 1 without; ``last_logits`` (B, N, V) are the logits that chose
     each new token.
     """
-    prompt = np.asarray(prompt_ids, np.int32)
-    if prompt.ndim != 2 or prompt.shape[1] < 1:
-        raise ValueError(f"prompt_ids must be (batch, length >= 1), got shape {prompt.shape}")
-    b, p = prompt.shape
-    total = p + int(max_new_tokens)
-    if total > model.config.max_position_embeddings:
-        raise ValueError(f"prompt {p} + {max_new_tokens} new tokens exceed max_position_embeddings "
-                         f"{model.config.max_position_embeddings}")
-    was_training = model.training
-    model.set_train(False)
-    out = np.zeros((b, total), np.int32)
-    out[:, :p] = prompt
-    logits_seen = []
-    start, timed = None, 0
-    if use_cache:
-        step = _CachedStep(model)
-        k_cache, v_cache = model.init_cache(b, total)
-        # mutable: the caches are graph inputs that change every call, not constants to compile in
-        nxt, last, k_cache, v_cache = step(Tensor(prompt), Tensor(0, ms.int32), ms.mutable(k_cache),
-                                           ms.mutable(v_cache))
-        for i in range(p, total):
-            out[:, i] = nxt.asnumpy()
-            logits_seen.append(last.asnumpy())
-            if i + 1 < total:
-                if i == p + 1:  # the call at position p compiled the single-token graph
-                    start = time.perf_counter()
-                timed += start is not None
-                nxt, last, k_cache, v_cache = step(Tensor(out[:, i:i + 1]), Tensor(i, ms.int32), ms.mutable(k_cache),
-                                                   ms.mutable(v_cache))
-    else:
-        step = _FullStep(model)
-        for i in range(p, total):
-            if i == p + 1:  # the first call compiled the graph
-                start = time.perf_counter()
-            timed += start is not None
-            nxt, last = step(Tensor(out), Tensor(i, ms.int32))
-            out[:, i] = nxt.asnumpy()
-            logits_seen.append(last.asnumpy())
-    elapsed = time.perf_counter() - start if start is not None else float("nan")
-    model.set_train(was_training)
-    if not return_stats:
-        return out
-    return out, dict(seconds=elapsed, timed_tokens=timed,
-                     tokens_per_s=b * timed / elapsed if timed and elapsed > 0 else float("nan"),
-                     last_logits=np.stack(logits_seen, axis=1))
+    return GreedyGenerator(model, use_cache)(prompt_ids, max_new_tokens, return_stats)
 
 
 # --------------------------------------------------------------------------------------------------- folds
