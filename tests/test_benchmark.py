@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from slab_ms import benchmark, create_model
+from slab_ms.benchmark import children, report, stats
+from slab_ms.benchmark.families import GEMM
 from slab_ms.layers.flops import count_flops
 from mindcv.utils.amp import auto_mixed_precision
 
@@ -50,12 +52,12 @@ def test_paired_ratio_divides_each_round_by_the_baseline_of_its_own_group():
     args = benchmark.parse_args(["--families", "deit", "--forms", "prepbn_deploy", "slab", "slab_deploy",
                                  "--batch_sizes", "1", "--repeats", "3"])
     assert benchmark._groups(args.forms) == [["prepbn_deploy", "slab"], ["slab_deploy"]]
-    ln, gemm = ("deit", "ln"), benchmark.GEMM
+    ln, gemm = ("deit", "ln"), GEMM
     samples = {(0, ln, 1): [0.010, 0.020, 0.010], (0, ("deit", "prepbn_deploy"), 1): [0.009, 0.016, 0.0085],
                (0, ("deit", "slab"), 1): [0.011, 0.022, 0.012], (0, gemm, 1): [0.1] * 3,
                (1, ln, 1): [0.040, 0.010, 0.010], (1, ("deit", "slab_deploy"), 1): [0.030, 0.008, 0.007],
                (1, gemm, 1): [0.1] * 3}
-    result = benchmark.summarise(args, samples, {}, {}, {}, {}, (0, 0, 0), (0, 0, 0), False)
+    result = stats.summarise(args, samples, {}, {}, {}, {}, (0, 0, 0), (0, 0, 0), False)
     rows = {r["form"]: r for r in result["results"]}
     for form, ratios in (("prepbn_deploy", [0.9, 0.8, 0.85]), ("slab", [1.1, 1.1, 1.2]),
                          ("slab_deploy", [0.75, 0.8, 0.7])):
@@ -64,7 +66,7 @@ def test_paired_ratio_divides_each_round_by_the_baseline_of_its_own_group():
         assert rows[form]["time_ratio_q3"] == pytest.approx(np.percentile(ratios, 75)), form
     assert rows["slab_deploy"]["speedup_vs_baseline"] == pytest.approx(0.010 / 0.008)  # medians: 1 / 0.8
     assert rows["ln"]["time_ratio_paired"] == 1.0
-    text = benchmark.table(result)
+    text = report.table(result)
     assert "paired time ratio" in text and "b=1: 0.75 [0.72-0.78]" in text
 
 
@@ -75,7 +77,7 @@ def test_csv_has_one_row_per_model_and_batch_size(quick_run):
 
 
 def test_table_names_every_form(quick_run):
-    text = benchmark.table(quick_run[0])
+    text = report.table(quick_run[0])
     for label in ("LayerNorm + softmax", "PRepBN, deploy form", "SLAB, deploy form", "GEMM reference"):
         assert label in text
 
@@ -139,7 +141,7 @@ def test_committed_benchmark_plot_is_a_small_png():
 
 def test_plot_writes_a_png(quick_run, tmp_path):
     pytest.importorskip("matplotlib")
-    benchmark.plot(quick_run[0], str(tmp_path / "p.png"))
+    report.plot(quick_run[0], str(tmp_path / "p.png"))
     width, height = _png_size(tmp_path / "p.png")
     assert width > 100 and height > 100
 
@@ -149,5 +151,5 @@ def test_child_peak_memory_is_its_own_not_the_parents():
     import numpy as np
     ballast = np.ones(300 * 2**20 // 8)  # 300 MB resident in this process only
     with mp.get_context("spawn").Pool(1) as pool:
-        child_peak = pool.apply(benchmark.peak_rss_mb)
-    assert 0 < child_peak < benchmark.peak_rss_mb() - 200 and ballast[-1] == 1.0
+        child_peak = pool.apply(children.peak_rss_mb)
+    assert 0 < child_peak < children.peak_rss_mb() - 200 and ballast[-1] == 1.0
