@@ -35,6 +35,7 @@ import os
 import sys
 import time
 
+from . import lm
 from .children import Child
 from .families import FAMILIES, FORMS, GEMM, TRAINING_FORMS
 from .report import plot, table, write_csv, write_json
@@ -54,12 +55,16 @@ def torch_available():
     return True
 
 
+def mindspore_environment():
+    """The environment of a MindSpore child: this package first on its path."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p))
+
+
 def mindspore_child(member, args, flops):
     """A child process timing ``member`` (a (family, form) pair or the GEMM reference) with MindSpore."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p))
     spec = {"member": member, "threads": args.runtime_num_threads, "jit_level": args.jit_level, "quick": args.quick,
             "flops": flops}
-    return Child([sys.executable, "-m", "slab_ms.benchmark.ms_forms"], spec, env)
+    return Child([sys.executable, "-m", "slab_ms.benchmark.ms_forms"], spec, mindspore_environment())
 
 
 def torch_child(model_name, threads):
@@ -91,7 +96,13 @@ def parse_args(argv=None, prog=None):
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--csv", metavar="FILE", help="write one row per model and batch size as CSV")
     parser.add_argument("--plot", metavar="FILE.png", help="latency bars per family with the baseline line")
+    parser.add_argument("--torch_python", metavar="PYTHON", default=sys.executable,
+                        help="the interpreter of the PyTorch children (default: this one)")
+    lm.add_arguments(parser)
     args = parser.parse_args(argv)
+    lm.check_arguments(parser, args)
+    if args.lm and args.plot:
+        parser.error("--plot draws the vision families; it does not go with --lm")
     for name in ("repeats", "warmup", "runtime_num_threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -189,17 +200,17 @@ def run(args):
 
 def main(argv=None, prog=None):
     args = parse_args(argv, prog)
-    if args.torch and not torch_available():
+    if args.torch and not args.lm and not torch_available():
         print("--torch: torch and timm do not both import here; timing MindSpore only", file=sys.stderr)
     print(f"threads={args.runtime_num_threads}, {os.cpu_count()} CPU(s), {args.repeats} interleaved rounds, "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
-    result = run(args)
+    result = lm.run(args, args.torch and not args.quick) if args.lm else run(args)
     print(f"load average at end {result['meta']['load_average_end'][0]:.2f}")
-    print(table(result))
+    print(lm.table(result) if args.lm else table(result))
     if args.json:
         write_json(result, args.json)
     if args.csv:
-        write_csv(result, args.csv)
+        (lm.write_csv if args.lm else write_csv)(result, args.csv)
     if args.plot:
         plot(result, args.plot)
     return 0
