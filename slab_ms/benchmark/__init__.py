@@ -24,6 +24,9 @@ attention products by the reference formulas (softmax: Q Kᵀ and A V; SLA: Kᵀ
 (Q Kᵀ) V when N ≤ head_dim, the normaliser and the 5×5 depth-wise conv); element-wise work is not
 counted. GFLOP/s = FLOPs / median latency; "of GEMM" is that rate over the same group's GEMM rate.
 
+``--lm`` times the LLaMA decoder instead (``llama_350m``: RMSNorm vs folded PRepBN, prefill and greedy decode with
+the KV cache at batch 1; ``--torch``: transformers' ``LlamaForCausalLM`` alongside; see ``slab_ms.benchmark.lm``).
+
 ``--train`` adds one optimizer step (SGD, cross-entropy, random labels) of the training forms
 (``ln``, ``prepbn``, ``slab``); ``--torch`` adds timm's ``deit_tiny_patch16_224`` /
 ``swin_tiny_patch4_window7_224`` (when torch and timm import) with the same thread count, timed in

@@ -15,9 +15,10 @@ padded tokens out of the BatchNorm statistics. ``bn_pad_mask="all"`` (default) a
 ``"final"`` reproduces the reference file, whose decoder layers call their norms without it (padded tokens
 enter those layers' statistics) and whose final norm alone is mask-aware.
 
-Generation: :func:`generate` runs greedy decoding either with a key/value cache (static shapes: a cache
-preallocated for the whole output, written at a position index, so one graph serves every step) or without
-(the whole fixed-length buffer each step). In evaluation every norm is an affine map, and the deploy form
+Generation: :func:`generate` (or a :class:`GreedyGenerator`, which keeps its compiled graphs between calls) runs
+greedy decoding either with a key/value cache (static shapes: a cache preallocated for the whole output, the new
+rows scattered in at a position index, the head on the last position only, so one graph serves every step) or
+without (the whole fixed-length buffer each step). In evaluation every norm is an affine map, and the deploy form
 (``slab_ms.reparameterize_model``) folds input norm → q, k, v; post-attention norm → gate, up; final norm →
 lm head (which becomes untied and gains a bias), so the deployed decoder computes no normalization.
 
