@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slab_ms import benchmark, create_model
-from slab_ms.benchmark import children, report, stats
+from slab_ms.benchmark import children, families, report, stats
 from slab_ms.benchmark.families import GEMM
 from slab_ms.layers.flops import count_flops
 from mindcv.utils.amp import auto_mixed_precision
@@ -57,7 +57,9 @@ def test_paired_ratio_divides_each_round_by_the_baseline_of_its_own_group():
                (0, ("deit", "slab"), 1): [0.011, 0.022, 0.012], (0, gemm, 1): [0.1] * 3,
                (1, ln, 1): [0.040, 0.010, 0.010], (1, ("deit", "slab_deploy"), 1): [0.030, 0.008, 0.007],
                (1, gemm, 1): [0.1] * 3}
-    result = stats.summarise(args, samples, {}, {}, {}, {}, (0, 0, 0), (0, 0, 0), False)
+    measured = {"samples": samples, "train_samples": {}, "peaks": {}, "flops": {}, "profiles": {}, "threads": {},
+                "counterparts": {}, "torch_ready": {}, "torch_found": None}
+    result = stats.summarise(args, measured, (0, 0, 0), (0, 0, 0))
     rows = {r["form"]: r for r in result["results"]}
     for form, ratios in (("prepbn_deploy", [0.9, 0.8, 0.85]), ("slab", [1.1, 1.1, 1.2]),
                          ("slab_deploy", [0.75, 0.8, 0.7])):
@@ -88,6 +90,13 @@ def test_table_names_every_form(quick_run):
     (["--warmup", "0"], "--warmup must be at least 1"),
     (["--families", "vgg"], "invalid choice"),
     (["--json", "/no/such/folder/out.json"], "its folder does not exist"),
+    (["--torch", "--official_code", "/no/such/folder"], "not a checkout of the official SLAB code"),
+    (["--official_code", "."], "--official_code needs --torch"),
+    (["--torch", "--torch_threads", "0"], "must be a positive count or 'best'"),
+    (["--torch", "--torch_threads", "many"], "must be a positive count or 'best'"),
+    (["--torch", "--torch_python", "/no/such/python"], "no such executable"),
+    (["--torch", "--quick"], "no PyTorch counterpart"),
+    (["--threads", "0"], "--runtime_num_threads must be at least 1"),
 ])
 def test_bad_input_is_one_message_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -153,3 +162,130 @@ def test_child_peak_memory_is_its_own_not_the_parents():
     with mp.get_context("spawn").Pool(1) as pool:
         child_peak = pool.apply(children.peak_rss_mb)
     assert 0 < child_peak < children.peak_rss_mb() - 200 and ballast[-1] == 1.0
+
+
+def test_threads_is_an_alias_of_runtime_num_threads():
+    assert benchmark.parse_args(["--threads", "3"]).runtime_num_threads == 3
+    assert benchmark.parse_args(["--runtime_num_threads", "5"]).runtime_num_threads == 5
+    args = benchmark.parse_args(["--torch", "--torch_threads", "best"])
+    assert args.torch_threads == "best" and benchmark.parse_args(["--torch", "--torch_threads", "2"]).torch_threads == 2
+
+
+def test_official_code_is_the_folder_that_holds_models(tmp_path):
+    (tmp_path / "classification" / "models").mkdir(parents=True)
+    (tmp_path / "classification" / "models" / "prepbn.py").write_text("")
+    for given in (tmp_path, tmp_path / "classification"):
+        args = benchmark.parse_args(["--torch", "--official_code", str(given)])
+        assert args.official_code == str(tmp_path / "classification")
+
+
+def test_every_form_has_its_counterpart():
+    """timm for the LayerNorm baseline where timm has one; the official model of the training form for both the
+    training and the deploy form (the deploy form folded); nothing for the PRepBN / SLAB forms without the code."""
+    assert families.torch_counterpart("deit", "ln")["model"] == "deit_tiny_patch16_224"
+    assert families.torch_counterpart("swin", "ln")["model"] == "swin_tiny_patch4_window7_224"
+    assert families.torch_counterpart("pvt", "ln") is None and families.torch_counterpart("cswin", "ln") is None
+    expected = {("deit", "prepbn"): "deit_tiny_patch16_224_repbn",
+                ("deit", "slab"): "deit_tiny_patch16_224_linear_repbn",
+                ("swin", "prepbn"): "SwinTransformer", ("swin", "slab"): "SlabSwinTransformer",
+                ("pvt", "prepbn"): "slab_pvt_tiny", ("pvt", "slab"): "slab_pvt_tiny",
+                ("cswin", "prepbn"): "SLAB_CSWin_64_24181_tiny_224", ("cswin", "slab"): "SLAB_CSWin_64_24181_tiny_224"}
+    for (family, form), factory in expected.items():
+        assert families.torch_counterpart(family, form) is None
+        training = families.torch_counterpart(family, form, "/code")
+        deploy = families.torch_counterpart(family, form + "_deploy", "/code")
+        assert training["model"][1] == factory and not training["deploy"] and training["official_code"] == "/code"
+        assert deploy["model"] == training["model"] and deploy["kwargs"] == training["kwargs"] and deploy["deploy"]
+        assert training["kwargs"]["drop_path_rate"] == 0.0
+    # the layouts of the released SLAB models, and softmax everywhere for the PRepBN forms
+    assert families.torch_counterpart("swin", "slab", "/c")["kwargs"]["attn_type"] == "LLSS"
+    assert families.torch_counterpart("pvt", "slab", "/c")["kwargs"]["attn_type"] == "LLLL"
+    assert families.torch_counterpart("pvt", "prepbn", "/c")["kwargs"]["attn_type"] == "SSSS"
+    assert families.torch_counterpart("cswin", "slab", "/c")["kwargs"]["attn_type"] == "LLSS"
+    assert families.counterpart_label(families.torch_counterpart("deit", "slab_deploy", "/c")) == \
+        "official deit_tiny_patch16_224_linear_repbn, folded"
+
+
+def _measured_with_torch():
+    """Synthetic samples of DeiT (with counterparts for ln and slab_deploy, trained ln) and PVT (none)."""
+    ln, sd, gemm = ("deit", "ln"), ("deit", "slab_deploy"), GEMM
+    t_ln, t_sd = ("deit", "ln", "torch"), ("deit", "slab_deploy", "torch")
+    pvt_ln = ("pvt", "ln")
+    samples = {(0, ln, 1): [0.010, 0.020, 0.010], (0, sd, 1): [0.008, 0.012, 0.007], (0, gemm, 1): [0.1] * 3,
+               (0, t_ln, 1): [0.020, 0.020, 0.025], (0, t_sd, 1): [0.016, 0.006, 0.014],
+               (0, pvt_ln, 1): [0.03] * 3}
+    counterparts = {("deit", "ln"): families.torch_counterpart("deit", "ln"),
+                    ("deit", "slab_deploy"): families.torch_counterpart("deit", "slab_deploy", "/code")}
+    return {"samples": samples, "train_samples": {(ln, 1): [0.2, 0.3, 0.25], (t_ln, 1): [0.5, 0.5, 0.6]},
+            "peaks": {(t_ln, 1): 700.0, (ln, 1): 500.0}, "flops": {ln: 2e9, sd: 1e9}, "profiles": {},
+            "threads": {(t_ln, 1): 2, (t_sd, 1): 1, (ln, 1): 4, (sd, 1): 4},
+            "counterparts": counterparts, "torch_found": {"torch": "2", "timm": "1", "official": True},
+            "torch_ready": {t_sd: {"threads": 1, "folded_norms": 25, "fold_max_abs_diff": 2e-7}}}
+
+
+def test_ours_over_pytorch_in_rows_table_and_csv(tmp_path):
+    """The ratio pairs each round of our form with its counterpart's in the same round: 0.5 / 2.0 / 0.5 -> median
+    0.5 (the ratio of the medians would be 0.57); PVT's baseline has no counterpart: "—"."""
+    args = benchmark.parse_args(["--families", "deit", "pvt", "--forms", "ln", "slab_deploy", "--batch_sizes", "1",
+                                 "--repeats", "3", "--torch", "--train"])
+    args.official_code = "/code"
+    result = stats.summarise(args, _measured_with_torch(), (0, 0, 0), (0, 0, 0))
+    rows = {(r["family"], r["form"], r["framework"]): r for r in result["results"]}
+    ours, theirs = rows[("deit", "slab_deploy", "mindspore")], rows[("deit", "slab_deploy", "pytorch")]
+    assert ours["ratio_vs_torch"] == pytest.approx(0.5) and theirs["ratio_vs_torch"] == pytest.approx(0.5)
+    assert ours["ratio_vs_torch_q1"] == pytest.approx(0.5) and ours["ratio_vs_torch_q3"] == pytest.approx(1.25)
+    assert ours["torch_median_ms"] == pytest.approx(14.0)
+    assert theirs["threads"] == 1 and ours["threads"] == 4 and theirs["fold_max_abs_diff"] == 2e-7
+    assert theirs["model"] == "official deit_tiny_patch16_224_linear_repbn, folded" and theirs["deploy"] is True
+    assert theirs["gflop_per_image"] == pytest.approx(1.0)  # the counterpart has our form's architecture
+    baseline = rows[("deit", "ln", "mindspore")]
+    assert baseline["train_ratio_vs_torch"] == pytest.approx(0.25 / 0.5)
+    assert rows[("deit", "ln", "pytorch")]["peak_rss_mb"] == 700.0
+    assert rows[("pvt", "ln", "mindspore")]["ratio_vs_torch"] is None
+    assert ("pvt", "ln", "pytorch") not in rows
+    assert result["meta"]["torch"]["official_code"] == "/code"
+    text = report.table(result)
+    assert "PyTorch, SLAB, deploy form" in text and "ours ÷ PyTorch" in text
+    assert "SLAB, deploy form       b=1: 0.50 [0.50-1.25]" in text
+    assert "PVT-T    LayerNorm + softmax     b=1: —" in text
+    assert "25 RepBN folded" in text and "ours ÷ PyTorch 0.50" in text
+    report.write_csv(result, str(tmp_path / "t.csv"))
+    report.write_json(result, str(tmp_path / "t.json"))
+    with open(tmp_path / "t.csv", newline="") as f:
+        csv_rows = {(r["family"], r["form"], r["framework"]): r for r in csv.DictReader(f)}
+    assert float(csv_rows[("deit", "slab_deploy", "mindspore")]["ratio_vs_torch"]) == pytest.approx(0.5)
+    assert csv_rows[("deit", "slab_deploy", "pytorch")]["threads"] == "1"
+    assert float(csv_rows[("deit", "ln", "mindspore")]["train_ratio_vs_torch"]) == pytest.approx(0.5)
+    assert csv_rows[("pvt", "ln", "mindspore")]["ratio_vs_torch"] == ""
+    with open(tmp_path / "t.json") as f:
+        assert json.load(f)["results"] == json.loads(json.dumps(result["results"]))
+
+
+def test_plot_shows_the_counterparts(tmp_path):
+    pytest.importorskip("matplotlib")
+    args = benchmark.parse_args(["--families", "deit", "pvt", "--forms", "ln", "slab_deploy", "--batch_sizes", "1",
+                                 "--repeats", "3", "--torch"])
+    result = stats.summarise(args, _measured_with_torch(), (0, 0, 0), (0, 0, 0))
+    report.plot(result, str(tmp_path / "p.png"))
+    assert _png_size(tmp_path / "p.png")[0] > 100
+
+
+@pytest.mark.parametrize("missing, official, line, timed", [
+    ("torch", None, "torch does not import", []),
+    ("timm", None, "timm does not import", []),
+    (None, None, "no --official_code", [("deit", "ln")]),
+])
+def test_missing_pytorch_parts_are_one_line_and_leave_what_runs(missing, official, line, timed, tmp_path,
+                                                                 monkeypatch, capsys):
+    """The PyTorch interpreter's modules stand in as files: ``missing`` fails to import like an absent package."""
+    for name in ("torch", "timm"):
+        body = "raise ImportError('No module named %r')" % name if name == missing else "__version__ = '0'"
+        (tmp_path / f"{name}.py").write_text(body + "\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    args = benchmark.parse_args(["--families", "deit", "pvt", "--torch"])
+    counterparts, found = benchmark.torch_counterparts(args)
+    assert sorted(counterparts) == timed
+    err = capsys.readouterr().err
+    assert line in err and len(err.strip().splitlines()) == 1
+    if missing:
+        assert found[missing] is None

@@ -43,10 +43,11 @@ class Child:
         return value
 
     def ask(self, kind, batch_size=None):
-        """Seconds of one "time" / "train" request, a "profile", or the "peak" memory in MB so far."""
+        """Seconds of one "time" / "train" request, a "profile", the "peak" memory in MB so far, or the "threads"
+        a PyTorch child uses at ``batch_size``."""
         self.process.stdin.write(json.dumps([kind, batch_size]) + "\n")
         self.process.stdin.flush()
-        return self._answer({"profile": "profile", "peak": "peak_mb"}.get(kind, "seconds"))
+        return self._answer({"profile": "profile", "peak": "peak_mb", "threads": "threads"}.get(kind, "seconds"))
 
     def stop(self):
         """Ends the child; returns its peak resident memory in MB."""

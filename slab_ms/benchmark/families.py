@@ -3,7 +3,7 @@
 FORMS = ("ln", "prepbn", "prepbn_deploy", "slab", "slab_deploy")
 TRAINING_FORMS = ("ln", "prepbn", "slab")
 FORM_LABELS = {"ln": "LayerNorm + softmax", "prepbn": "PRepBN, training form", "prepbn_deploy": "PRepBN, deploy form",
-               "slab": "SLAB, training form", "slab_deploy": "SLAB, deploy form", "torch": "PyTorch (timm), LN"}
+               "slab": "SLAB, training form", "slab_deploy": "SLAB, deploy form"}
 # family -> (display name, timm baseline, {form: (model name, factory kwargs, deploy?)})
 FAMILIES = {
     "deit": ("DeiT-T", "deit_tiny_patch16_224", {
@@ -31,6 +31,44 @@ FAMILIES = {
         "slab": ("slab_cswin_tiny", {}, False),
         "slab_deploy": ("slab_cswin_tiny", {}, True)}),
 }
+# The PyTorch counterparts. The LayerNorm baseline: timm's model (FAMILIES' second entry; PVT-T and CSwin-T have
+# none with LayerNorm in timm). The PRepBN and SLAB forms, training and deploy: the official SLAB code's model
+# (module of classification/models, factory, arguments: the settings of the released cfgs swin_t_prepbn,
+# slab_swin_t, pvt_t_prepbn, slab_pvt_t and slab_cswin_t; CSwin's PRepBN form is the same code with softmax
+# stripes in every stage, as ours). Drop path off, as in our models.
+OFFICIAL_MODELS = {
+    "deit": {"prepbn": ("deit", "deit_tiny_patch16_224_repbn", {}),
+             "slab": ("slab_deit", "deit_tiny_patch16_224_linear_repbn", {})},
+    "swin": {"prepbn": ("swin_transformer", "SwinTransformer", {}),
+             "slab": ("slab_swin", "SlabSwinTransformer", {"window_size": 56, "attn_type": "LLSS"})},
+    "pvt": {"prepbn": ("slab_pvt", "slab_pvt_tiny", {"attn_type": "SSSS"}),
+            "slab": ("slab_pvt", "slab_pvt_tiny", {"attn_type": "LLLL", "la_sr_ratios": "1111"})},
+    "cswin": {"prepbn": ("slab_cswin", "SLAB_CSWin_64_24181_tiny_224", {"attn_type": "SSSS"}),
+              "slab": ("slab_cswin", "SLAB_CSWin_64_24181_tiny_224",
+                       {"attn_type": "LLSS", "la_split_size": "56-28-14-7"})},
+}
+
+
+def torch_counterpart(family, form, official_code=None):
+    """The spec of the PyTorch model compared with ``form`` of ``family`` (for ``torch_forms``), or None when
+    there is none (no timm LayerNorm model, or no official code given)."""
+    if form == "ln":
+        timm_name = FAMILIES[family][1]
+        return timm_name and {"source": "timm", "model": timm_name, "kwargs": {}, "deploy": False}
+    if not official_code:
+        return None
+    module, factory, kwargs = OFFICIAL_MODELS[family][form.replace("_deploy", "")]
+    return {"source": "official", "model": [module, factory], "kwargs": dict(kwargs, drop_path_rate=0.0),
+            "deploy": form.endswith("_deploy"), "official_code": official_code}
+
+
+def counterpart_label(spec):
+    """How a row names its PyTorch model: "timm deit_tiny_patch16_224", "official SlabSwinTransformer, folded"."""
+    if spec["source"] == "timm":
+        return f"timm {spec['model']}"
+    return f"official {spec['model'][1]}" + (", folded" if spec["deploy"] else "")
+
+
 # --quick: the same code paths on narrow, shallow models (for tests and smoke runs, not for numbers).
 QUICK = {
     "deit": ({"embed_dim": 32, "depth": 2, "num_heads": 2}, 64),

@@ -3,10 +3,10 @@
 Forms (random weights, evaluation, GRAPH_MODE): ``rmsnorm``, the LLaMA baseline, and ``prepbn_deploy``, the
 PRepBN decoder folded by ``reparameterize_model`` (no norm left; RepBN at the vision initialisation, η = 1, so the
 fold is not a zero map); ``--torch`` adds transformers' ``LlamaForCausalLM`` built from the same sizes (the
-reference config.json's), run by ``--torch_python`` at torch's own default thread count. Each form runs in its own
-child process (its peak memory is that child's VmHWM) and each round asks every child for one greedy generation
-of ``--lm_new_tokens`` tokens after a random prompt of ``--lm_prompt`` tokens with a key/value cache: the prefill
-is the call over the prompt that fills the cache and chooses the first new token (the head on the last position
+reference config.json's), run by ``--torch_python`` at torch's own thread count (or ``--torch_threads N``). Each
+form runs in its own child process (its peak memory is that child's VmHWM) and each round asks every child for one
+greedy generation of ``--lm_new_tokens`` tokens after a random prompt of ``--lm_prompt`` tokens with a key/value
+cache: the prefill is the call over the prompt that fills the cache and chooses the first new token (the head on the last position
 only, as transformers' generate does with ``logits_to_keep=1``); decode tokens/s counts the single-token calls
 from the third new token on (the first two compile in MindSpore; both sides skip them alike). Rounds are
 interleaved after ``--warmup`` untimed ones; ratios are time ratios (lower is faster) of the medians and, against
@@ -48,6 +48,8 @@ def add_arguments(parser):
 def check_arguments(parser, args):
     if not args.lm:
         return
+    if args.torch_threads == "best":
+        parser.error("--torch_threads best searches per vision form; with --lm give a count")
     from ..models.llama import CONFIGS
     if args.lm_prompt < 1 or args.lm_new_tokens < 3:
         parser.error(f"--lm_prompt must be >= 1 and --lm_new_tokens >= 3 (the decode rate skips the first two), "
@@ -84,8 +86,8 @@ def lm_children(args, use_torch, torch_env):
                                dict(spec, form=form, threads=args.runtime_num_threads), mindspore_environment())
     if use_torch:
         print(f"\rLLaMA: starting torch {' ':54}", end="", file=sys.stderr, flush=True)
-        children["torch"] = Child([args.torch_python, TORCH_SCRIPT], dict(spec, config=transformers_config(name)),
-                                  torch_env)
+        children["torch"] = Child([args.torch_python, TORCH_SCRIPT],
+                                  dict(spec, config=transformers_config(name), threads=args.torch_threads), torch_env)
     return children
 
 

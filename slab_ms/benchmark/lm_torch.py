@@ -1,6 +1,6 @@
 """The PyTorch side of the language-model rows: transformers' ``LlamaForCausalLM`` from a config dict, random
-weights, float32, torch's default thread count; answers "generate" as the MindSpore child does. It imports neither
-MindSpore nor slab_ms, so any interpreter with torch and transformers can run it."""
+weights, float32, torch's default thread count (or ``--torch_threads``); answers "generate" as the MindSpore child
+does. It imports neither MindSpore nor slab_ms, so any interpreter with torch and transformers can run it."""
 import json
 import sys
 import time
@@ -12,10 +12,13 @@ else:  # run as a script by another interpreter, next to children.py
 
 
 def start(spec):
-    """``spec``: config (transformers keys), prompt and new_tokens; returns ``serve``'s pair."""
+    """``spec``: config (transformers keys), prompt, new_tokens and threads (None: torch's own count); returns
+    ``serve``'s pair."""
     import numpy as np
     import torch
     import transformers
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**spec["config"])).float().eval()
     vocab, new_tokens = spec["config"]["vocab_size"], spec["new_tokens"]

@@ -88,7 +88,8 @@ def profile(net, x, top=12):
         for path in glob.glob(os.path.join(folder, "**", "cpu_op_type_info_*.csv"), recursive=True):
             with open(path, newline="") as f:
                 for row in csv.DictReader(f):
-                    by_type[row["op_type"]] = by_type.get(row["op_type"], 0.0) + float(row["total_compute_time"]) / calls
+                    op = row["op_type"]
+                    by_type[op] = by_type.get(op, 0.0) + float(row["total_compute_time"]) / calls
         return sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
