@@ -6,11 +6,11 @@ fold is not a zero map); ``--torch`` adds transformers' ``LlamaForCausalLM`` bui
 reference config.json's), run by ``--torch_python`` at torch's own thread count (or ``--torch_threads N``). Each
 form runs in its own child process (its peak memory is that child's VmHWM) and each round asks every child for one
 greedy generation of ``--lm_new_tokens`` tokens after a random prompt of ``--lm_prompt`` tokens with a key/value
-cache: the prefill is the call over the prompt that fills the cache and chooses the first new token (the head on the last position
-only, as transformers' generate does with ``logits_to_keep=1``); decode tokens/s counts the single-token calls
-from the third new token on (the first two compile in MindSpore; both sides skip them alike). Rounds are
-interleaved after ``--warmup`` untimed ones; ratios are time ratios (lower is faster) of the medians and, against
-the RMSNorm model, also paired per round. ``--quick``: ``llama_tiny``, a 16-token prompt and 8 new tokens.
+cache: the prefill is the call over the prompt that fills the cache and chooses the first new token (the head on
+the last position only, as transformers' generate does with ``logits_to_keep=1``); decode tokens/s counts the
+single-token calls from the third new token on (the first two compile in MindSpore; both sides skip them alike).
+Rounds are interleaved after ``--warmup`` untimed ones; ratios are time ratios (lower is faster): against the
+RMSNorm model paired per round (median over rounds), against torch of the medians. ``--quick``: ``llama_tiny``, a 16-token prompt and 8 new tokens.
 
 The MindSpore child is ``python -m slab_ms.benchmark.lm_forms SPEC``; the torch child is ``lm_torch.py`` next to
 this file (standard library, torch and transformers only).
