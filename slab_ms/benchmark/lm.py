@@ -10,7 +10,8 @@ cache: the prefill is the call over the prompt that fills the cache and chooses 
 the last position only, as transformers' generate does with ``logits_to_keep=1``); decode tokens/s counts the
 single-token calls from the third new token on (the first two compile in MindSpore; both sides skip them alike).
 Rounds are interleaved after ``--warmup`` untimed ones; ratios are time ratios (lower is faster): against the
-RMSNorm model paired per round (median over rounds), against torch of the medians. ``--quick``: ``llama_tiny``, a 16-token prompt and 8 new tokens.
+RMSNorm model paired per round (median over rounds), against torch of the medians. ``--quick``: ``llama_tiny``, a
+16-token prompt and 8 new tokens.
 
 The MindSpore child is ``python -m slab_ms.benchmark.lm_forms SPEC``; the torch child is ``lm_torch.py`` next to
 this file (standard library, torch and transformers only).
