@@ -21,7 +21,7 @@ def build(name, form):
     net = create_llama(name, norm="prepbn", bn_zero_init=False).set_train(False)
     c = net.config
     PRepBNSchedule.of(net).set(step=c.prepbn_warmup_steps + c.prepbn_decay_steps)
-    return reparameterize_model(net)
+    return reparameterize_model(net, inplace=True)  # no second copy of the weights in this child's peak
 
 
 def prompt_ids(batch_size, length, vocab_size):
