@@ -30,7 +30,7 @@ from .helpers import dense, float32_softmax, to_2tuple
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
            "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls", "head_block_mask",
            "head_indicator", "simplified_linear_attention_tokens", "simplified_linear_attention_qkv", "kv_first_attention",
-           "qk_first_attention", "SLA_EPS"]
+           "qk_first_attention", "softmax_attention_qkv", "softmax_attention_kernel", "SLA_EPS"]
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference
 _BMM_TRANSPOSED_A = ops.BatchMatMul(transpose_a=True)
@@ -176,8 +176,41 @@ def qk_first_attention(q, k, v, num_heads, eps):
     return merge_heads(out, num_heads)
 
 
+def softmax_attention_qkv(qkv):
+    """Softmax attention per head, scale head_dim^-½, of a (B, N, 3, heads, d) qkv projection -> (B, N, heads, d), in
+    standard ops: the native kernel's formula."""
+    q, k, v = ops.unstack(qkv, axis=2)
+    q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    attn = ops.softmax(ops.matmul(q * (q.shape[-1] ** -0.5), k.transpose(0, 1, 3, 2)), axis=-1)
+    return ops.matmul(attn, v).transpose(0, 2, 1, 3)
+
+
+def softmax_attention_qkv_grad(qkv, out, dout):
+    """The gradient of ``softmax_attention_qkv`` at ``qkv`` for the output gradient ``dout`` (``out``, its output, is
+    unused), in standard ops: the native backward kernel's formula."""
+    return ops.GradOperation(sens_param=True)(softmax_attention_qkv)(qkv, dout)
+
+
+def softmax_attention_kernel():
+    """The native ``softmax_attention_qkv`` with its native backward, or None where native kernels are not used."""
+    backward = kernel("SoftmaxAttentionQKVGrad", softmax_attention_qkv_grad, lambda qkv, *_: qkv)
+    if backward is None:
+        return None
+
+    def bprop(qkv, out, dout):
+        return (backward(qkv, out, dout),)
+
+    return kernel("SoftmaxAttentionQKV", softmax_attention_qkv, lambda qkv: qkv[:2] + qkv[3:], bprop=bprop)
+
+
 class Attention(nn.Cell):
-    """Multi-head softmax self-attention (the DeiT / ViT baseline)."""
+    """Multi-head softmax self-attention (the DeiT / ViT baseline).
+
+    On float32 CPU tensors (eval mode, or training without attention dropout) the attention core runs as one native
+    kernel on the qkv projection as it is, forward and backward (``softmax_attention_kernel``): per image and head
+    QKᵀ, a max-subtracted softmax and its product with V, written with the heads merged, so no split, transposes or
+    N×N intermediates in the graph.
+    """
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
@@ -187,12 +220,19 @@ class Attention(nn.Cell):
         self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
         self.proj = dense(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+        self.native_kernel = softmax_attention_kernel()
 
     def construct(self, x, hw=None):
-        q, k, v = ops.split(self.qkv(x), x.shape[-1], axis=-1)
-        q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        attn = float32_softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), v.dtype)
-        x = merge_heads(ops.bmm(self.attn_drop(attn), v), self.num_heads)
+        b, n, c = x.shape
+        qkv = self.qkv(x)
+        if (self.native_kernel is not None and qkv.dtype == ms.float32
+                and (not self.training or isinstance(self.attn_drop, nn.Identity))):
+            x = self.native_kernel(qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads)).reshape(b, n, c)
+        else:
+            q, k, v = ops.split(qkv, c, axis=-1)
+            q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+            attn = float32_softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), v.dtype)
+            x = merge_heads(ops.bmm(self.attn_drop(attn), v), self.num_heads)
         return self.proj_drop(self.proj(x))
 
 

@@ -459,3 +459,179 @@ extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes
   });
   return 0;
 }
+
+// ----- softmax attention (non-causal, no mask) on the packed qkv projection, forward and backward
+
+#include <cmath>
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// e^x of 8 floats, x clamped to [−87.3, 88.3]: 2^n · e^r with n = round(x·log2 e) and |r| ≤ ln 2 / 2, e^r by
+// Cephes' degree-6 polynomial (within about 1 ulp of expf).
+static inline v8f exp8(v8f x) {
+  const v8f lo = {-87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f};
+  const v8f hi = {88.3f, 88.3f, 88.3f, 88.3f, 88.3f, 88.3f, 88.3f, 88.3f};
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const v8f fx = x * 1.44269504088896341f + 0.5f;
+  v8i n = __builtin_convertvector(fx, v8i);  // truncation; one less where that rounded up (negative fx)
+  n += __builtin_convertvector(n, v8f) > fx;  // a true comparison is −1
+  const v8f fn = __builtin_convertvector(n, v8f);
+  const v8f r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+  v8f y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  v8f two_n;
+  const v8i bits = (n + 127) << 23;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return y * two_n;
+}
+
+// out[t·ldo + j] += scale[t] · Σ_{i < depth} a[t·a_row + i·a_depth] · m[i·ldm + j] for t < rows, j < cols:
+// strip_product over the 16-column slices of m, a plain loop over the columns left.
+static void scaled_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m, int64_t ldm,
+                           int64_t cols, int64_t depth, const float *scale, float *out, int64_t ldo) {
+  int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) strip_product(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
+  for (; j < cols; ++j)
+    for (int64_t t = 0; t < rows; ++t) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < depth; ++i) acc += a[t * a_row + i * a_depth] * m[i * ldm + j];
+      out[t * ldo + j] += acc * scale[t];
+    }
+}
+
+// Softmax attention of B images' G heads of D channels over N tokens; q, k, v: rows `ld` floats apart.
+struct SoftmaxProblem {
+  int64_t B, N, G, D, ld, padded;  // padded: N rounded up to 16, the row length of the score blocks
+  float scale;                     // D^−½
+  SoftmaxProblem(int64_t B, int64_t N, int64_t G, int64_t D)
+      : B(B), N(N), G(G), D(D), ld(3 * G * D), padded((N + 15) / 16 * 16),
+        scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)))) {}
+};
+
+// t (D, padded) = xᵀ for x one head's (N, D) rows `ld` floats apart; columns N.. are zero.
+static void pack_transposed(const SoftmaxProblem &s, const float *x, float *t) {
+  std::fill(t, t + s.D * s.padded, 0.0f);
+  for (int64_t j = 0; j < s.N; ++j)
+    for (int64_t c = 0; c < s.D; ++c) t[c * s.padded + j] = x[j * s.ld + c];
+}
+
+// p (rows, padded) = exp(scale · q_t · k_j − max_j) of `rows` query rows q against kt = Kᵀ (pack_transposed),
+// zero beyond column N; inverse_sum[t] = 1 / Σ_j p[t, j] (with `normalise`, p is divided by that sum too).
+static void softmax_scores(const SoftmaxProblem &s, const float *q, const float *kt, int64_t rows, const float *scales,
+                           float *p, float *inverse_sum, bool normalise) {
+  std::fill(p, p + rows * s.padded, 0.0f);
+  scaled_product(q, s.ld, 1, rows, kt, s.padded, s.padded, s.D, scales, p, s.padded);
+  const int64_t full = s.N / 8 * 8;
+  for (int64_t t = 0; t < rows; ++t) {
+    float *row = p + t * s.padded;
+    float top = row[0];
+    for (int64_t j = 1; j < s.N; ++j) top = std::max(top, row[j]);
+    v8f partial = {};
+    for (int64_t j = 0; j < full; j += 8) {
+      const v8f e = exp8(load8(row + j) - top);
+      store8(row + j, e);
+      partial += e;
+    }
+    float sum = 0.0f;
+    if (full < s.N) {  // the last partial vector: its columns from N on are padding, set to zero
+      const v8f e = exp8(load8(row + full) - top);
+      for (int64_t j = full; j < s.N; ++j) row[j] = e[j - full], sum += e[j - full];
+      for (int64_t j = s.N; j < full + 8; ++j) row[j] = 0.0f;
+    }
+    for (int u = 0; u < 8; ++u) sum += partial[u];
+    inverse_sum[t] = 1.0f / sum;
+    if (normalise)
+      for (int64_t j = 0; j < s.N; ++j) row[j] *= inverse_sum[t];
+  }
+}
+
+// out_n = Σ_j softmax_j(q_n · k_j / √D) v_j per head, query rows cut in blocks of at most 64 (whole blocks per
+// thread: the same numbers on any thread count). qkv (B, N, 3, G, D) -> out (B, N, G, D).
+static void softmax_attention(const SoftmaxProblem &s, const float *qkv, float *out) {
+  const int64_t GD = s.G * s.D, blocks = (s.N + 63) / 64, block_rows = (s.N + blocks - 1) / blocks;
+  const std::vector<float> scales(s.padded, s.scale);
+  parallel_for(s.B * s.G * blocks, 2.0 * s.B * s.G * s.N * s.N * s.D, [&](int64_t first, int64_t last) {
+    std::vector<float> kt(s.D * s.padded), p(block_rows * s.padded), inverse_sum(block_rows);
+    int64_t packed = -1;  // the (image, head) whose Kᵀ is in kt
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t head = task / blocks, b = head / s.G, g = head % s.G;
+      const int64_t r0 = task % blocks * block_rows, rows = std::min(block_rows, s.N - r0);
+      const float *q = qkv + b * s.N * s.ld + g * s.D, *k = q + GD, *v = q + 2 * GD;
+      if (packed != head) pack_transposed(s, k, kt.data()), packed = head;
+      softmax_scores(s, q + r0 * s.ld, kt.data(), rows, scales.data(), p.data(), inverse_sum.data(), false);
+      float *o = out + (b * s.N + r0) * GD + g * s.D;
+      for (int64_t t = 0; t < rows; ++t) std::fill(o + t * GD, o + t * GD + s.D, 0.0f);
+      scaled_product(p.data(), s.padded, 1, rows, v, s.ld, s.D, s.N, inverse_sum.data(), o, GD);
+    }
+  });
+}
+
+// Its gradient, one (image, head) per task, P recomputed: with dP = dO Vᵀ and dS = P ∘ (dP − rowsum(dO ∘ O)),
+// dQ = dS K / √D, dK = dSᵀ Q / √D, dV = Pᵀ dO, written into d_qkv's (B, N, 3, G, D) layout.
+static void softmax_attention_grad(const SoftmaxProblem &s, const float *qkv, const float *out, const float *dout,
+                                   float *dqkv) {
+  const int64_t GD = s.G * s.D;
+  const std::vector<float> scales(s.padded, s.scale), ones(s.padded, 1.0f);
+  parallel_for(s.B * s.G, 5.0 * s.B * s.G * s.N * s.N * s.D, [&](int64_t first, int64_t last) {
+    std::vector<float> kt(s.D * s.padded), vt(s.D * s.padded), p(s.N * s.padded), ds(s.N * s.padded),
+        inverse_sum(s.N);
+    for (int64_t head = first; head < last; ++head) {
+      const int64_t b = head / s.G, g = head % s.G;
+      const float *q = qkv + b * s.N * s.ld + g * s.D, *k = q + GD, *v = q + 2 * GD;
+      const float *o = out + b * s.N * GD + g * s.D, *dO = dout + b * s.N * GD + g * s.D;
+      float *dq = dqkv + b * s.N * s.ld + g * s.D, *dk = dq + GD, *dv = dq + 2 * GD;
+      pack_transposed(s, k, kt.data());
+      pack_transposed(s, v, vt.data());
+      softmax_scores(s, q, kt.data(), s.N, scales.data(), p.data(), inverse_sum.data(), true);
+      std::fill(ds.begin(), ds.end(), 0.0f);
+      scaled_product(dO, GD, 1, s.N, vt.data(), s.padded, s.padded, s.D, ones.data(), ds.data(), s.padded);
+      for (int64_t i = 0; i < s.N; ++i) {
+        float dot = 0.0f;
+        for (int64_t c = 0; c < s.D; ++c) dot += dO[i * GD + c] * o[i * GD + c];
+        float *dsi = ds.data() + i * s.padded;
+        const float *pi = p.data() + i * s.padded;
+        for (int64_t j = 0; j < s.padded; ++j) dsi[j] = pi[j] * (dsi[j] - dot);
+      }
+      for (int64_t i = 0; i < s.N; ++i)
+        for (float *d : {dq, dk, dv}) std::fill(d + i * s.ld, d + i * s.ld + s.D, 0.0f);
+      scaled_product(ds.data(), s.padded, 1, s.N, k, s.ld, s.D, s.N, scales.data(), dq, s.ld);
+      scaled_product(ds.data(), 1, s.padded, s.N, q, s.ld, s.D, s.N, scales.data(), dk, s.ld);
+      scaled_product(p.data(), 1, s.padded, s.N, dO, GD, s.D, s.N, ones.data(), dv, s.ld);
+    }
+  });
+}
+
+static bool same_shape(int n, const int64_t *a, const int64_t *b) {
+  for (int d = 0; d < n; ++d)
+    if (a[d] != b[d]) return false;
+  return true;
+}
+
+// Softmax attention per head (scale head_dim^−½) of the qkv projection as it is: qkv (B, N, 3, G, D) -> out
+// (B, N, G, D), the heads merged.
+extern "C" int SoftmaxAttentionQKV(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                                   void *) {
+  if (nparam != 2 || !all_float32(2, dtypes) || ndims[0] != 5 || shapes[0][2] != 3) return 1;
+  const int64_t *s = shapes[0];
+  softmax_attention(SoftmaxProblem(s[0], s[1], s[3], s[4]), static_cast<const float *>(params[0]),
+                    static_cast<float *>(params[1]));
+  return 0;
+}
+
+// Its gradient: qkv (B, N, 3, G, D), out and d_out (B, N, G, D) -> d_qkv (B, N, 3, G, D).
+extern "C" int SoftmaxAttentionQKVGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                       void *, void *) {
+  if (nparam != 4 || !all_float32(4, dtypes) || ndims[0] != 5 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  const int64_t *s = shapes[0];
+  const int64_t merged[4] = {s[0], s[1], s[3], s[4]};
+  if (s[2] != 3 || !same_shape(4, merged, shapes[1]) || !same_shape(4, merged, shapes[2])) return 1;
+  softmax_attention_grad(SoftmaxProblem(s[0], s[1], s[3], s[4]), static_cast<const float *>(params[0]),
+                         static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),
+                         static_cast<float *>(params[3]));
+  return 0;
+}
