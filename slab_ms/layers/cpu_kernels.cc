@@ -635,3 +635,126 @@ extern "C" int SoftmaxAttentionQKVGrad(int nparam, void **params, int *ndims, in
                          static_cast<float *>(params[3]));
   return 0;
 }
+
+// ----- simplified linear attention, backward
+
+// xᵀ of each of the G (D, D) blocks of x.
+static void transpose_blocks(const float *x, int64_t G, int64_t D, float *t) {
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t j = 0; j < D; ++j) t[g * D * D + j * D + i] = x[g * D * D + i * D + j];
+}
+
+// The gradient of SimplifiedLinearAttentionQKV for one image (qkv, dout: its first token; qkv and dq rows 3·G·D
+// floats apart). With K = ReLU(k + p), Q = ReLU(q), z = 1 / (Q · ΣK + 1e-6), A = Q (Kᵀ V) per head and
+// out = z A + DWC(v): dA = z dO, dz-term d = −z² (dO · A); dQ = dA (KᵀV)ᵀ + d ΣK; d(KᵀV) = Σ Qᵀ dA, d(ΣK) = Σ d Q;
+// dK = V d(KᵀV)ᵀ + d(ΣK); dV = K d(KᵀV) + DWCᵀ(dO) (the conv with the flipped kernel). Writes dq, dk, dv into
+// dqkv and adds this image's dp (N, G·D), d weight (k·k, D) tap-major and d bias (D) into the sums given.
+static void sla_image_grad(const SlaProblem &s, const float *qkv, const float *p, const float *flipped_taps,
+                           const float *dout, float *dqkv, float *dp, float *dtaps, float *dbias) {
+  const int64_t G = s.G, D = s.D, GD = G * D, N = s.H * s.W, ld = s.ld, k = s.k, r = k / 2;
+  std::vector<float> K(N * GD), Q(N * GD), A(N * GD, 0.0f), dA(N * GD), z(N * G), d(N * G), conv(N * GD);
+  std::vector<float> kv(G * D * D, 0.0f), kvt(G * D * D), dkv(G * D * D, 0.0f), dkvt(G * D * D), ksum(GD, 0.0f),
+      dksum(GD, 0.0f), ones(std::max(N, D), 1.0f), zero_bias(D, 0.0f);
+  const float *q = qkv, *kk = qkv + GD, *v = qkv + 2 * GD;
+  float *dq = dqkv, *dk = dqkv + GD, *dv = dqkv + 2 * GD;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < GD; ++c) {
+      K[n * GD + c] = std::max(kk[n * ld + c] + p[n * GD + c], 0.0f);
+      Q[n * GD + c] = std::max(q[n * ld + c], 0.0f);
+      ksum[c] += K[n * GD + c];
+    }
+  for (int64_t g = 0; g < G; ++g) {
+    scaled_product(K.data() + g * D, 1, GD, D, v + g * D, ld, D, N, ones.data(), kv.data() + g * D * D, D);
+    scaled_product(Q.data() + g * D, GD, 1, N, kv.data() + g * D * D, D, D, D, ones.data(), A.data() + g * D, GD);
+  }
+  transpose_blocks(kv.data(), G, D, kvt.data());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      const float *qg = Q.data() + n * GD + g * D, *sg = ksum.data() + g * D, *ag = A.data() + n * GD + g * D;
+      const float *og = dout + n * GD + g * D;
+      float den = 1e-6f, dot = 0.0f;
+      for (int64_t c = 0; c < D; ++c) den += qg[c] * sg[c], dot += og[c] * ag[c];
+      const float zz = 1.0f / den;
+      z[n * G + g] = zz;
+      d[n * G + g] = -zz * zz * dot;
+      for (int64_t c = 0; c < D; ++c) dA[n * GD + g * D + c] = zz * og[c];
+    }
+  for (int64_t n = 0; n < N; ++n)
+    for (float *x : {dq, dk, dv}) std::fill(x + n * ld, x + n * ld + GD, 0.0f);
+  for (int64_t g = 0; g < G; ++g) {
+    scaled_product(dA.data() + g * D, GD, 1, N, kvt.data() + g * D * D, D, D, D, ones.data(), dq + g * D, ld);
+    scaled_product(Q.data() + g * D, 1, GD, D, dA.data() + g * D, GD, D, N, ones.data(), dkv.data() + g * D * D, D);
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t c = 0; c < D; ++c) {
+        const int64_t i = n * GD + g * D + c;
+        dksum[g * D + c] += d[n * G + g] * Q[i];
+        dq[n * ld + g * D + c] = q[n * ld + g * D + c] > 0.0f ? dq[n * ld + g * D + c] + d[n * G + g] * ksum[g * D + c]
+                                                               : 0.0f;
+      }
+  transpose_blocks(dkv.data(), G, D, dkvt.data());
+  for (int64_t g = 0; g < G; ++g) {
+    scaled_product(v + g * D, ld, 1, N, dkvt.data() + g * D * D, D, D, D, ones.data(), dk + g * D, ld);
+    scaled_product(K.data() + g * D, GD, 1, N, dkv.data() + g * D * D, D, D, D, ones.data(), dv + g * D, ld);
+  }
+  for (int64_t y = 0; y < s.H; ++y)
+    depthwise_row(dout, GD, flipped_taps, zero_bias.data(), conv.data() + y * s.W * GD, y, s.H, s.W, G, D, k);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < GD; ++c) {
+      const int64_t i = n * GD + c;
+      const float grad = K[i] > 0.0f ? dk[n * ld + c] + dksum[c] : 0.0f;
+      dk[n * ld + c] = grad;
+      dp[i] += grad;
+      dv[n * ld + c] += conv[i];
+      dbias[c % D] += dout[i];
+    }
+  for (int64_t a = 0; a < k; ++a)  // d weight[c, a, b] = Σ dO[y, x, c] · v[y + a − r, x + b − r, c]
+    for (int64_t b = 0; b < k; ++b) {
+      float *dt = dtaps + (a * k + b) * D;
+      for (int64_t y = std::max<int64_t>(0, r - a); y < std::min(s.H, s.H + r - a); ++y)
+        for (int64_t x = std::max<int64_t>(0, r - b); x < std::min(s.W, s.W + r - b); ++x) {
+          const float *og = dout + (y * s.W + x) * GD, *vg = v + ((y + a - r) * s.W + x + b - r) * ld;
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t c = 0; c < D; ++c) dt[c] += og[g * D + c] * vg[g * D + c];
+        }
+    }
+}
+
+// The gradient of SimplifiedLinearAttentionQKV: qkv (B, H, W, 3, G, D), p (1, H, W, G, D), weight (D, 1, k, k),
+// bias (D,), its output (unused) and d_out (B, H, W, G, D) -> d_qkv, d_p, d_weight, d_bias. Each thread takes whole
+// images; the images' dp, d weight and d bias are added in image order (the same numbers on any thread count).
+extern "C" int SimplifiedLinearAttentionQKVGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                                const char **dtypes, void *, void *) {
+  if (nparam != 10 || !all_float32(10, dtypes)) return 1;
+  if (ndims[0] != 6 || ndims[1] != 5 || ndims[2] != 4 || ndims[3] != 1 || ndims[5] != 5) return 1;
+  const int64_t *s = shapes[0];
+  const int64_t grid[5] = {s[0], s[1], s[2], s[4], s[5]};
+  if (s[3] != 3 || !sla_shapes_ok(grid, shapes, 1) || !same_shape(5, grid, shapes[5])) return 1;
+  const int64_t B = s[0], G = s[4], D = s[5], GD = G * D, N = s[1] * s[2], k = shapes[2][3];
+  const SlaProblem problem(B, s[1], s[2], G, D, k, 3 * GD);
+  const float *qkv = static_cast<const float *>(params[0]), *p = static_cast<const float *>(params[1]);
+  const float *weight = static_cast<const float *>(params[2]), *dout = static_cast<const float *>(params[5]);
+  float *dqkv = static_cast<float *>(params[6]), *dp = static_cast<float *>(params[7]);
+  float *dweight = static_cast<float *>(params[8]), *dbias = static_cast<float *>(params[9]);
+  std::vector<float> flipped(k * k * D);  // tap-major weights of the transposed conv: weight[c, k−1−a, k−1−b]
+  for (int64_t c = 0; c < D; ++c)
+    for (int64_t t = 0; t < k * k; ++t) flipped[t * D + c] = weight[c * k * k + (k * k - 1 - t)];
+  const int64_t sums = N * GD + k * k * D + D;  // one image's dp, d taps, d bias
+  std::vector<float> partial(B * sums, 0.0f);
+  parallel_for(B, B * N * GD * (8.0 * D + 3.0 * k * k), [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      float *own = partial.data() + b * sums;
+      sla_image_grad(problem, qkv + b * N * 3 * GD, p, flipped.data(), dout + b * N * GD, dqkv + b * N * 3 * GD, own,
+                     own + N * GD, own + N * GD + k * k * D);
+    }
+  });
+  for (int64_t b = 1; b < B; ++b)
+    for (int64_t i = 0; i < sums; ++i) partial[i] += partial[b * sums + i];
+  std::copy(partial.begin(), partial.begin() + N * GD, dp);
+  for (int64_t c = 0; c < D; ++c)
+    for (int64_t t = 0; t < k * k; ++t) dweight[c * k * k + t] = partial[N * GD + t * D + c];
+  std::copy(partial.begin() + N * GD + k * k * D, partial.begin() + sums, dbias);
+  return 0;
+}
