@@ -540,7 +540,10 @@ static void softmax_scores(const SoftmaxProblem &s, const float *q, const float 
     float sum = 0.0f;
     if (full < s.N) {  // the last partial vector: its columns from N on are padding, set to zero
       const v8f e = exp8(load8(row + full) - top);
-      for (int64_t j = full; j < s.N; ++j) row[j] = e[j - full], sum += e[j - full];
+      for (int64_t j = full; j < s.N; ++j) {
+        row[j] = e[j - full];
+        sum += row[j];
+      }
       for (int64_t j = s.N; j < full + 8; ++j) row[j] = 0.0f;
     }
     for (int u = 0; u < 8; ++u) sum += partial[u];
