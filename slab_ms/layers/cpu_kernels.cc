@@ -490,11 +490,62 @@ static inline v8f exp8(v8f x) {
   return y * two_n;
 }
 
+#if defined(__AVX512F__)
+typedef float v16f __attribute__((vector_size(64)));
+
+static inline v16f load16(const float *p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// block_product with 16-float vectors: R rows times a 16V-column slice of m in R·V of AVX-512's 32 registers.
+template <int R, int V>
+static inline void wide_block_product(const float *a, int64_t a_row, int64_t a_depth, const float *m, int64_t ldm,
+                                      int64_t depth, const float *scale, float *out, int64_t ldo) {
+  v16f acc[R][V] = {};
+  for (int64_t i = 0; i < depth; ++i) {
+    v16f col[V];
+    for (int u = 0; u < V; ++u) {
+      col[u] = load16(m + i * ldm + 16 * u);
+      asm("" : "+v"(col[u]));  // kept in a register (see in_register)
+    }
+    for (int t = 0; t < R; ++t) {
+      const float s = a[t * a_row + i * a_depth];
+      for (int u = 0; u < V; ++u) acc[t][u] += s * col[u];
+    }
+  }
+  for (int t = 0; t < R; ++t)
+    for (int u = 0; u < V; ++u) {
+      float *o = out + t * ldo + 16 * u;
+      const v16f sum = load16(o) + acc[t][u] * scale[t];
+      std::memcpy(o, &sum, sizeof(sum));
+    }
+}
+
+// strip_product of a 32-column slice of m with 12 × 2 accumulators (then 4, 2, 1 rows).
+static void wide_strip_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m,
+                               int64_t ldm, int64_t depth, const float *scale, float *out, int64_t ldo) {
+  int64_t t = 0;
+  auto rows_from_t = [&](auto product, int r) {
+    product(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
+    t += r;
+  };
+  while (t + 12 <= rows) rows_from_t(wide_block_product<12, 2>, 12);
+  while (t + 4 <= rows) rows_from_t(wide_block_product<4, 2>, 4);
+  if (t + 2 <= rows) rows_from_t(wide_block_product<2, 2>, 2);
+  if (t < rows) rows_from_t(wide_block_product<1, 2>, 1);
+}
+#endif
+
 // out[t·ldo + j] += scale[t] · Σ_{i < depth} a[t·a_row + i·a_depth] · m[i·ldm + j] for t < rows, j < cols:
-// strip_product over the 16-column slices of m, a plain loop over the columns left.
+// 32-column slices of m with AVX-512, 16-column ones (strip_product), a plain loop over the columns left.
 static void scaled_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m, int64_t ldm,
                            int64_t cols, int64_t depth, const float *scale, float *out, int64_t ldo) {
   int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j + 32 <= cols; j += 32) wide_strip_product(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
+#endif
   for (; j + 16 <= cols; j += 16) strip_product(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
   for (; j < cols; ++j)
     for (int64_t t = 0; t < rows; ++t) {
@@ -529,8 +580,14 @@ static void softmax_scores(const SoftmaxProblem &s, const float *q, const float 
   const int64_t full = s.N / 8 * 8;
   for (int64_t t = 0; t < rows; ++t) {
     float *row = p + t * s.padded;
+    v8f tops = load8(row);  // the row maximum over 8 lanes (one running maximum would wait on each comparison)
+    for (int64_t j = 8; j < full; j += 8) {
+      const v8f x = load8(row + j);
+      tops = x > tops ? x : tops;
+    }
     float top = row[0];
-    for (int64_t j = 1; j < s.N; ++j) top = std::max(top, row[j]);
+    for (int u = 0; u < 8 && u < full; ++u) top = std::max(top, tops[u]);
+    for (int64_t j = full; j < s.N; ++j) top = std::max(top, row[j]);
     v8f partial = {};
     for (int64_t j = 0; j < full; j += 8) {
       const v8f e = exp8(load8(row + j) - top);
