@@ -16,9 +16,11 @@ depth-wise convolution ``dwc`` over head_dim channels is shared by all heads; on
 built for it runs as two matmuls (``depthwise_conv_as_matmuls``), on any other as the Conv2d. In eval
 mode on float32 CPU tensors the whole layer (positional encoding, ReLUs, the per-head products, the
 normaliser and ``dwc``) is one native pass (``cpu_kernels``): per-head Kᵀ V without the mask's h×
-flops and without the intermediates; ``construct`` hands it the qkv projection unsplit.
+flops and without the intermediates; ``construct`` hands it the qkv projection unsplit, in training
+too (float32), where a native backward gives d qkv, d P and the conv's weight and bias gradients.
 ``SimplifiedLinearAttention.attend`` is the single implementation; the PVT, Swin and CSwin
-attentions call it.
+attentions call it. The softmax baseline's core is one native kernel likewise, forward and backward
+(``softmax_attention_kernel``).
 """
 import numpy as np
 import mindspore as ms
@@ -29,8 +31,9 @@ from .helpers import dense, float32_softmax, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
            "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls", "head_block_mask",
-           "head_indicator", "simplified_linear_attention_tokens", "simplified_linear_attention_qkv", "kv_first_attention",
-           "qk_first_attention", "SLA_EPS"]
+           "head_indicator", "simplified_linear_attention_tokens", "simplified_linear_attention_qkv",
+           "kv_first_attention", "qk_first_attention", "softmax_attention_qkv", "softmax_attention_kernel",
+           "sla_qkv_kernel", "SLA_EPS"]
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference
 _BMM_TRANSPOSED_A = ops.BatchMatMul(transpose_a=True)
@@ -176,8 +179,64 @@ def qk_first_attention(q, k, v, num_heads, eps):
     return merge_heads(out, num_heads)
 
 
+def simplified_linear_attention_qkv_grad(qkv, positional_encoding, weight, bias, out, dout):
+    """The gradients of ``simplified_linear_attention_qkv`` (qkv, positional encoding, DWC weight and bias) for the
+    output gradient ``dout`` (``out``, its output, is unused), in standard ops: the native backward kernel's
+    formula."""
+    return ops.GradOperation(get_all=True, sens_param=True)(simplified_linear_attention_qkv)(
+        qkv, positional_encoding, weight, bias, dout)
+
+
+def sla_qkv_kernel():
+    """The native ``simplified_linear_attention_qkv`` with its native backward, or None where native kernels are
+    not used."""
+    backward = kernel("SimplifiedLinearAttentionQKVGrad", simplified_linear_attention_qkv_grad,
+                      lambda *shapes: shapes[:4], lambda *dtypes: dtypes[:4])
+    if backward is None:
+        return None
+
+    def bprop(qkv, positional_encoding, weight, bias, out, dout):
+        return backward(qkv, positional_encoding, weight, bias, out, dout)
+
+    return kernel("SimplifiedLinearAttentionQKV", simplified_linear_attention_qkv, lambda qkv, *_: qkv[:3] + qkv[4:],
+                  bprop=bprop)
+
+
+def softmax_attention_qkv(qkv):
+    """Softmax attention per head, scale head_dim^-½, of a (B, N, 3, heads, d) qkv projection -> (B, N, heads, d), in
+    standard ops: the native kernel's formula."""
+    q, k, v = ops.unstack(qkv, axis=2)
+    q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    attn = ops.softmax(ops.matmul(q * (q.shape[-1] ** -0.5), k.transpose(0, 1, 3, 2)), axis=-1)
+    return ops.matmul(attn, v).transpose(0, 2, 1, 3)
+
+
+def softmax_attention_qkv_grad(qkv, out, dout):
+    """The gradient of ``softmax_attention_qkv`` at ``qkv`` for the output gradient ``dout`` (``out``, its output, is
+    unused), in standard ops: the native backward kernel's formula."""
+    return ops.GradOperation(sens_param=True)(softmax_attention_qkv)(qkv, dout)
+
+
+def softmax_attention_kernel():
+    """The native ``softmax_attention_qkv`` with its native backward, or None where native kernels are not used."""
+    backward = kernel("SoftmaxAttentionQKVGrad", softmax_attention_qkv_grad, lambda qkv, *_: qkv)
+    if backward is None:
+        return None
+
+    def bprop(qkv, out, dout):
+        return (backward(qkv, out, dout),)
+
+    return kernel("SoftmaxAttentionQKV", softmax_attention_qkv, lambda qkv: qkv[:2] + qkv[3:], bprop=bprop)
+
+
 class Attention(nn.Cell):
-    """Multi-head softmax self-attention (the DeiT / ViT baseline)."""
+    """Multi-head softmax self-attention (the DeiT / ViT baseline).
+
+    On float32 CPU tensors (eval mode, or training without attention dropout) the attention core runs as one native
+    kernel on the qkv projection as it is, forward and backward (``softmax_attention_kernel``): per image and head
+    QKᵀ, a max-subtracted softmax and its product with V, written with the heads merged, so no split, transposes or
+    N×N intermediates in the graph.
+    """
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
@@ -187,12 +246,19 @@ class Attention(nn.Cell):
         self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
         self.proj = dense(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+        self.native_kernel = softmax_attention_kernel()
 
     def construct(self, x, hw=None):
-        q, k, v = ops.split(self.qkv(x), x.shape[-1], axis=-1)
-        q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        attn = float32_softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), v.dtype)
-        x = merge_heads(ops.bmm(self.attn_drop(attn), v), self.num_heads)
+        b, n, c = x.shape
+        qkv = self.qkv(x)
+        if (self.native_kernel is not None and qkv.dtype == ms.float32
+                and (not self.training or isinstance(self.attn_drop, nn.Identity))):
+            x = self.native_kernel(qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads)).reshape(b, n, c)
+        else:
+            q, k, v = ops.split(qkv, c, axis=-1)
+            q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+            attn = float32_softmax(ops.bmm(q * self.scale, k.transpose(0, 2, 1)), v.dtype)
+            x = merge_heads(ops.bmm(self.attn_drop(attn), v), self.num_heads)
         return self.proj_drop(self.proj(x))
 
 
@@ -240,9 +306,7 @@ class SimplifiedLinearAttention(nn.Cell):
         self.head_indicator = Tensor(head_indicator(num_heads, self.head_dim))
         self.native_kernel = (kernel("SimplifiedLinearAttention", simplified_linear_attention_tokens)
                               if self.use_dwc else None)
-        self.native_qkv_kernel = (kernel("SimplifiedLinearAttentionQKV", simplified_linear_attention_qkv,
-                                         lambda qkv, *_: qkv[:3] + qkv[4:])
-                                  if self.use_dwc and with_proj else None)
+        self.native_qkv_kernel = sla_qkv_kernel() if self.use_dwc and with_proj else None
         if with_proj:
             self.proj = dense(dim, dim)
             self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
@@ -280,7 +344,8 @@ class SimplifiedLinearAttention(nn.Cell):
 
     def construct(self, x, hw):
         qkv = self.qkv(x)
-        if self.native_qkv_kernel is not None and not self.training and isinstance(self.dwc, nn.Conv2d):
+        if (self.native_qkv_kernel is not None and (not self.training or qkv.dtype == ms.float32)
+                and isinstance(self.dwc, nn.Conv2d)):
             out = self._attend_qkv(qkv, hw)
         else:
             q, k, v = ops.split(qkv, self.dim, axis=-1)

@@ -459,3 +459,362 @@ extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes
   });
   return 0;
 }
+
+// ----- softmax attention (non-causal, no mask) on the packed qkv projection, forward and backward
+
+#include <cmath>
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// e^x of 8 floats, x clamped to [−87.3, 88.3]: 2^n · e^r with n = round(x·log2 e) and |r| ≤ ln 2 / 2, e^r by
+// Cephes' degree-6 polynomial (within about 1 ulp of expf).
+static inline v8f exp8(v8f x) {
+  const v8f lo = {-87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f, -87.3f};
+  const v8f hi = {88.3f, 88.3f, 88.3f, 88.3f, 88.3f, 88.3f, 88.3f, 88.3f};
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const v8f fx = x * 1.44269504088896341f + 0.5f;
+  v8i n = __builtin_convertvector(fx, v8i);  // truncation; one less where that rounded up (negative fx)
+  n += __builtin_convertvector(n, v8f) > fx;  // a true comparison is −1
+  const v8f fn = __builtin_convertvector(n, v8f);
+  const v8f r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+  v8f y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  v8f two_n;
+  const v8i bits = (n + 127) << 23;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return y * two_n;
+}
+
+#if defined(__AVX512F__)
+typedef float v16f __attribute__((vector_size(64)));
+
+static inline v16f load16(const float *p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// block_product with 16-float vectors: R rows times a 16V-column slice of m in R·V of AVX-512's 32 registers.
+template <int R, int V>
+static inline void wide_block_product(const float *a, int64_t a_row, int64_t a_depth, const float *m, int64_t ldm,
+                                      int64_t depth, const float *scale, float *out, int64_t ldo) {
+  v16f acc[R][V] = {};
+  for (int64_t i = 0; i < depth; ++i) {
+    v16f col[V];
+    for (int u = 0; u < V; ++u) {
+      col[u] = load16(m + i * ldm + 16 * u);
+      asm("" : "+v"(col[u]));  // kept in a register (see in_register)
+    }
+    for (int t = 0; t < R; ++t) {
+      const float s = a[t * a_row + i * a_depth];
+      for (int u = 0; u < V; ++u) acc[t][u] += s * col[u];
+    }
+  }
+  for (int t = 0; t < R; ++t)
+    for (int u = 0; u < V; ++u) {
+      float *o = out + t * ldo + 16 * u;
+      const v16f sum = load16(o) + acc[t][u] * scale[t];
+      std::memcpy(o, &sum, sizeof(sum));
+    }
+}
+
+// strip_product of a 32-column slice of m with 12 × 2 accumulators (then 4, 2, 1 rows).
+static void wide_strip_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m,
+                               int64_t ldm, int64_t depth, const float *scale, float *out, int64_t ldo) {
+  int64_t t = 0;
+  auto rows_from_t = [&](auto product, int r) {
+    product(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
+    t += r;
+  };
+  while (t + 12 <= rows) rows_from_t(wide_block_product<12, 2>, 12);
+  while (t + 4 <= rows) rows_from_t(wide_block_product<4, 2>, 4);
+  if (t + 2 <= rows) rows_from_t(wide_block_product<2, 2>, 2);
+  if (t < rows) rows_from_t(wide_block_product<1, 2>, 1);
+}
+#endif
+
+// out[t·ldo + j] += scale[t] · Σ_{i < depth} a[t·a_row + i·a_depth] · m[i·ldm + j] for t < rows, j < cols:
+// 32-column slices of m with AVX-512, 16-column ones (strip_product), a plain loop over the columns left.
+static void scaled_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m, int64_t ldm,
+                           int64_t cols, int64_t depth, const float *scale, float *out, int64_t ldo) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j + 32 <= cols; j += 32) wide_strip_product(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
+#endif
+  for (; j + 16 <= cols; j += 16) strip_product(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
+  for (; j < cols; ++j)
+    for (int64_t t = 0; t < rows; ++t) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < depth; ++i) acc += a[t * a_row + i * a_depth] * m[i * ldm + j];
+      out[t * ldo + j] += acc * scale[t];
+    }
+}
+
+// Softmax attention of B images' G heads of D channels over N tokens; q, k, v: rows `ld` floats apart.
+struct SoftmaxProblem {
+  int64_t B, N, G, D, ld, padded;  // padded: N rounded up to 16, the row length of the score blocks
+  float scale;                     // D^−½
+  SoftmaxProblem(int64_t B, int64_t N, int64_t G, int64_t D)
+      : B(B), N(N), G(G), D(D), ld(3 * G * D), padded((N + 15) / 16 * 16),
+        scale(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)))) {}
+};
+
+// t (D, padded) = xᵀ for x one head's (N, D) rows `ld` floats apart; columns N.. are zero.
+static void pack_transposed(const SoftmaxProblem &s, const float *x, float *t) {
+  std::fill(t, t + s.D * s.padded, 0.0f);
+  for (int64_t j = 0; j < s.N; ++j)
+    for (int64_t c = 0; c < s.D; ++c) t[c * s.padded + j] = x[j * s.ld + c];
+}
+
+// p (rows, padded) = exp(scale · q_t · k_j − max_j) of `rows` query rows q against kt = Kᵀ (pack_transposed),
+// zero beyond column N; inverse_sum[t] = 1 / Σ_j p[t, j] (with `normalise`, p is divided by that sum too).
+static void softmax_scores(const SoftmaxProblem &s, const float *q, const float *kt, int64_t rows, const float *scales,
+                           float *p, float *inverse_sum, bool normalise) {
+  std::fill(p, p + rows * s.padded, 0.0f);
+  scaled_product(q, s.ld, 1, rows, kt, s.padded, s.padded, s.D, scales, p, s.padded);
+  const int64_t full = s.N / 8 * 8;
+  for (int64_t t = 0; t < rows; ++t) {
+    float *row = p + t * s.padded;
+    v8f tops = load8(row);  // the row maximum over 8 lanes (one running maximum would wait on each comparison)
+    for (int64_t j = 8; j < full; j += 8) {
+      const v8f x = load8(row + j);
+      tops = x > tops ? x : tops;
+    }
+    float top = row[0];
+    for (int u = 0; u < 8 && u < full; ++u) top = std::max(top, tops[u]);
+    for (int64_t j = full; j < s.N; ++j) top = std::max(top, row[j]);
+    v8f partial = {};
+    for (int64_t j = 0; j < full; j += 8) {
+      const v8f e = exp8(load8(row + j) - top);
+      store8(row + j, e);
+      partial += e;
+    }
+    float sum = 0.0f;
+    if (full < s.N) {  // the last partial vector: its columns from N on are padding, set to zero
+      const v8f e = exp8(load8(row + full) - top);
+      for (int64_t j = full; j < s.N; ++j) {
+        row[j] = e[j - full];
+        sum += row[j];
+      }
+      for (int64_t j = s.N; j < full + 8; ++j) row[j] = 0.0f;
+    }
+    for (int u = 0; u < 8; ++u) sum += partial[u];
+    inverse_sum[t] = 1.0f / sum;
+    if (normalise)
+      for (int64_t j = 0; j < s.N; ++j) row[j] *= inverse_sum[t];
+  }
+}
+
+// out_n = Σ_j softmax_j(q_n · k_j / √D) v_j per head, query rows cut in blocks of at most 64 (whole blocks per
+// thread: the same numbers on any thread count). qkv (B, N, 3, G, D) -> out (B, N, G, D).
+static void softmax_attention(const SoftmaxProblem &s, const float *qkv, float *out) {
+  const int64_t GD = s.G * s.D, blocks = (s.N + 63) / 64, block_rows = (s.N + blocks - 1) / blocks;
+  const std::vector<float> scales(s.padded, s.scale);
+  parallel_for(s.B * s.G * blocks, 2.0 * s.B * s.G * s.N * s.N * s.D, [&](int64_t first, int64_t last) {
+    std::vector<float> kt(s.D * s.padded), p(block_rows * s.padded), inverse_sum(block_rows);
+    int64_t packed = -1;  // the (image, head) whose Kᵀ is in kt
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t head = task / blocks, b = head / s.G, g = head % s.G;
+      const int64_t r0 = task % blocks * block_rows, rows = std::min(block_rows, s.N - r0);
+      const float *q = qkv + b * s.N * s.ld + g * s.D, *k = q + GD, *v = q + 2 * GD;
+      if (packed != head) pack_transposed(s, k, kt.data()), packed = head;
+      softmax_scores(s, q + r0 * s.ld, kt.data(), rows, scales.data(), p.data(), inverse_sum.data(), false);
+      float *o = out + (b * s.N + r0) * GD + g * s.D;
+      for (int64_t t = 0; t < rows; ++t) std::fill(o + t * GD, o + t * GD + s.D, 0.0f);
+      scaled_product(p.data(), s.padded, 1, rows, v, s.ld, s.D, s.N, inverse_sum.data(), o, GD);
+    }
+  });
+}
+
+// Its gradient, one (image, head) per task, P recomputed: with dP = dO Vᵀ and dS = P ∘ (dP − rowsum(dO ∘ O)),
+// dQ = dS K / √D, dK = dSᵀ Q / √D, dV = Pᵀ dO, written into d_qkv's (B, N, 3, G, D) layout.
+static void softmax_attention_grad(const SoftmaxProblem &s, const float *qkv, const float *out, const float *dout,
+                                   float *dqkv) {
+  const int64_t GD = s.G * s.D;
+  const std::vector<float> scales(s.padded, s.scale), ones(s.padded, 1.0f);
+  parallel_for(s.B * s.G, 5.0 * s.B * s.G * s.N * s.N * s.D, [&](int64_t first, int64_t last) {
+    std::vector<float> kt(s.D * s.padded), vt(s.D * s.padded), p(s.N * s.padded), ds(s.N * s.padded),
+        inverse_sum(s.N);
+    for (int64_t head = first; head < last; ++head) {
+      const int64_t b = head / s.G, g = head % s.G;
+      const float *q = qkv + b * s.N * s.ld + g * s.D, *k = q + GD, *v = q + 2 * GD;
+      const float *o = out + b * s.N * GD + g * s.D, *dO = dout + b * s.N * GD + g * s.D;
+      float *dq = dqkv + b * s.N * s.ld + g * s.D, *dk = dq + GD, *dv = dq + 2 * GD;
+      pack_transposed(s, k, kt.data());
+      pack_transposed(s, v, vt.data());
+      softmax_scores(s, q, kt.data(), s.N, scales.data(), p.data(), inverse_sum.data(), true);
+      std::fill(ds.begin(), ds.end(), 0.0f);
+      scaled_product(dO, GD, 1, s.N, vt.data(), s.padded, s.padded, s.D, ones.data(), ds.data(), s.padded);
+      for (int64_t i = 0; i < s.N; ++i) {
+        float dot = 0.0f;
+        for (int64_t c = 0; c < s.D; ++c) dot += dO[i * GD + c] * o[i * GD + c];
+        float *dsi = ds.data() + i * s.padded;
+        const float *pi = p.data() + i * s.padded;
+        for (int64_t j = 0; j < s.padded; ++j) dsi[j] = pi[j] * (dsi[j] - dot);
+      }
+      for (int64_t i = 0; i < s.N; ++i)
+        for (float *d : {dq, dk, dv}) std::fill(d + i * s.ld, d + i * s.ld + s.D, 0.0f);
+      scaled_product(ds.data(), s.padded, 1, s.N, k, s.ld, s.D, s.N, scales.data(), dq, s.ld);
+      scaled_product(ds.data(), 1, s.padded, s.N, q, s.ld, s.D, s.N, scales.data(), dk, s.ld);
+      scaled_product(p.data(), 1, s.padded, s.N, dO, GD, s.D, s.N, ones.data(), dv, s.ld);
+    }
+  });
+}
+
+static bool same_shape(int n, const int64_t *a, const int64_t *b) {
+  for (int d = 0; d < n; ++d)
+    if (a[d] != b[d]) return false;
+  return true;
+}
+
+// Softmax attention per head (scale head_dim^−½) of the qkv projection as it is: qkv (B, N, 3, G, D) -> out
+// (B, N, G, D), the heads merged.
+extern "C" int SoftmaxAttentionQKV(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                                   void *) {
+  if (nparam != 2 || !all_float32(2, dtypes) || ndims[0] != 5 || shapes[0][2] != 3) return 1;
+  const int64_t *s = shapes[0];
+  softmax_attention(SoftmaxProblem(s[0], s[1], s[3], s[4]), static_cast<const float *>(params[0]),
+                    static_cast<float *>(params[1]));
+  return 0;
+}
+
+// Its gradient: qkv (B, N, 3, G, D), out and d_out (B, N, G, D) -> d_qkv (B, N, 3, G, D).
+extern "C" int SoftmaxAttentionQKVGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                       void *, void *) {
+  if (nparam != 4 || !all_float32(4, dtypes) || ndims[0] != 5 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  const int64_t *s = shapes[0];
+  const int64_t merged[4] = {s[0], s[1], s[3], s[4]};
+  if (s[2] != 3 || !same_shape(4, merged, shapes[1]) || !same_shape(4, merged, shapes[2])) return 1;
+  softmax_attention_grad(SoftmaxProblem(s[0], s[1], s[3], s[4]), static_cast<const float *>(params[0]),
+                         static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),
+                         static_cast<float *>(params[3]));
+  return 0;
+}
+
+// ----- simplified linear attention, backward
+
+// xᵀ of each of the G (D, D) blocks of x.
+static void transpose_blocks(const float *x, int64_t G, int64_t D, float *t) {
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t j = 0; j < D; ++j) t[g * D * D + j * D + i] = x[g * D * D + i * D + j];
+}
+
+// The gradient of SimplifiedLinearAttentionQKV for one image (qkv, dout: its first token; qkv and dq rows 3·G·D
+// floats apart). With K = ReLU(k + p), Q = ReLU(q), z = 1 / (Q · ΣK + 1e-6), A = Q (Kᵀ V) per head and
+// out = z A + DWC(v): dA = z dO, dz-term d = −z² (dO · A); dQ = dA (KᵀV)ᵀ + d ΣK; d(KᵀV) = Σ Qᵀ dA, d(ΣK) = Σ d Q;
+// dK = V d(KᵀV)ᵀ + d(ΣK); dV = K d(KᵀV) + DWCᵀ(dO) (the conv with the flipped kernel). Writes dq, dk, dv into
+// dqkv and adds this image's dp (N, G·D), d weight (k·k, D) tap-major and d bias (D) into the sums given.
+static void sla_image_grad(const SlaProblem &s, const float *qkv, const float *p, const float *flipped_taps,
+                           const float *dout, float *dqkv, float *dp, float *dtaps, float *dbias) {
+  const int64_t G = s.G, D = s.D, GD = G * D, N = s.H * s.W, ld = s.ld, k = s.k, r = k / 2;
+  std::vector<float> K(N * GD), Q(N * GD), A(N * GD, 0.0f), dA(N * GD), z(N * G), d(N * G), conv(N * GD);
+  std::vector<float> kv(G * D * D, 0.0f), kvt(G * D * D), dkv(G * D * D, 0.0f), dkvt(G * D * D), ksum(GD, 0.0f),
+      dksum(GD, 0.0f), ones(std::max(N, D), 1.0f), zero_bias(D, 0.0f);
+  const float *q = qkv, *kk = qkv + GD, *v = qkv + 2 * GD;
+  float *dq = dqkv, *dk = dqkv + GD, *dv = dqkv + 2 * GD;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < GD; ++c) {
+      K[n * GD + c] = std::max(kk[n * ld + c] + p[n * GD + c], 0.0f);
+      Q[n * GD + c] = std::max(q[n * ld + c], 0.0f);
+      ksum[c] += K[n * GD + c];
+    }
+  for (int64_t g = 0; g < G; ++g) {
+    scaled_product(K.data() + g * D, 1, GD, D, v + g * D, ld, D, N, ones.data(), kv.data() + g * D * D, D);
+    scaled_product(Q.data() + g * D, GD, 1, N, kv.data() + g * D * D, D, D, D, ones.data(), A.data() + g * D, GD);
+  }
+  transpose_blocks(kv.data(), G, D, kvt.data());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      const float *qg = Q.data() + n * GD + g * D, *sg = ksum.data() + g * D, *ag = A.data() + n * GD + g * D;
+      const float *og = dout + n * GD + g * D;
+      float den = 1e-6f, dot = 0.0f;
+      for (int64_t c = 0; c < D; ++c) den += qg[c] * sg[c], dot += og[c] * ag[c];
+      const float zz = 1.0f / den;
+      z[n * G + g] = zz;
+      d[n * G + g] = -zz * zz * dot;
+      for (int64_t c = 0; c < D; ++c) dA[n * GD + g * D + c] = zz * og[c];
+    }
+  for (int64_t n = 0; n < N; ++n)
+    for (float *x : {dq, dk, dv}) std::fill(x + n * ld, x + n * ld + GD, 0.0f);
+  for (int64_t g = 0; g < G; ++g) {
+    scaled_product(dA.data() + g * D, GD, 1, N, kvt.data() + g * D * D, D, D, D, ones.data(), dq + g * D, ld);
+    scaled_product(Q.data() + g * D, 1, GD, D, dA.data() + g * D, GD, D, N, ones.data(), dkv.data() + g * D * D, D);
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t c = 0; c < D; ++c) {
+        const int64_t i = n * GD + g * D + c;
+        dksum[g * D + c] += d[n * G + g] * Q[i];
+        dq[n * ld + g * D + c] = q[n * ld + g * D + c] > 0.0f ? dq[n * ld + g * D + c] + d[n * G + g] * ksum[g * D + c]
+                                                               : 0.0f;
+      }
+  transpose_blocks(dkv.data(), G, D, dkvt.data());
+  for (int64_t g = 0; g < G; ++g) {
+    scaled_product(v + g * D, ld, 1, N, dkvt.data() + g * D * D, D, D, D, ones.data(), dk + g * D, ld);
+    scaled_product(K.data() + g * D, GD, 1, N, dkv.data() + g * D * D, D, D, D, ones.data(), dv + g * D, ld);
+  }
+  for (int64_t y = 0; y < s.H; ++y)
+    depthwise_row(dout, GD, flipped_taps, zero_bias.data(), conv.data() + y * s.W * GD, y, s.H, s.W, G, D, k);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < GD; ++c) {
+      const int64_t i = n * GD + c;
+      const float grad = K[i] > 0.0f ? dk[n * ld + c] + dksum[c] : 0.0f;
+      dk[n * ld + c] = grad;
+      dp[i] += grad;
+      dv[n * ld + c] += conv[i];
+      dbias[c % D] += dout[i];
+    }
+  for (int64_t a = 0; a < k; ++a)  // d weight[c, a, b] = Σ dO[y, x, c] · v[y + a − r, x + b − r, c]
+    for (int64_t b = 0; b < k; ++b) {
+      float *dt = dtaps + (a * k + b) * D;
+      for (int64_t y = std::max<int64_t>(0, r - a); y < std::min(s.H, s.H + r - a); ++y)
+        for (int64_t x = std::max<int64_t>(0, r - b); x < std::min(s.W, s.W + r - b); ++x) {
+          const float *og = dout + (y * s.W + x) * GD, *vg = v + ((y + a - r) * s.W + x + b - r) * ld;
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t c = 0; c < D; ++c) dt[c] += og[g * D + c] * vg[g * D + c];
+        }
+    }
+}
+
+// The gradient of SimplifiedLinearAttentionQKV: qkv (B, H, W, 3, G, D), p (1, H, W, G, D), weight (D, 1, k, k),
+// bias (D,), its output (unused) and d_out (B, H, W, G, D) -> d_qkv, d_p, d_weight, d_bias. Each thread takes whole
+// images; the images' dp, d weight and d bias are added in image order (the same numbers on any thread count).
+extern "C" int SimplifiedLinearAttentionQKVGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                                const char **dtypes, void *, void *) {
+  if (nparam != 10 || !all_float32(10, dtypes)) return 1;
+  if (ndims[0] != 6 || ndims[1] != 5 || ndims[2] != 4 || ndims[3] != 1 || ndims[5] != 5) return 1;
+  const int64_t *s = shapes[0];
+  const int64_t grid[5] = {s[0], s[1], s[2], s[4], s[5]};
+  if (s[3] != 3 || !sla_shapes_ok(grid, shapes, 1) || !same_shape(5, grid, shapes[5])) return 1;
+  const int64_t B = s[0], G = s[4], D = s[5], GD = G * D, N = s[1] * s[2], k = shapes[2][3];
+  const SlaProblem problem(B, s[1], s[2], G, D, k, 3 * GD);
+  const float *qkv = static_cast<const float *>(params[0]), *p = static_cast<const float *>(params[1]);
+  const float *weight = static_cast<const float *>(params[2]), *dout = static_cast<const float *>(params[5]);
+  float *dqkv = static_cast<float *>(params[6]), *dp = static_cast<float *>(params[7]);
+  float *dweight = static_cast<float *>(params[8]), *dbias = static_cast<float *>(params[9]);
+  std::vector<float> flipped(k * k * D);  // tap-major weights of the transposed conv: weight[c, k−1−a, k−1−b]
+  for (int64_t c = 0; c < D; ++c)
+    for (int64_t t = 0; t < k * k; ++t) flipped[t * D + c] = weight[c * k * k + (k * k - 1 - t)];
+  const int64_t sums = N * GD + k * k * D + D;  // one image's dp, d taps, d bias
+  std::vector<float> partial(B * sums, 0.0f);
+  parallel_for(B, B * N * GD * (8.0 * D + 3.0 * k * k), [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      float *own = partial.data() + b * sums;
+      sla_image_grad(problem, qkv + b * N * 3 * GD, p, flipped.data(), dout + b * N * GD, dqkv + b * N * 3 * GD, own,
+                     own + N * GD, own + N * GD + k * k * D);
+    }
+  });
+  for (int64_t b = 1; b < B; ++b)
+    for (int64_t i = 0; i < sums; ++i) partial[i] += partial[b * sums + i];
+  std::copy(partial.begin(), partial.begin() + N * GD, dp);
+  for (int64_t c = 0; c < D; ++c)
+    for (int64_t t = 0; t < k * k; ++t) dweight[c * k * k + t] = partial[N * GD + t * D + c];
+  std::copy(partial.begin() + N * GD + k * k * D, partial.begin() + sums, dbias);
+  return 0;
+}
