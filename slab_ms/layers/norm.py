@@ -20,13 +20,58 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .cpu_kernels import kernel
 from .schedule import PRepBNSchedule, gamma
 
-__all__ = ["TokenBatchNorm", "RepBN", "PRepBN", "RMSNorm", "MaskedRepBN", "MaskedPRepBN", "get_norm_layer",
+__all__ = ["LayerNorm", "TokenBatchNorm", "RepBN", "PRepBN", "RMSNorm", "MaskedRepBN", "MaskedPRepBN", "get_norm_layer",
            "get_masked_norm_layer", "prepbn_layers", "attach_prepbn_schedule"]
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # MindSpore's momentum 0.9 is PyTorch's momentum 0.1
+
+
+def layer_norm_backward(x, weight, stats, dy):
+    """(dx, dγ, dβ) of LayerNorm over the last axis from its input, weight, per-row (mean, 1/σ) ``stats`` and the
+    output's gradient, in standard ops (the native backward's formula and gradient)."""
+    mean, rstd = ops.unstack(stats, axis=-1)
+    xhat = (x - mean.expand_dims(-1)) * rstd.expand_dims(-1)
+    g = dy * weight
+    dx = rstd.expand_dims(-1) * (g - g.mean(-1, keep_dims=True) - xhat * (g * xhat).mean(-1, keep_dims=True))
+    width = x.shape[-1]
+    return dx, (dy * xhat).reshape(-1, width).sum(0), dy.reshape(-1, width).sum(0)
+
+
+def _native_layer_norm():
+    """The native LayerNorm ``(x, γ, β, ε) -> (y, stats)`` (stats: per-row mean and 1/σ) with its native backward, or
+    None where native kernels are not used."""
+    backward = kernel("LayerNormBackward", layer_norm_backward, out_shape=lambda x, w, *_: (x, w, w),
+                      out_dtype=lambda x, *_: (x, x, x))
+    if backward is None:
+        return None
+
+    def bprop(x, weight, bias, eps, out, dout):
+        dx, dweight, dbias = backward(x, weight, out[1], dout[0])
+        return dx, dweight, dbias, ops.zeros_like(eps)
+
+    return kernel("LayerNorm", None, out_shape=lambda x, *_: (x, x[:-1] + [2]), out_dtype=lambda x, *_: (x, x),
+                  bprop=bprop)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis (same parameters, same numbers to float rounding); on float32 CPU tensors,
+    in training and evaluation, one native pass forward and one backward (``cpu_kernels``): MindSpore's CPU
+    LayerNorm and its gradient are several times slower. ``use_standard_ops`` switches back."""
+
+    def __init__(self, dim, epsilon=1e-6):
+        super().__init__((dim,), epsilon=epsilon)
+        self.native_kernel = _native_layer_norm()
+        self.eps_tensor = Tensor([epsilon], ms.float32)
+
+    def construct(self, x):
+        if self.native_kernel is not None and x.dtype == ms.float32:
+            return self.native_kernel(x, self.gamma, self.beta, self.eps_tensor)[0]
+        y, _, _ = self.layer_norm(x, self.gamma.astype(x.dtype), self.beta.astype(x.dtype))
+        return y
 
 
 class TokenBatchNorm(nn.Cell):
@@ -85,7 +130,7 @@ class PRepBN(nn.Cell):
 
     def __init__(self, dim, schedule, ln_eps=1e-6, norm1=None, norm2=None):
         super().__init__()
-        self.norm1 = norm1 if norm1 is not None else nn.LayerNorm((dim,), epsilon=ln_eps)
+        self.norm1 = norm1 if norm1 is not None else LayerNorm(dim, epsilon=ln_eps)
         self.norm2 = norm2 if norm2 is not None else RepBN(dim)
         self.schedule = schedule
         self._step, self._decay_steps, self._warmup_steps = schedule.parameters
@@ -196,7 +241,7 @@ def get_norm_layer(norm, ln_eps=1e-6, decay_steps=None):
     :func:`attach_prepbn_schedule` once its layers are built.
     """
     if norm == "ln":
-        return lambda dim: nn.LayerNorm((dim,), epsilon=ln_eps)
+        return partial(LayerNorm, epsilon=ln_eps)
     if norm == "bn":
         return TokenBatchNorm
     if norm == "repbn":
