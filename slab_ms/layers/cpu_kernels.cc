@@ -643,3 +643,105 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   std::copy(total.begin() + C, total.end(), dbeta);
   return 0;
 }
+
+// ----- RepBN / BatchNorm over tokens (training)
+// Per-channel Σ over the rows of x (rows, C) of f(row, c) into out (C): fixed blocks of kSumRows rows, then the blocks
+// in order (the same numbers on any thread count). f(xr, c, acc) adds row xr's terms to acc[c] for every c.
+template <class F>
+static void column_sums(int64_t rows, int64_t C, double work, F f, float *out) {
+  const int64_t blocks = (rows + kSumRows - 1) / kSumRows;
+  std::vector<float> partial(std::max<int64_t>(blocks, 1) * C, 0.0f);
+  parallel_for(blocks, work, [&](int64_t first, int64_t last) {
+    for (int64_t blk = first; blk < last; ++blk)
+      for (int64_t row = blk * kSumRows; row < std::min(rows, (blk + 1) * kSumRows); ++row)
+        f(row, partial.data() + blk * C);
+  });
+  add_blocks(partial.data(), blocks, C, out);
+}
+
+// RepBN in training over the last axis of x (rows, C), batch statistics over all rows:
+//   y = (x − μ)·ρ·γ + β + α·x,  ρ = 1/√(var + ε) (biased variance, two passes);
+// stats (3, C): μ, ρ and the unbiased variance (for the running statistics). α = 0 is plain BatchNorm.
+extern "C" int RepBatchNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                            void *) {
+  if (nparam != 7 || !all_float32(7, dtypes)) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (ndims[1] != 1 || ndims[2] != 1 || shapes[1][0] != C || shapes[2][0] != C || C == 0) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const int64_t rows = n / C;
+  if (rows < 2) return 1;  // the unbiased variance needs two samples
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]), alpha = *static_cast<const float *>(params[3]);
+  const float eps = *static_cast<const float *>(params[4]);
+  float *y = static_cast<float *>(params[5]), *stats = static_cast<float *>(params[6]);
+  float *mean = stats, *rstd = stats + C, *unbiased = stats + 2 * C;
+  column_sums(rows, C, 2.0 * n, [&](int64_t row, float *acc) { add_row(acc, x + row * C, C); }, mean);
+  for (int64_t c = 0; c < C; ++c) mean[c] /= rows;
+  column_sums(rows, C, 3.0 * n, [&](int64_t row, float *acc) {
+    const float *xr = x + row * C;
+    for (int64_t c = 0; c < C; ++c) acc[c] += (xr[c] - mean[c]) * (xr[c] - mean[c]);
+  }, unbiased);
+  std::vector<float> scale(C), shift(C);  // y = x·scale + shift
+  for (int64_t c = 0; c < C; ++c) {
+    rstd[c] = 1.0f / __builtin_sqrtf(unbiased[c] / rows + eps);
+    scale[c] = rstd[c] * gamma[c] + alpha;
+    shift[c] = beta[c] - mean[c] * rstd[c] * gamma[c];
+    unbiased[c] /= rows - 1;
+  }
+  parallel_for(rows, 2.0 * n, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const float *xr = x + row * C;
+      float *yr = y + row * C;
+      for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * scale[c] + shift[c];
+    }
+  });
+  return 0;
+}
+
+// Gradient of RepBatchNorm: (x, γ, α, stats, dy) -> (dx, dγ, dβ, dα) with x̂ = (x − μ)·ρ over M rows:
+//   dβ = Σ dy, dγ = Σ dy·x̂ (per channel), dα = Σ dy·x (all values),
+//   dx = α·dy + γ·ρ·(dy − dβ/M − x̂·dγ/M).
+extern "C" int RepBatchNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  if (nparam != 9 || !all_float32(9, dtypes)) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (ndims[1] != 1 || shapes[1][0] != C || C == 0) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const int64_t rows = n / C;
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
+  const float alpha = *static_cast<const float *>(params[2]);
+  const float *stats = static_cast<const float *>(params[3]), *dy = static_cast<const float *>(params[4]);
+  float *dx = static_cast<float *>(params[5]), *dgamma = static_cast<float *>(params[6]);
+  float *dbeta = static_cast<float *>(params[7]), *dalpha = static_cast<float *>(params[8]);
+  const float *mean = stats, *rstd = stats + C;
+  std::vector<float> sums(3 * C);  // per channel: Σ dy, Σ dy·x̂, Σ dy·x
+  column_sums(rows, 3 * C, 6.0 * n, [&](int64_t row, float *acc) {
+    const float *xr = x + row * C, *dyr = dy + row * C;
+    for (int64_t c = 0; c < C; ++c) {
+      acc[c] += dyr[c];
+      acc[C + c] += dyr[c] * (xr[c] - mean[c]) * rstd[c];
+      acc[2 * C + c] += dyr[c] * xr[c];
+    }
+  }, sums.data());
+  std::vector<float> k(C), kx(C), k0(C);  // dx = α·dy + k·dy − kx·x − k0, per channel
+  float total = 0.0f;
+  for (int64_t c = 0; c < C; ++c) {
+    dbeta[c] = sums[c];
+    dgamma[c] = sums[C + c];
+    total += sums[2 * C + c];
+    k[c] = alpha + gamma[c] * rstd[c];
+    kx[c] = gamma[c] * rstd[c] * rstd[c] * dgamma[c] / rows;
+    k0[c] = gamma[c] * rstd[c] * (dbeta[c] / rows - mean[c] * rstd[c] * dgamma[c] / rows);
+  }
+  *dalpha = total;
+  parallel_for(rows, 3.0 * n, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const float *xr = x + row * C, *dyr = dy + row * C;
+      float *dxr = dx + row * C;
+      for (int64_t c = 0; c < C; ++c) dxr[c] = k[c] * dyr[c] - kx[c] * xr[c] - k0[c];
+    }
+  });
+  return 0;
+}

@@ -74,15 +74,73 @@ class LayerNorm(nn.LayerNorm):
         return y
 
 
+def rep_batch_norm_backward(x, weight, alpha, stats, dy):
+    """(dx, dγ, dβ, dα) of y = BN(x) + α·x with batch statistics over every axis but the last, from the per-channel
+    (mean, 1/σ, unbiased variance) ``stats`` and the output's gradient, in standard ops (the native backward's
+    formula and gradient)."""
+    mean, rstd, _ = ops.unstack(stats, axis=0)
+    width = x.shape[-1]
+    rows_x, rows_dy = x.reshape(-1, width), dy.reshape(-1, width)
+    xhat = (rows_x - mean) * rstd
+    dbeta, dweight = rows_dy.sum(0), (rows_dy * xhat).sum(0)
+    count = rows_x.shape[0]
+    dx = alpha * rows_dy + weight * rstd * (rows_dy - dbeta / count - xhat * dweight / count)
+    return dx.reshape(x.shape), dweight, dbeta, (rows_dy * rows_x).sum().reshape((1,))
+
+
+def _native_rep_batch_norm():
+    """The native training RepBN ``(x, γ, β, α, ε) -> (BN(x) + α·x, stats)`` over the last axis (stats: per-channel
+    mean, 1/σ and unbiased variance) with its native backward, or None where native kernels are not used."""
+    backward_grad = ops.GradOperation(get_all=True, sens_param=True)(rep_batch_norm_backward)
+
+    def second_order(x, weight, alpha, stats, dy, out, dout):
+        return backward_grad(x, weight, alpha, stats, dy, dout)
+
+    backward = kernel("RepBatchNormBackward", rep_batch_norm_backward, out_shape=lambda x, w, a, *_: (x, w, w, a),
+                      out_dtype=lambda x, *_: (x, x, x, x), bprop=second_order)
+    if backward is None:
+        return None
+
+    def bprop(x, weight, bias, alpha, eps, out, dout):
+        dx, dweight, dbias, dalpha = backward(x, weight, alpha, out[1], dout[0])
+        return dx, dweight, dbias, dalpha, ops.zeros_like(eps)
+
+    return kernel("RepBatchNorm", None, out_shape=lambda x, w, *_: (x, [3] + w), out_dtype=lambda x, *_: (x, x),
+                  bprop=bprop)
+
+
 class TokenBatchNorm(nn.Cell):
-    """BatchNorm1d over the channel axis of ``(B, N, C)`` tokens (statistics over B·N samples)."""
+    """BatchNorm1d over the channel axis of ``(B, N, C)`` tokens (statistics over B·N samples).
+
+    In training on float32 CPU tensors one native pass over the tokens as they lie (no transposes) and one backward
+    (``cpu_kernels``), with ``nn.BatchNorm1d``'s running statistics: momentum 0.9 (PyTorch's 0.1), unbiased
+    running variance.
+    """
 
     def __init__(self, dim, eps=BN_EPS):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim, eps=eps, momentum=BN_MOMENTUM)
+        self.native_kernel = _native_rep_batch_norm()
+        self.eps_tensor = Tensor([eps], ms.float32)
+        self.zero = Tensor([0.0], ms.float32)
 
     def construct(self, x):
+        if self.training and self._native(x):
+            return self.native_batch_norm(x, self.zero)
         return self.bn(x.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+    def _native(self, x):
+        # isinstance first: MindCV's O2 wraps the BatchNorm1d in a cell without its parameters
+        return isinstance(self.bn, nn.BatchNorm1d) and self.native_kernel is not None and x.dtype == ms.float32
+
+    def native_batch_norm(self, x, alpha):
+        """BN(x) + α·x with batch statistics, through the native kernel; moves the running statistics."""
+        bn = self.bn
+        y, stats = self.native_kernel(x, bn.gamma, bn.beta, alpha, self.eps_tensor)
+        mean, _, variance = ops.unstack(ops.stop_gradient(stats), axis=0)
+        y = ops.depend(y, ops.assign(bn.moving_mean, bn.moving_mean * BN_MOMENTUM + mean * (1.0 - BN_MOMENTUM)))
+        return ops.depend(y, ops.assign(bn.moving_variance,
+                                        bn.moving_variance * BN_MOMENTUM + variance * (1.0 - BN_MOMENTUM)))
 
     def affine(self):
         """Eval-mode per-channel map ``x -> a*x + b`` as float64 numpy arrays ``(a, b)``."""
@@ -102,6 +160,8 @@ class RepBN(TokenBatchNorm):
         self.alpha = Parameter(Tensor(np.ones((1,), np.float32)), name="alpha")
 
     def construct(self, x):
+        if self.training and self._native(x):
+            return self.native_batch_norm(x, self.alpha)
         x = x.transpose(0, 2, 1)
         return (self.bn(x) + self.alpha * x).transpose(0, 2, 1)
 
