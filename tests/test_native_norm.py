@@ -139,7 +139,7 @@ from slab_ms.layers.mlp import Mlp
 from slab_ms.layers.norm import LayerNorm, RepBN
 ms.set_context(mode=ms.PYNATIVE_MODE)
 rng = np.random.default_rng(0)
-x = Tensor(rng.normal(size=(4, 600, 64)).astype(np.float32))
+x = Tensor(rng.normal(size=(8, 1200, 64)).astype(np.float32))
 out = {}
 for name, cell in (("ln", LayerNorm(64)), ("repbn", RepBN(64)), ("mlp", Mlp(64, 256))):
     cell.set_train(True)
@@ -157,8 +157,8 @@ np.savez(sys.argv[1], **out)
 
 
 def test_native_training_kernels_give_the_same_numbers_on_any_number_of_threads(tmp_path):
-    """2400 rows (enough work for 2-3 threads in every kernel): the column sums of dγ, dβ, dη and the bias gradient
-    span 38 blocks of 64 rows, shared out differently on 1 and 3 threads; every output is bitwise the same."""
+    """9600 rows (enough work for 2-3 threads in every kernel): the column sums of dγ, dβ, dη and the bias gradient
+    span 150 blocks of 64 rows, shared out differently on 1 and 3 threads; every output is bitwise the same."""
     outputs = []
     for threads in ("1", "3"):
         env = dict(os.environ, SLAB_MS_NATIVE_THREADS=threads, PYTHONPATH=os.pathsep.join(sys.path))

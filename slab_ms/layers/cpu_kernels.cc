@@ -462,7 +462,8 @@ extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes
 
 // ----- LayerNorm and exact-GELU gradients (training)
 // Column sums over rows (dγ, dβ, the bias gradient) are summed in fixed blocks of kSumRows rows, then the blocks in
-// order: the same numbers on any thread count.
+// order: the same numbers on any thread count. The normalisations are memory-bound: their `work` counts a fraction
+// of a multiply-add per value, so a DeiT-T batch of 8 stays on one thread (a thread costs more than it saves there).
 constexpr int64_t kSumRows = 64;
 
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -584,7 +585,7 @@ extern "C" int LayerNorm(int nparam, void **params, int *ndims, int64_t **shapes
   const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
   const float *beta = static_cast<const float *>(params[2]), eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]), *stats = static_cast<float *>(params[5]);
-  parallel_for(n / C, 8.0 * n, [&](int64_t first, int64_t last) {
+  parallel_for(n / C, 0.5 * n, [&](int64_t first, int64_t last) {
     std::vector<float> centered(C);
     for (int64_t row = first; row < last; ++row) {
       const float *xr = x + row * C;
@@ -617,7 +618,7 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   float *dbeta = static_cast<float *>(params[6]);
   const int64_t rows = n / C, blocks = (rows + kSumRows - 1) / kSumRows;
   std::vector<float> partial(std::max<int64_t>(blocks, 1) * 2 * C, 0.0f);  // per block: Σ dy·x̂, then Σ dy
-  parallel_for(blocks, 12.0 * n, [&](int64_t first, int64_t last) {
+  parallel_for(blocks, 2.0 * n, [&](int64_t first, int64_t last) {
     std::vector<float> xhat(C), g(C), gx(C);
     for (int64_t blk = first; blk < last; ++blk) {
       float *sum_dyx = partial.data() + blk * 2 * C, *sum_dy = sum_dyx + C;
@@ -676,9 +677,9 @@ extern "C" int RepBatchNorm(int nparam, void **params, int *ndims, int64_t **sha
   const float eps = *static_cast<const float *>(params[4]);
   float *y = static_cast<float *>(params[5]), *stats = static_cast<float *>(params[6]);
   float *mean = stats, *rstd = stats + C, *unbiased = stats + 2 * C;
-  column_sums(rows, C, 2.0 * n, [&](int64_t row, float *acc) { add_row(acc, x + row * C, C); }, mean);
+  column_sums(rows, C, 0.5 * n, [&](int64_t row, float *acc) { add_row(acc, x + row * C, C); }, mean);
   for (int64_t c = 0; c < C; ++c) mean[c] /= rows;
-  column_sums(rows, C, 3.0 * n, [&](int64_t row, float *acc) {
+  column_sums(rows, C, 0.5 * n, [&](int64_t row, float *acc) {
     const float *xr = x + row * C;
     for (int64_t c = 0; c < C; ++c) acc[c] += (xr[c] - mean[c]) * (xr[c] - mean[c]);
   }, unbiased);
@@ -689,7 +690,7 @@ extern "C" int RepBatchNorm(int nparam, void **params, int *ndims, int64_t **sha
     shift[c] = beta[c] - mean[c] * rstd[c] * gamma[c];
     unbiased[c] /= rows - 1;
   }
-  parallel_for(rows, 2.0 * n, [&](int64_t first, int64_t last) {
+  parallel_for(rows, 0.5 * n, [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
       const float *xr = x + row * C;
       float *yr = y + row * C;
@@ -717,7 +718,7 @@ extern "C" int RepBatchNormBackward(int nparam, void **params, int *ndims, int64
   float *dbeta = static_cast<float *>(params[7]), *dalpha = static_cast<float *>(params[8]);
   const float *mean = stats, *rstd = stats + C;
   std::vector<float> sums(3 * C);  // per channel: Σ dy, Σ dy·x̂, Σ dy·x
-  column_sums(rows, 3 * C, 6.0 * n, [&](int64_t row, float *acc) {
+  column_sums(rows, 3 * C, 2.0 * n, [&](int64_t row, float *acc) {
     const float *xr = x + row * C, *dyr = dy + row * C;
     for (int64_t c = 0; c < C; ++c) {
       acc[c] += dyr[c];
@@ -736,7 +737,7 @@ extern "C" int RepBatchNormBackward(int nparam, void **params, int *ndims, int64
     k0[c] = gamma[c] * rstd[c] * (dbeta[c] / rows - mean[c] * rstd[c] * dgamma[c] / rows);
   }
   *dalpha = total;
-  parallel_for(rows, 3.0 * n, [&](int64_t first, int64_t last) {
+  parallel_for(rows, 0.5 * n, [&](int64_t first, int64_t last) {
     for (int64_t row = first; row < last; ++row) {
       const float *xr = x + row * C, *dyr = dy + row * C;
       float *dxr = dx + row * C;
