@@ -84,6 +84,19 @@ def test_native_batch_norm_in_training_equals_the_standard_ops(cls, shape):
     _compare(lambda: cls(shape[-1]), shape)
 
 
+def test_norm_eval_keeps_the_running_statistics_in_training():
+    """A backbone's ``norm_eval`` sets the BN's use_batch_statistics False: RepBN then normalises with its running
+    statistics and leaves them as they are, native kernels or not."""
+    rep = RepBN(8)
+    _randomise(rep, np.random.default_rng(2))
+    rep.bn.use_batch_statistics = False
+    rep.set_train(True)
+    x = RNG.normal(size=(2, 5, 8)).astype(np.float32)
+    a, b = rep.affine()
+    np.testing.assert_allclose(rep(Tensor(x)).asnumpy(), x * a + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(rep.bn.moving_mean.asnumpy(), np.zeros(8, np.float32))
+
+
 def test_native_prepbn_mixture_trains_as_the_standard_ops():
     schedule_factory = get_norm_layer("prepbn", decay_steps=10)
     build = lambda: schedule_factory(16)  # noqa: E731 (both builds share one schedule: γ is the same)

@@ -130,8 +130,11 @@ class TokenBatchNorm(nn.Cell):
         return self.bn(x.transpose(0, 2, 1)).transpose(0, 2, 1)
 
     def _native(self, x):
-        # isinstance first: MindCV's O2 wraps the BatchNorm1d in a cell without its parameters
-        return isinstance(self.bn, nn.BatchNorm1d) and self.native_kernel is not None and x.dtype == ms.float32
+        """Whether this training call takes the native kernel: batch statistics (``norm_eval`` sets the BN's
+        ``use_batch_statistics`` False), float32, and a BatchNorm1d of its own (MindCV's O2 wraps it in a cell
+        without its parameters: isinstance first)."""
+        return (isinstance(self.bn, nn.BatchNorm1d) and self.bn.use_batch_statistics is None
+                and self.native_kernel is not None and x.dtype == ms.float32)
 
     def native_batch_norm(self, x, alpha):
         """BN(x) + α·x with batch statistics, through the native kernel; moves the running statistics."""
