@@ -248,6 +248,8 @@ class MaskedRepBN(RepBN):
         self.keep = float(BN_MOMENTUM)
 
     def construct(self, x, mask=None):
+        if mask is None and self.training and self._native(x):
+            return self.native_batch_norm(x, self.alpha)
         xt = x.transpose(0, 2, 1)
         if mask is None or not self.training:
             return (self.bn(xt) + self.alpha * xt).transpose(0, 2, 1)
