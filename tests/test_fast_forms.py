@@ -31,7 +31,9 @@ def pynative():
 def test_gelu_is_the_exact_erf_gelu():
     x = np.concatenate([np.linspace(-8, 8, 2001), RNG.normal(0, 3, 1000)]).astype(np.float32)
     expected = np.array([v * (1 + math.erf(v / math.sqrt(2))) / 2 for v in x.astype(np.float64)])
-    got = GELU().set_train(True)(Tensor(x)).asnumpy()  # the standard ops (eval mode may use the native kernel)
+    gelu = GELU()
+    cpu_kernels.use_standard_ops(gelu)  # the standard ops (float32 CPU tensors may take the native kernel)
+    got = gelu(Tensor(x)).asnumpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got, nn.GELU(approximate=False)(Tensor(x)).asnumpy(), rtol=1e-6, atol=1e-7)
     assert isinstance(GELU(), nn.GELU)  # ONNX export swaps nn.GELU cells for an Erf-free form
@@ -127,7 +129,9 @@ def test_native_gelu_is_the_exact_erf_gelu():
     native = gelu(Tensor(x)).asnumpy()[0]
     # erf within 4.3e-7 (a few float32 ulps of 1): |ΔGELU| ≤ 2.2e-7·|x| + rounding
     assert np.all(np.abs(native - expected) <= 2.2e-7 * np.abs(x[0]) + 1e-6 * np.abs(expected) + 1e-7)
-    standard = GELU().set_train(True)(Tensor(x)).asnumpy()[0]  # training: the differentiable standard ops
+    standard = GELU()
+    assert cpu_kernels.use_standard_ops(standard) == 1
+    standard = standard(Tensor(x)).asnumpy()[0]
     np.testing.assert_allclose(native, standard, rtol=1e-6, atol=1e-6)
 
 
@@ -261,8 +265,8 @@ class _SquaredLogits(nn.Cell):
 
 @needs_native
 def test_an_eval_mode_network_with_native_kernels_differentiates_as_the_standard_ops():
-    """Gradients through eval-mode cells (input saliency, frozen stages under a trainer) take the kernels'
-    standard-ops formulas: the same input and parameter gradients as with the kernels switched off."""
+    """Gradients through eval-mode cells (input saliency, frozen stages under a trainer) are the standard ops': the
+    same input and parameter gradients as with the kernels switched off."""
     ms.set_context(mode=ms.GRAPH_MODE)
     grads = []
     for native in (True, False):
@@ -272,7 +276,7 @@ def test_an_eval_mode_network_with_native_kernels_differentiates_as_the_standard
         for param in net.trainable_params():
             param.set_data(Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
         if not native:
-            assert cpu_kernels.use_standard_ops(net) == 4
+            assert cpu_kernels.use_standard_ops(net) == 10  # as in deploy form, and each PRepBN's LayerNorm and RepBN
 
         x = Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
         names = [p.name for p in net.trainable_params()]  # before the wrapper prefixes them

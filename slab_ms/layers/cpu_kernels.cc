@@ -818,3 +818,290 @@ extern "C" int SimplifiedLinearAttentionQKVGrad(int nparam, void **params, int *
   std::copy(partial.begin() + N * GD + k * k * D, partial.begin() + sums, dbias);
   return 0;
 }
+
+// ----- LayerNorm and exact-GELU gradients (training)
+// Column sums over rows (dγ, dβ, the bias gradient) are summed in fixed blocks of kSumRows rows, then the blocks in
+// order: the same numbers on any thread count. The normalisations are memory-bound: their `work` counts a fraction
+// of a multiply-add per value, so a DeiT-T batch of 8 stays on one thread (a thread costs more than it saves there).
+constexpr int64_t kSumRows = 64;
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// e^x for x ≤ 0 down to −87 (smaller x give 0): Cephes' expf polynomial on the remainder after powers of 2, within
+// 2 float32 ulps.
+static inline v8f exp_nonpositive(v8f x) {
+  const v8f lo = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f}, zero = {};
+  const v8f clamped = x < lo ? lo : x;
+  const float magic = 12582912.0f;  // 1.5·2^23: adding and subtracting it rounds to an integer
+  const v8f n = (clamped * 1.44269504088896341f + magic) - magic;
+  v8f r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  v8f p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  v8f scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < lo ? zero : p * scale;
+}
+
+// dGELU(v)/dv = (1 + erf(v/√2))/2 + v·e^(−v²/2)/√(2π), 8 values (erf as in the forward pass).
+static inline v8f gelu_slope(v8f v) {
+  const v8f lo = {-4, -4, -4, -4, -4, -4, -4, -4}, hi = -lo;
+  const float sqrt_half = 0.70710678118654752f, inv_sqrt_2pi = 0.39894228040143268f;
+  return 0.5f * (1.0f + erf_rational(v * sqrt_half, lo, hi)) + v * inv_sqrt_2pi * exp_nonpositive(-0.5f * v * v);
+}
+
+static inline float gelu_slope(float v) {
+  const float erf = erf_rational(v * 0.70710678118654752f, -4.0f, 4.0f);
+  return 0.5f * (1.0f + erf) + v * 0.39894228040143268f * __builtin_expf(-0.5f * v * v);
+}
+
+// dx = dy · GELU'(x + bias) for len values (bias: len values, or none).
+static void gelu_backward_span(const float *__restrict x, const float *__restrict bias, const float *__restrict dy,
+                               float *__restrict dx, int64_t len) {
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    const v8f v = bias ? load8(x + i) + load8(bias + i) : load8(x + i);
+    store8(dx + i, load8(dy + i) * gelu_slope(v));
+  }
+  for (; i < len; ++i) dx[i] = dy[i] * gelu_slope(bias ? x[i] + bias[i] : x[i]);
+}
+
+// acc[0..len) += row[0..len)
+static inline void add_row(float *__restrict acc, const float *__restrict row, int64_t len) {
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) store8(acc + i, load8(acc + i) + load8(row + i));
+  for (; i < len; ++i) acc[i] += row[i];
+}
+
+// Sums the per-block partial column sums partial (blocks, len) into out (len), blocks in order.
+static void add_blocks(const float *partial, int64_t blocks, int64_t len, float *out) {
+  std::fill(out, out + len, 0.0f);
+  for (int64_t b = 0; b < blocks; ++b) add_row(out, partial + b * len, len);
+}
+
+// Gradient of ExactGelu: (x, dy) -> dx = dy·GELU'(x); with a bias, (x, bias, dy) -> (dx = dy·GELU'(x + bias),
+// dbias = Σ over rows of dx), bias along x's last axis.
+extern "C" int ExactGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                                 void *) {
+  if ((nparam != 3 && nparam != 5) || !all_float32(nparam, dtypes)) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const float *x = static_cast<const float *>(params[0]);
+  if (nparam == 3) {
+    const float *dy = static_cast<const float *>(params[1]);
+    float *dx = static_cast<float *>(params[2]);
+    const int64_t blocks = (n + 1023) / 1024;
+    parallel_for(blocks, 24.0 * n, [&](int64_t first, int64_t last) {
+      const int64_t begin = first * 1024;
+      gelu_backward_span(x + begin, nullptr, dy + begin, dx + begin, std::min<int64_t>(n, last * 1024) - begin);
+    });
+    return 0;
+  }
+  const int64_t width = shapes[0][ndims[0] - 1];
+  if (ndims[1] != 1 || shapes[1][0] != width || width == 0) return 1;
+  const float *bias = static_cast<const float *>(params[1]), *dy = static_cast<const float *>(params[2]);
+  float *dx = static_cast<float *>(params[3]), *dbias = static_cast<float *>(params[4]);
+  const int64_t rows = n / width, blocks = (rows + kSumRows - 1) / kSumRows;
+  std::vector<float> partial(std::max<int64_t>(blocks, 1) * width, 0.0f);
+  parallel_for(blocks, 24.0 * n, [&](int64_t first, int64_t last) {
+    for (int64_t blk = first; blk < last; ++blk) {
+      float *sum = partial.data() + blk * width;
+      for (int64_t row = blk * kSumRows; row < std::min(rows, (blk + 1) * kSumRows); ++row) {
+        gelu_backward_span(x + row * width, bias, dy + row * width, dx + row * width, width);
+        add_row(sum, dx + row * width, width);
+      }
+    }
+  });
+  add_blocks(partial.data(), blocks, width, dbias);
+  return 0;
+}
+
+// Σ of len values in 8 vector lanes, then the lanes and the tail in order.
+static inline float row_sum(const float *x, int64_t len) {
+  v8f acc = {};
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) acc += load8(x + i);
+  float s = 0.0f;
+  for (int u = 0; u < 8; ++u) s += acc[u];
+  for (; i < len; ++i) s += x[i];
+  return s;
+}
+
+// LayerNorm over the last axis of x (rows, C): y = (x − μ)·ρ·γ + β with ρ = 1/√(var + ε) (biased variance, two
+// passes); stats (rows, 2) keeps μ and ρ for the backward pass.
+extern "C" int LayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                         void *) {
+  if (nparam != 6 || !all_float32(6, dtypes)) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (ndims[1] != 1 || ndims[2] != 1 || shapes[1][0] != C || shapes[2][0] != C || C == 0) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]), eps = *static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]), *stats = static_cast<float *>(params[5]);
+  parallel_for(n / C, 0.5 * n, [&](int64_t first, int64_t last) {
+    std::vector<float> centered(C);
+    for (int64_t row = first; row < last; ++row) {
+      const float *xr = x + row * C;
+      float *yr = y + row * C;
+      const float mean = row_sum(xr, C) / C;
+      for (int64_t c = 0; c < C; ++c) centered[c] = (xr[c] - mean) * (xr[c] - mean);
+      const float rstd = 1.0f / __builtin_sqrtf(row_sum(centered.data(), C) / C + eps);
+      int64_t c = 0;
+      for (; c + 8 <= C; c += 8) store8(yr + c, (load8(xr + c) - mean) * rstd * load8(gamma + c) + load8(beta + c));
+      for (; c < C; ++c) yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
+      stats[2 * row] = mean;
+      stats[2 * row + 1] = rstd;
+    }
+  });
+  return 0;
+}
+
+// Gradient of LayerNorm: (x, γ, stats, dy) -> (dx, dγ, dβ) with x̂ = (x − μ)·ρ, g = dy·γ:
+//   dx = ρ·(g − mean(g) − x̂·mean(g·x̂)) per row, dγ = Σ_rows dy·x̂, dβ = Σ_rows dy.
+extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                                 void *) {
+  if (nparam != 7 || !all_float32(7, dtypes)) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (ndims[1] != 1 || shapes[1][0] != C || C == 0) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
+  const float *stats = static_cast<const float *>(params[2]), *dy = static_cast<const float *>(params[3]);
+  float *dx = static_cast<float *>(params[4]), *dgamma = static_cast<float *>(params[5]);
+  float *dbeta = static_cast<float *>(params[6]);
+  const int64_t rows = n / C, blocks = (rows + kSumRows - 1) / kSumRows;
+  std::vector<float> partial(std::max<int64_t>(blocks, 1) * 2 * C, 0.0f);  // per block: Σ dy·x̂, then Σ dy
+  parallel_for(blocks, 2.0 * n, [&](int64_t first, int64_t last) {
+    std::vector<float> xhat(C), g(C), gx(C);
+    for (int64_t blk = first; blk < last; ++blk) {
+      float *sum_dyx = partial.data() + blk * 2 * C, *sum_dy = sum_dyx + C;
+      for (int64_t row = blk * kSumRows; row < std::min(rows, (blk + 1) * kSumRows); ++row) {
+        const float *xr = x + row * C, *dyr = dy + row * C;
+        const float mean = stats[2 * row], rstd = stats[2 * row + 1];
+        for (int64_t c = 0; c < C; ++c) {
+          xhat[c] = (xr[c] - mean) * rstd;
+          g[c] = dyr[c] * gamma[c];
+          gx[c] = g[c] * xhat[c];
+          sum_dyx[c] += dyr[c] * xhat[c];
+        }
+        add_row(sum_dy, dyr, C);
+        const float mean_g = row_sum(g.data(), C) / C, mean_gx = row_sum(gx.data(), C) / C;
+        float *dxr = dx + row * C;
+        for (int64_t c = 0; c < C; ++c) dxr[c] = rstd * (g[c] - mean_g - xhat[c] * mean_gx);
+      }
+    }
+  });
+  std::vector<float> total(2 * C);
+  add_blocks(partial.data(), blocks, 2 * C, total.data());
+  std::copy(total.begin(), total.begin() + C, dgamma);
+  std::copy(total.begin() + C, total.end(), dbeta);
+  return 0;
+}
+
+// ----- RepBN / BatchNorm over tokens (training)
+// Per-channel Σ over the rows of x (rows, C) of f(row, c) into out (C): fixed blocks of kSumRows rows, then the blocks
+// in order (the same numbers on any thread count). f(xr, c, acc) adds row xr's terms to acc[c] for every c.
+template <class F>
+static void column_sums(int64_t rows, int64_t C, double work, F f, float *out) {
+  const int64_t blocks = (rows + kSumRows - 1) / kSumRows;
+  std::vector<float> partial(std::max<int64_t>(blocks, 1) * C, 0.0f);
+  parallel_for(blocks, work, [&](int64_t first, int64_t last) {
+    for (int64_t blk = first; blk < last; ++blk)
+      for (int64_t row = blk * kSumRows; row < std::min(rows, (blk + 1) * kSumRows); ++row)
+        f(row, partial.data() + blk * C);
+  });
+  add_blocks(partial.data(), blocks, C, out);
+}
+
+// RepBN in training over the last axis of x (rows, C), batch statistics over all rows:
+//   y = (x − μ)·ρ·γ + β + α·x,  ρ = 1/√(var + ε) (biased variance, two passes);
+// stats (3, C): μ, ρ and the unbiased variance (for the running statistics). α = 0 is plain BatchNorm.
+extern "C" int RepBatchNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                            void *) {
+  if (nparam != 7 || !all_float32(7, dtypes)) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (ndims[1] != 1 || ndims[2] != 1 || shapes[1][0] != C || shapes[2][0] != C || C == 0) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const int64_t rows = n / C;
+  if (rows < 2) return 1;  // the unbiased variance needs two samples
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]), alpha = *static_cast<const float *>(params[3]);
+  const float eps = *static_cast<const float *>(params[4]);
+  float *y = static_cast<float *>(params[5]), *stats = static_cast<float *>(params[6]);
+  float *mean = stats, *rstd = stats + C, *unbiased = stats + 2 * C;
+  column_sums(rows, C, 0.5 * n, [&](int64_t row, float *acc) { add_row(acc, x + row * C, C); }, mean);
+  for (int64_t c = 0; c < C; ++c) mean[c] /= rows;
+  column_sums(rows, C, 0.5 * n, [&](int64_t row, float *acc) {
+    const float *xr = x + row * C;
+    for (int64_t c = 0; c < C; ++c) acc[c] += (xr[c] - mean[c]) * (xr[c] - mean[c]);
+  }, unbiased);
+  std::vector<float> scale(C), shift(C);  // y = x·scale + shift
+  for (int64_t c = 0; c < C; ++c) {
+    rstd[c] = 1.0f / __builtin_sqrtf(unbiased[c] / rows + eps);
+    scale[c] = rstd[c] * gamma[c] + alpha;
+    shift[c] = beta[c] - mean[c] * rstd[c] * gamma[c];
+    unbiased[c] /= rows - 1;
+  }
+  parallel_for(rows, 0.5 * n, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const float *xr = x + row * C;
+      float *yr = y + row * C;
+      for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * scale[c] + shift[c];
+    }
+  });
+  return 0;
+}
+
+// Gradient of RepBatchNorm: (x, γ, α, stats, dy) -> (dx, dγ, dβ, dα) with x̂ = (x − μ)·ρ over M rows:
+//   dβ = Σ dy, dγ = Σ dy·x̂ (per channel), dα = Σ dy·x (all values),
+//   dx = α·dy + γ·ρ·(dy − dβ/M − x̂·dγ/M).
+extern "C" int RepBatchNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  if (nparam != 9 || !all_float32(9, dtypes)) return 1;
+  const int64_t C = shapes[0][ndims[0] - 1];
+  if (ndims[1] != 1 || shapes[1][0] != C || C == 0) return 1;
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  const int64_t rows = n / C;
+  const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
+  const float alpha = *static_cast<const float *>(params[2]);
+  const float *stats = static_cast<const float *>(params[3]), *dy = static_cast<const float *>(params[4]);
+  float *dx = static_cast<float *>(params[5]), *dgamma = static_cast<float *>(params[6]);
+  float *dbeta = static_cast<float *>(params[7]), *dalpha = static_cast<float *>(params[8]);
+  const float *mean = stats, *rstd = stats + C;
+  std::vector<float> sums(3 * C);  // per channel: Σ dy, Σ dy·x̂, Σ dy·x
+  column_sums(rows, 3 * C, 2.0 * n, [&](int64_t row, float *acc) {
+    const float *xr = x + row * C, *dyr = dy + row * C;
+    for (int64_t c = 0; c < C; ++c) {
+      acc[c] += dyr[c];
+      acc[C + c] += dyr[c] * (xr[c] - mean[c]) * rstd[c];
+      acc[2 * C + c] += dyr[c] * xr[c];
+    }
+  }, sums.data());
+  std::vector<float> k(C), kx(C), k0(C);  // dx = α·dy + k·dy − kx·x − k0, per channel
+  float total = 0.0f;
+  for (int64_t c = 0; c < C; ++c) {
+    dbeta[c] = sums[c];
+    dgamma[c] = sums[C + c];
+    total += sums[2 * C + c];
+    k[c] = alpha + gamma[c] * rstd[c];
+    kx[c] = gamma[c] * rstd[c] * rstd[c] * dgamma[c] / rows;
+    k0[c] = gamma[c] * rstd[c] * (dbeta[c] / rows - mean[c] * rstd[c] * dgamma[c] / rows);
+  }
+  *dalpha = total;
+  parallel_for(rows, 0.5 * n, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {
+      const float *xr = x + row * C, *dyr = dy + row * C;
+      float *dxr = dx + row * C;
+      for (int64_t c = 0; c < C; ++c) dxr[c] = k[c] * dyr[c] - kx[c] * xr[c] - k0[c];
+    }
+  });
+  return 0;
+}

@@ -8,22 +8,24 @@ from .helpers import dense
 __all__ = ["Mlp", "GELU"]
 
 SQRT_HALF = 0.7071067811865476
+INV_SQRT_2PI = 0.3989422804014327
 
 
 class GELU(nn.GELU):
     """Exact (erf) GELU, x · (1 + erf(x · √½)) / 2.
 
     An ``nn.GELU(approximate=False)`` with the same numbers to float rounding; ``ops.gelu`` divides by
-    √2 on MindSpore's CPU backend, and its Div is one of the slowest element-wise kernels there. In eval
-    mode on float32 CPU tensors one native pass (``cpu_kernels``, ~10x faster than MindSpore's Erf).
+    √2 on MindSpore's CPU backend, and its Div is one of the slowest element-wise kernels there. On
+    float32 CPU tensors, in training and evaluation, one native pass forward and one backward (``cpu_kernels``, ~10x
+    faster than MindSpore's Erf and its gradient).
     """
 
     def __init__(self):
         super().__init__(approximate=False)
-        self.native_kernel = kernel("ExactGelu", exact_gelu)
+        self.native_kernel = native_gelu(with_bias=False)
 
     def construct(self, x):
-        if self.native_kernel is not None and not self.training and x.dtype == ms.float32:
+        if self.native_kernel is not None and x.dtype == ms.float32:
             return self.native_kernel(x)
         return exact_gelu(x)
 
@@ -38,12 +40,47 @@ def exact_gelu_of_sum(x, bias):
     return exact_gelu(x + bias)
 
 
+def exact_gelu_backward(x, dy):
+    """dy · GELU'(x), GELU'(x) = (1 + erf(x · √½)) / 2 + x · exp(−x² / 2) / √(2π), in standard ops (the native
+    backward's formula and gradient)."""
+    return dy * ((ops.erf(x * SQRT_HALF) + 1.0) * 0.5 + x * ops.exp(x * x * -0.5) * INV_SQRT_2PI)
+
+
+def exact_gelu_of_sum_backward(x, bias, dy):
+    """The gradients of GELU(x + bias) for x and for the bias (summed over x's other axes), in standard ops."""
+    dx = exact_gelu_backward(x + bias, dy)
+    return dx, dx.reshape(-1, dx.shape[-1]).sum(0)
+
+
+def native_gelu(with_bias):
+    """The native ``ExactGelu`` kernel, of ``x`` or (``with_bias``) of ``(x, bias)``, differentiated by the native
+    ``ExactGeluBackward``; None where native kernels are not used."""
+    if with_bias:
+        backward = kernel("ExactGeluBackward", exact_gelu_of_sum_backward, out_shape=lambda x, b, _: (x, b),
+                          out_dtype=lambda x, *_: (x, x))
+        if backward is None:
+            return None
+
+        def bprop_with_bias(x, bias, out, dout):
+            return backward(x, bias, dout)
+
+        return kernel("ExactGelu", exact_gelu_of_sum, bprop=bprop_with_bias)
+    backward = kernel("ExactGeluBackward", exact_gelu_backward)
+    if backward is None:
+        return None
+
+    def bprop(x, out, dout):
+        return (backward(x, dout),)
+
+    return kernel("ExactGelu", exact_gelu, bprop=bprop)
+
+
 class Mlp(nn.Cell):
     """fc1 -> exact GELU -> dropout -> fc2 -> dropout.
 
-    In eval mode on float32 CPU tensors fc1 runs as its matmul and the native GELU pass adds its bias
-    (one BiasAdd kernel and one pass over the widest activation less per block); ``use_standard_ops``
-    switches back to ``fc1`` then ``act``.
+    On float32 CPU tensors, in training and evaluation, fc1 runs as its matmul and the native GELU pass adds its
+    bias (one BiasAdd kernel and one pass over the widest activation less per block, forward and backward), and the
+    tokens stay 2-D from fc1 to fc2; ``use_standard_ops`` switches back to ``fc1`` then ``act``.
     """
 
     def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0):
@@ -54,16 +91,14 @@ class Mlp(nn.Cell):
         self.act = GELU()
         self.fc2 = dense(hidden_features, out_features)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
-        self.native_kernel = kernel("ExactGelu", exact_gelu_of_sum)
+        self.native_kernel = native_gelu(with_bias=True)
         self.matmul_transposed_b = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
         # isinstance: MindCV's O1 wraps fc1 in a cell without its weight (then fc1 runs as the wrapped cell)
-        if (self.native_kernel is not None and not self.training and x.dtype == ms.float32
-                and isinstance(self.fc1, nn.Dense)):
+        if self.native_kernel is not None and x.dtype == ms.float32 and isinstance(self.fc1, nn.Dense):
             shape = x.shape
             hidden = self.matmul_transposed_b(x.reshape(-1, shape[-1]), self.fc1.weight)
-            hidden = self.native_kernel(hidden, self.fc1.bias).reshape(shape[:-1] + (-1,))
-        else:
-            hidden = self.act(self.fc1(x))
-        return self.drop(self.fc2(self.drop(hidden)))
+            hidden = self.native_kernel(hidden, self.fc1.bias)
+            return self.drop(self.fc2(self.drop(hidden))).reshape(shape[:-1] + (-1,))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))

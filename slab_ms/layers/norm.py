@@ -20,24 +20,130 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .cpu_kernels import kernel
 from .schedule import PRepBNSchedule, gamma
 
-__all__ = ["TokenBatchNorm", "RepBN", "PRepBN", "RMSNorm", "MaskedRepBN", "MaskedPRepBN", "get_norm_layer",
+__all__ = ["LayerNorm", "TokenBatchNorm", "RepBN", "PRepBN", "RMSNorm", "MaskedRepBN", "MaskedPRepBN", "get_norm_layer",
            "get_masked_norm_layer", "prepbn_layers", "attach_prepbn_schedule"]
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # MindSpore's momentum 0.9 is PyTorch's momentum 0.1
 
 
+def layer_norm_backward(x, weight, stats, dy):
+    """(dx, dγ, dβ) of LayerNorm over the last axis from its input, weight, per-row (mean, 1/σ) ``stats`` and the
+    output's gradient, in standard ops (the native backward's formula and gradient)."""
+    mean, rstd = ops.unstack(stats, axis=-1)
+    xhat = (x - mean.expand_dims(-1)) * rstd.expand_dims(-1)
+    g = dy * weight
+    dx = rstd.expand_dims(-1) * (g - g.mean(-1, keep_dims=True) - xhat * (g * xhat).mean(-1, keep_dims=True))
+    width = x.shape[-1]
+    return dx, (dy * xhat).reshape(-1, width).sum(0), dy.reshape(-1, width).sum(0)
+
+
+def _native_layer_norm():
+    """The native LayerNorm ``(x, γ, β, ε) -> (y, stats)`` (stats: per-row mean and 1/σ) with its native backward, or
+    None where native kernels are not used."""
+    backward = kernel("LayerNormBackward", layer_norm_backward, out_shape=lambda x, w, *_: (x, w, w),
+                      out_dtype=lambda x, *_: (x, x, x))
+    if backward is None:
+        return None
+
+    def bprop(x, weight, bias, eps, out, dout):
+        dx, dweight, dbias = backward(x, weight, out[1], dout[0])
+        return dx, dweight, dbias, ops.zeros_like(eps)
+
+    return kernel("LayerNorm", None, out_shape=lambda x, *_: (x, x[:-1] + [2]), out_dtype=lambda x, *_: (x, x),
+                  bprop=bprop)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis (same parameters, same numbers to float rounding); on float32 CPU tensors,
+    in training and evaluation, one native pass forward and one backward (``cpu_kernels``): MindSpore's CPU
+    LayerNorm and its gradient are several times slower. ``use_standard_ops`` switches back."""
+
+    def __init__(self, dim, epsilon=1e-6):
+        super().__init__((dim,), epsilon=epsilon)
+        self.native_kernel = _native_layer_norm()
+        self.eps_tensor = Tensor([epsilon], ms.float32)
+
+    def construct(self, x):
+        if self.native_kernel is not None and x.dtype == ms.float32:
+            return self.native_kernel(x, self.gamma, self.beta, self.eps_tensor)[0]
+        y, _, _ = self.layer_norm(x, self.gamma.astype(x.dtype), self.beta.astype(x.dtype))
+        return y
+
+
+def rep_batch_norm_backward(x, weight, alpha, stats, dy):
+    """(dx, dγ, dβ, dα) of y = BN(x) + α·x with batch statistics over every axis but the last, from the per-channel
+    (mean, 1/σ, unbiased variance) ``stats`` and the output's gradient, in standard ops (the native backward's
+    formula and gradient)."""
+    mean, rstd, _ = ops.unstack(stats, axis=0)
+    width = x.shape[-1]
+    rows_x, rows_dy = x.reshape(-1, width), dy.reshape(-1, width)
+    xhat = (rows_x - mean) * rstd
+    dbeta, dweight = rows_dy.sum(0), (rows_dy * xhat).sum(0)
+    count = rows_x.shape[0]
+    dx = alpha * rows_dy + weight * rstd * (rows_dy - dbeta / count - xhat * dweight / count)
+    return dx.reshape(x.shape), dweight, dbeta, (rows_dy * rows_x).sum().reshape((1,))
+
+
+def _native_rep_batch_norm():
+    """The native training RepBN ``(x, γ, β, α, ε) -> (BN(x) + α·x, stats)`` over the last axis (stats: per-channel
+    mean, 1/σ and unbiased variance) with its native backward, or None where native kernels are not used."""
+    backward_grad = ops.GradOperation(get_all=True, sens_param=True)(rep_batch_norm_backward)
+
+    def second_order(x, weight, alpha, stats, dy, out, dout):
+        return backward_grad(x, weight, alpha, stats, dy, dout)
+
+    backward = kernel("RepBatchNormBackward", rep_batch_norm_backward, out_shape=lambda x, w, a, *_: (x, w, w, a),
+                      out_dtype=lambda x, *_: (x, x, x, x), bprop=second_order)
+    if backward is None:
+        return None
+
+    def bprop(x, weight, bias, alpha, eps, out, dout):
+        dx, dweight, dbias, dalpha = backward(x, weight, alpha, out[1], dout[0])
+        return dx, dweight, dbias, dalpha, ops.zeros_like(eps)
+
+    return kernel("RepBatchNorm", None, out_shape=lambda x, w, *_: (x, [3] + w), out_dtype=lambda x, *_: (x, x),
+                  bprop=bprop)
+
+
 class TokenBatchNorm(nn.Cell):
-    """BatchNorm1d over the channel axis of ``(B, N, C)`` tokens (statistics over B·N samples)."""
+    """BatchNorm1d over the channel axis of ``(B, N, C)`` tokens (statistics over B·N samples).
+
+    In training on float32 CPU tensors one native pass over the tokens as they lie (no transposes) and one backward
+    (``cpu_kernels``), with ``nn.BatchNorm1d``'s running statistics: momentum 0.9 (PyTorch's 0.1), unbiased
+    running variance.
+    """
 
     def __init__(self, dim, eps=BN_EPS):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim, eps=eps, momentum=BN_MOMENTUM)
+        self.native_kernel = _native_rep_batch_norm()
+        self.eps_tensor = Tensor([eps], ms.float32)
+        self.zero = Tensor([0.0], ms.float32)
 
     def construct(self, x):
+        if self.training and self._native(x):
+            return self.native_batch_norm(x, self.zero)
         return self.bn(x.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+    def _native(self, x):
+        """Whether this training call takes the native kernel: batch statistics (``norm_eval`` sets the BN's
+        ``use_batch_statistics`` False), float32, and a BatchNorm1d of its own (MindCV's O2 wraps it in a cell
+        without its parameters: isinstance first)."""
+        return (isinstance(self.bn, nn.BatchNorm1d) and self.bn.use_batch_statistics is None
+                and self.native_kernel is not None and x.dtype == ms.float32)
+
+    def native_batch_norm(self, x, alpha):
+        """BN(x) + α·x with batch statistics, through the native kernel; moves the running statistics."""
+        bn = self.bn
+        y, stats = self.native_kernel(x, bn.gamma, bn.beta, alpha, self.eps_tensor)
+        mean, _, variance = ops.unstack(ops.stop_gradient(stats), axis=0)
+        y = ops.depend(y, ops.assign(bn.moving_mean, bn.moving_mean * BN_MOMENTUM + mean * (1.0 - BN_MOMENTUM)))
+        return ops.depend(y, ops.assign(bn.moving_variance,
+                                        bn.moving_variance * BN_MOMENTUM + variance * (1.0 - BN_MOMENTUM)))
 
     def affine(self):
         """Eval-mode per-channel map ``x -> a*x + b`` as float64 numpy arrays ``(a, b)``."""
@@ -57,6 +163,8 @@ class RepBN(TokenBatchNorm):
         self.alpha = Parameter(Tensor(np.ones((1,), np.float32)), name="alpha")
 
     def construct(self, x):
+        if self.training and self._native(x):
+            return self.native_batch_norm(x, self.alpha)
         x = x.transpose(0, 2, 1)
         return (self.bn(x) + self.alpha * x).transpose(0, 2, 1)
 
@@ -85,7 +193,7 @@ class PRepBN(nn.Cell):
 
     def __init__(self, dim, schedule, ln_eps=1e-6, norm1=None, norm2=None):
         super().__init__()
-        self.norm1 = norm1 if norm1 is not None else nn.LayerNorm((dim,), epsilon=ln_eps)
+        self.norm1 = norm1 if norm1 is not None else LayerNorm(dim, epsilon=ln_eps)
         self.norm2 = norm2 if norm2 is not None else RepBN(dim)
         self.schedule = schedule
         self._step, self._decay_steps, self._warmup_steps = schedule.parameters
@@ -140,6 +248,8 @@ class MaskedRepBN(RepBN):
         self.keep = float(BN_MOMENTUM)
 
     def construct(self, x, mask=None):
+        if mask is None and self.training and self._native(x):
+            return self.native_batch_norm(x, self.alpha)
         xt = x.transpose(0, 2, 1)
         if mask is None or not self.training:
             return (self.bn(xt) + self.alpha * xt).transpose(0, 2, 1)
@@ -196,7 +306,7 @@ def get_norm_layer(norm, ln_eps=1e-6, decay_steps=None):
     :func:`attach_prepbn_schedule` once its layers are built.
     """
     if norm == "ln":
-        return lambda dim: nn.LayerNorm((dim,), epsilon=ln_eps)
+        return partial(LayerNorm, epsilon=ln_eps)
     if norm == "bn":
         return TokenBatchNorm
     if norm == "repbn":
