@@ -17,7 +17,7 @@ from slab_ms.layers import PRepBNSchedule
 from parity_utils import gamma_at
 from slab_ms.training import ConfigError, GammaDecay, parse_args
 from slab_ms.weights.train_state import load_train_checkpoint, save_train_checkpoint
-from slab_ms.training.schedule import start_prepbn_schedule
+from slab_ms.training.prepbn_recipe import start_prepbn_schedule
 from test_schedule import ACCUM, T, WARM, _build, _observed_gammas, _probe_constants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,8 @@ import slab_ms
 from slab_ms.layers import PRepBN, PRepBNSchedule, attach_prepbn_schedule
 from slab_ms.models import tiny_config
 from slab_ms.training import ConfigError, GammaDecay, TrainStep, build_optimizer
-from slab_ms.training.schedule import build_lr_schedule, resolve_prepbn_schedule, timm_cosine_lr
+from slab_ms.training.lr_schedule import build_lr_schedule, timm_cosine_lr
+from slab_ms.training.prepbn_recipe import resolve_prepbn_schedule
 from slab_ms.weights.train_state import load_train_checkpoint, save_train_checkpoint
 from parity_utils import gamma_at
 

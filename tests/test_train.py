@@ -29,7 +29,7 @@ from slab_ms.layers import PRepBNSchedule
 from slab_ms.training import ConfigError, GammaDecay, NetWithLoss, TrainStep, build_optimizer, param_groups, parse_args
 from slab_ms.training.recalib import BNRecalibration
 from slab_ms.training.outputs import MetricsLog
-from slab_ms.training.schedule import resolve_prepbn_schedule
+from slab_ms.training.prepbn_recipe import resolve_prepbn_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")

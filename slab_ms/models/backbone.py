@@ -26,7 +26,7 @@ from ..layers import check_input, get_norm_layer
 from ..layers.amp import unwrap_amp
 from ..layers.fold import fold_final_norm, keep_as_affine
 from ..layers.norm import RepBN, TokenBatchNorm
-from ..layers.schedule import advance_in_training
+from ..layers.prepbn_schedule import advance_in_training
 
 __all__ = ["BackboneMixin", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms", "fold_head_or_output_norms"]
 
@@ -112,7 +112,7 @@ class BackboneMixin:
 
     def construct(self, x):
         """Logits, or (``features_only``) the selected stage maps; in training, one γ step when the schedule is the
-        model's own (:func:`~slab_ms.layers.schedule.advance_in_training`)."""
+        model's own (:func:`~slab_ms.layers.prepbn_schedule.advance_in_training`)."""
         if self.features_only:
             check_input(x, self.in_channels, 1, type(self).__name__)
             out = self._outputs(self.forward_stages(x, self.last_stage))

@@ -36,7 +36,7 @@ from mindspore.common.initializer import Normal
 
 from ..layers import (attach_prepbn_schedule, float32_softmax, fold_norm_into_consumers, get_masked_norm_layer,
                       register_fold)
-from ..layers.schedule import advance_in_training
+from ..layers.prepbn_schedule import advance_in_training
 from .registry import drop_keys
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",

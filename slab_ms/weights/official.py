@@ -23,7 +23,7 @@ from mindspore import nn
 
 from ..layers.amp import cells_and_names_through_amp
 from ..layers.norm import prepbn_layers
-from ..layers.schedule import PRepBNSchedule
+from ..layers.prepbn_schedule import PRepBNSchedule
 from ..models.registry import drop_keys, family_of
 from .guard import Budget, CheckpointBudgetError, check_finite, check_name, short_repr
 from .pth import CheckpointFormatError, describe_error, plain_dtype, read_pth
