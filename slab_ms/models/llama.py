@@ -47,7 +47,11 @@ _NEG = float(np.finfo(np.float32).min)
 
 @dataclasses.dataclass
 class LlamaConfig:
-    """Sizes and options of a decoder; the field names are the reference ``config.json``'s where it has them."""
+    """Sizes and options of a decoder; the field names are the reference ``config.json``'s where it has them.
+
+    The defaults are the released llama-350M (``CONFIGS["llama_350m"]``): the reference's config.json, and
+    its LinearNorm defaults for the γ schedule (T = 18,000 after 10,000 RMSNorm-only steps), the schedule a
+    config.json without these keys gets."""
     vocab_size: int = 32000
     hidden_size: int = 1024
     intermediate_size: int = 4096
@@ -97,12 +101,10 @@ class LlamaConfig:
         return self
 
 
-# The reference's llama-350M config.json (vocab 32000 sentencepiece, untied), T = 18,000 after 10,000 RMSNorm-only
-# steps as in its LinearNorm defaults; the tiny config of the parity fixture; the corpus demo's byte-level decoder.
+# The reference's llama-350M (vocab 32000 sentencepiece, untied: LlamaConfig's defaults); the tiny config of the
+# parity fixture; the corpus demo's byte-level decoder.
 CONFIGS = {
-    "llama_350m": dict(vocab_size=32000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=18,
-                       num_attention_heads=8, max_position_embeddings=2048, rms_norm_eps=1e-6,
-                       tie_word_embeddings=False, norm="prepbn", prepbn_decay_steps=18000, prepbn_warmup_steps=10000),
+    "llama_350m": {},
     "llama_tiny": dict(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                        num_attention_heads=4, max_position_embeddings=64, rms_norm_eps=1e-6,
                        tie_word_embeddings=False, norm="prepbn", prepbn_decay_steps=18000, prepbn_warmup_steps=0),
