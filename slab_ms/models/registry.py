@@ -110,9 +110,12 @@ def check_kwargs(cls, name, args):
     """Refuse (ValueError) an option ``cls`` does not take, naming the ones it does, and a size out of
     :data:`SIZE_LIMITS`, before anything is built."""
     params = inspect.signature(cls.__init__).parameters
-    taken = {"image_size" if p == "img_size" else p for p in params if p != "self"}
+    named = [p for p, param in params.items() if p != "self" and param.kind is not param.VAR_KEYWORD]
+    # a constructor's **kwargs takes the class's keyword_options, or anything when the class names none
+    keyword_options = getattr(cls, "keyword_options", None)
+    taken = {"image_size" if p == "img_size" else p for p in named} | set(keyword_options or ())
     unknown = sorted(k for k in args if k not in taken)
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    if unknown and (keyword_options or not any(p.kind is p.VAR_KEYWORD for p in params.values())):
         raise ValueError(f"{name} has no option {', '.join(unknown)}; its options are {', '.join(sorted(taken))}")
     for key, limit in SIZE_LIMITS.items():
         value = args.get(key)

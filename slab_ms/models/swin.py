@@ -320,16 +320,14 @@ class SwinTransformer(BackboneMixin, nn.Cell):
         (MindCV names) in_channels, num_classes; norm: "ln" | "bn" | "repbn" | "prepbn";
         attn: "softmax" | "sla" (see the module doc for how it sets the meaning of window_size);
         prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon;
-        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
-        (``slab_ms.models.backbone``).
+        ``**backbone``: the backbone form (``slab_ms.models.backbone.BackboneOptions``).
     """
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=None, mlp_ratio=4.0, qkv_bias=True,
                  qk_scale=None, drop_rate=0.0, drop_path_rate=0.0, patch_norm=True, norm="prepbn", attn="sla",
                  attn_type=None, kernel_size=5, prepbn_decay_steps=None, ln_eps=1e-5, ape=False,
-                 use_checkpoint=False, fused_window_process=False, focusing_factor=None, features_only=False,
-                 out_indices=None, frozen_stages=-1, norm_eval=False, freeze_eta=False, out_norm=None):
+                 use_checkpoint=False, fused_window_process=False, focusing_factor=None, **backbone):
         super().__init__()
         del fused_window_process, focusing_factor  # no effect, see the class doc
         if ape or use_checkpoint:
@@ -362,14 +360,10 @@ class SwinTransformer(BackboneMixin, nn.Cell):
                 mlp_ratio, qkv_bias, qk_scale, drop_rate, dpr[first:first + depth], norm_layer, kernel_size,
                 downsample=s < num_stages - 1))
         self.layers = nn.CellList(layers)
-        if not features_only:
-            self.norm = norm_layer(self.num_features)
-        self.head = dense(self.num_features, num_classes) if num_classes > 0 and not features_only else nn.Identity()
         stages = [dict(chs=embed_dim * 2 ** s, reduction=patch_size * 2 ** s, name=f"layers.{s}")
                   for s in range(num_stages)]
         groups = [["patch_embed"]] + [[f"layers.{s}"] for s in range(num_stages)]
-        self._init_backbone(stages, groups, norm_layer, features_only, out_indices, frozen_stages, norm_eval,
-                            freeze_eta, out_norm, ln_eps=ln_eps)
+        self._init_backbone(backbone, stages, groups, norm_layer, ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
@@ -406,10 +400,6 @@ class SwinTransformer(BackboneMixin, nn.Cell):
                 stages = stages + ((out, hw),)
                 hw = next_hw
         return stages
-
-    def forward_head(self, x, pre_logits=False):
-        x = x.mean(axis=1)
-        return x if pre_logits else self.head(x)
 
 
 @register_flops(WindowAttention)
