@@ -39,7 +39,8 @@ from ..layers.cpu_kernels import kernel
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, sla_flops, softmax_flops
 from .backbone import BackboneMixin, crop_tokens, fold_head_or_output_norms, pad_grid
-from .registry import build_model, default_cfg, drop_keys, register_model
+from ..weights.official import drop_keys
+from .registry import build_model, default_cfg, register_model
 
 __all__ = ["CSWinTransformer", "slab_cswin_tiny"]
 
@@ -451,8 +452,8 @@ register_fold(CSWinTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):
-    """The reference's SLA keeps an unused ``scale`` per stripe branch; it is dropped."""
-    return drop_keys(state_dict, [(r"(^|\.)attns\.\d+\.scale$", "dead parameter of SLAB-CSwin's SLA")])
+    """The reference's SLA keeps an unused ``scale`` per stripe branch; it is dropped: ``(kept, notes, [])``."""
+    return (*drop_keys(state_dict, [(r"(^|\.)attns\.\d+\.scale$", "dead parameter of SLAB-CSwin's SLA")]), [])
 
 
 # la_split_size left to its default: SLA over the whole map of stages 1-2 (56-28-14-7 at 224).

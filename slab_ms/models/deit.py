@@ -19,7 +19,8 @@ from ..layers import (Attention, DropPath, Mlp, PatchEmbed, SimplifiedLinearAtte
                       check_input, fold_norm_into_consumers, get_norm_layer, register_fold,
                       resize_token_grid, to_2tuple)
 from .backbone import BackboneMixin, fold_head_or_output_norms
-from .registry import build_model, default_cfg, drop_keys, register_model
+from ..weights.official import drop_keys
+from .registry import build_model, default_cfg, register_model
 
 __all__ = ["VisionTransformer", "deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
 
@@ -148,10 +149,10 @@ register_fold(VisionTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):
-    """The SLAB-DeiT reference keeps an unused class token; it is dropped."""
+    """The SLAB-DeiT reference keeps an unused class token; it is dropped: ``(kept, notes, [])``."""
     if model.num_prefix_tokens:
-        return state_dict, []
-    return drop_keys(state_dict, [(r"^cls_token$", "dead parameter of SLAB-DeiT (no class token is used)")])
+        return state_dict, [], []
+    return (*drop_keys(state_dict, [(r"^cls_token$", "dead parameter of SLAB-DeiT (no class token is used)")]), [])
 
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, qkv_bias=True)

@@ -37,7 +37,7 @@ from mindspore.common.initializer import Normal
 from ..layers import (attach_prepbn_schedule, float32_softmax, fold_norm_into_consumers, get_masked_norm_layer,
                       register_fold)
 from ..layers.prepbn_schedule import advance_in_training
-from .registry import drop_keys
+from ..weights.official import drop_keys
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",
            "CONFIGS", "CausalLMLoss", "create_llama", "generate", "checkpoint_filter", "test_configs"]
@@ -471,11 +471,10 @@ def create_llama(name_or_config="llama_tiny", **kwargs):
 
 
 # ------------------------------------------------------------------------------------ official checkpoints
-# What the reference keeps and this code does not read: BatchNorm's batch counter, LinearNorm's micro-step counter
-# (its schedule moved once per 16 forwards; ours counts optimizer steps), and the rotary inverse frequencies
-# (recomputed; checked against the checkpoint's below).
-_DROPPED = [(r"(^|\.)num_batches_tracked$", "BatchNorm counter, unused by MindSpore"),
-            (r"(^|\.)num_step$", "the reference's forward counter (mod 16); γ counts optimizer steps here"),
+# What the reference keeps and this code does not read (BatchNorm's batch counter aside, which every conversion
+# drops): LinearNorm's micro-step counter (its schedule moved once per 16 forwards; ours counts optimizer steps),
+# and the rotary inverse frequencies (recomputed; checked against the checkpoint's below).
+_DROPPED = [(r"(^|\.)num_step$", "the reference's forward counter (mod 16); γ counts optimizer steps here"),
             (r"\.rotary_emb\.inv_freq$", "rotary inverse frequencies, recomputed from rope_theta")]
 
 

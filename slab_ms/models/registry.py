@@ -4,12 +4,12 @@ A family is one module of ``slab_ms.models``. It holds the architecture and, nex
 specific to it: ``ARCHS`` (model name -> the released architecture's kwargs, the γ schedule's T included),
 ``default_cfgs``, its factory functions ``name(pretrained=False, **kwargs)`` (registered with
 :func:`register_model`, built with :func:`build_model`), the folds of its cells (``slab_ms.layers.fold``),
-``checkpoint_filter(state_dict, model)`` for the official checkpoints (optional) and ``test_configs`` (model
+``checkpoint_filter(state_dict, model) -> (kept, notes, mismatched)`` for the official checkpoints (optional,
+``slab_ms.weights.official``) and ``test_configs`` (model
 name -> tiny kwargs that keep every cell type; the registry-parametrised tests build them).
 """
 import fnmatch
 import inspect
-import re
 import sys
 
 from mindcv.models import registry as _mindcv_registry
@@ -17,7 +17,7 @@ from mindcv.models.registry import is_model
 from mindcv.models.registry import register_model as _mindcv_register
 
 __all__ = ["register_model", "list_models", "is_slab_model", "family_of", "tiny_config", "default_cfg", "build_model",
-           "drop_keys", "KWARG_ALIASES"]
+           "KWARG_ALIASES"]
 
 _SLAB_MODELS = {}  # name -> the family module that registered it
 
@@ -138,18 +138,3 @@ def build_model(cls, name, arch, pretrained=False, **kwargs):
     args = dict(arch, **canonical_kwargs(kwargs))
     check_kwargs(cls, name, args)
     return cls(img_size=args.pop("image_size", 224), **args)
-
-
-def drop_keys(state_dict, patterns):
-    """Split an official state dict by ``[(regex, reason)]``: returns ``(kept, notes)``, one note per reason
-    naming the dropped keys (for a family's ``checkpoint_filter``)."""
-    kept, dropped = {}, {}
-    for key, value in state_dict.items():
-        reason = next((why for pattern, why in patterns if re.search(pattern, key)), None)
-        if reason is None:
-            kept[key] = value
-        else:
-            dropped.setdefault(reason, []).append(key)
-    notes = [f"dropped {len(keys)} key(s), {why}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-             for why, keys in dropped.items()]
-    return kept, notes

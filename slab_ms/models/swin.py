@@ -39,7 +39,8 @@ from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, atta
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, softmax_flops
 from .backbone import BackboneMixin, fold_head_or_output_norms, pad_grid
-from .registry import build_model, default_cfg, drop_keys, register_model
+from ..weights.official import drop_keys
+from .registry import build_model, default_cfg, register_model
 
 __all__ = ["SwinTransformer", "swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small"]
 
@@ -428,9 +429,10 @@ register_fold(SwinTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):
-    """Relative-position indices and shift masks are buffers of the reference; they are recomputed here."""
-    return drop_keys(state_dict, [(r"(^|\.)relative_position_index$", "recomputed by the model"),
-                                  (r"(^|\.)attn_mask$", "recomputed by the model")])
+    """Relative-position indices and shift masks are buffers of the reference; they are recomputed here:
+    ``(kept, notes, [])``."""
+    return (*drop_keys(state_dict, [(r"(^|\.)relative_position_index$", "recomputed by the model"),
+                                    (r"(^|\.)attn_mask$", "recomputed by the model")]), [])
 
 
 _TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), mlp_ratio=4.0, qkv_bias=True,
