@@ -13,7 +13,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 def load_fixture(name):
     path = os.path.join(FIXTURES, name)
-    assert os.path.isfile(path), f"fixture {path} is missing: copy it from shared/fixtures"
+    assert os.path.isfile(path), f"fixture {path} is missing: tests/fixtures/README.md says how each is made"
     data = dict(np.load(path, allow_pickle=False))
     return data, json.loads(str(data["__meta__"]))
 

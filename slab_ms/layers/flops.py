@@ -80,7 +80,7 @@ def _sla(cell, inputs, output):
 
 def count_flops(net, image_size, in_channels=3):
     """FLOPs of one ``image_size``² image through ``net`` (a batch-1 forward in PyNative mode with forward
-    hooks; GRAPH_MODE is restored afterwards)."""
+    hooks; the caller's execution mode is restored afterwards)."""
     total = [0.0]
     # The depth-wise conv of SLA and an Mlp's two Dense layers are in their cell's formula; a patch conv is in its
     # patch embedding's (or its spatial reduction's) formula. Every other Dense / Conv2d, also inside an attention
@@ -98,11 +98,12 @@ def count_flops(net, image_size, in_channels=3):
         return record
 
     handles = [cell.register_forward_hook(hook(formula)) for cell, formula in counted]
+    mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         net(ms.Tensor(np.zeros((1, in_channels, image_size, image_size), np.float32)))
     finally:
         for handle in handles:
             handle.remove()
-        ms.set_context(mode=ms.GRAPH_MODE)
+        ms.set_context(mode=mode)
     return total[0]
