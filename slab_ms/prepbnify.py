@@ -20,7 +20,7 @@ from mindcv.models import pvt, pvtv2, swintransformer, vit
 from .layers.fold import (can_absorb, fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, keep_as_affine,
                           register_fold, replace_cell)
 from .layers.norm import PRepBN, attach_prepbn_schedule
-from .layers.schedule import PRepBNSchedule
+from .layers.prepbn_schedule import PRepBNSchedule
 
 __all__ = ["prepbnify"]
 

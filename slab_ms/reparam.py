@@ -25,7 +25,7 @@ from mindspore import nn
 from .layers.amp import cells_and_names_through_amp, is_amp, strip_amp, unwrap_amp
 from .layers.fold import registered_fold
 from .layers.norm import PRepBN, RMSNorm, TokenBatchNorm, prepbn_layers
-from .layers.schedule import PRepBNSchedule
+from .layers.prepbn_schedule import PRepBNSchedule
 
 __all__ = ["reparameterize_model", "remaining_norms"]
 

@@ -1,4 +1,6 @@
-"""Layer-by-layer parity with the official PyTorch outputs stored in tests/fixtures/*.npz."""
+"""The official PyTorch side of the tests: layer-by-layer parity with the outputs stored in tests/fixtures/*.npz,
+the fixtures' constructor kwargs, the official parameter counts, and official state dicts (keys and random
+values)."""
 import json
 import os
 
@@ -7,13 +9,14 @@ import mindspore as ms
 
 from slab_ms.weights import load_official_checkpoint
 from slab_ms.layers import PRepBNSchedule
+from slab_ms.models.__main__ import RELEASED
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 def load_fixture(name):
     path = os.path.join(FIXTURES, name)
-    assert os.path.isfile(path), f"fixture {path} is missing: copy it from shared/fixtures"
+    assert os.path.isfile(path), f"fixture {path} is missing: tests/fixtures/README.md says how each is made"
     data = dict(np.load(path, allow_pickle=False))
     return data, json.loads(str(data["__meta__"]))
 
@@ -26,6 +29,42 @@ def norm_kwargs(norm_layer):
         return {"norm": "prepbn", "prepbn_decay_steps": 300000, "ln_eps": 1e-6}
     assert norm_layer["@partial"] == "models.prepbn:LinearNorm", norm_layer
     return {"norm": "prepbn", "prepbn_decay_steps": norm_layer["step"], "ln_eps": norm_layer["norm1"]["eps"]}
+
+
+def pvt_kwargs(meta):
+    """A PVT fixture's official constructor kwargs -> ours (dead / fixed-value official kwargs dropped)."""
+    kw = dict(meta["kwargs"])
+    norm_layer = kw.pop("norm_layer")
+    kw.pop("focusing_factor")  # printed, never used by the reference
+    assert kw.pop("la_sr_ratios") == "1111"  # SLA at full resolution, as in every released config
+    if norm_layer == "@models.slab_pvt:linearnorm":  # slab_pvt.py's module-level partial: LN eps 1e-6, T = 3e5
+        return dict(kw, norm="prepbn", prepbn_decay_steps=300000, ln_eps=1e-6)
+    return dict(kw, **norm_kwargs(norm_layer))
+
+
+def official_params(name):
+    """All ``nn.Parameter`` elements of the official PyTorch model of a released model (224², 1000 classes), from
+    the one table of them: ``slab_ms.models.__main__.RELEASED``."""
+    return RELEASED[name][1]
+
+
+def official_norm_keys(prefix, channels, linearnorm=True):
+    """Official state-dict names -> shapes of one norm of the reference: a RepBN (``alpha`` and the BatchNorm
+    ``bn``) or, with ``linearnorm``, a LinearNorm (PRepBN: its counters, LayerNorm ``norm1`` and RepBN ``norm2``).
+    The one builder of official keys: each family's full-size layout is written out from it in its test file,
+    independently of the model code."""
+    if linearnorm:
+        keys = {f"{prefix}.warm": (), f"{prefix}.iter": (), f"{prefix}.total_step": (),
+                f"{prefix}.norm1.weight": (channels,), f"{prefix}.norm1.bias": (channels,)}
+        return dict(keys, **official_norm_keys(prefix + ".norm2", channels, linearnorm=False))
+    keys = {f"{prefix}.alpha": (1,), f"{prefix}.bn.num_batches_tracked": ()}
+    keys.update({f"{prefix}.bn.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")})
+    return keys
+
+
+def official_layer_keys(prefix, *weight_shape):
+    """``prefix.weight`` of ``weight_shape`` and ``prefix.bias`` of its first dimension (a Linear or a Conv)."""
+    return {f"{prefix}.weight": tuple(weight_shape), f"{prefix}.bias": (weight_shape[0],)}
 
 
 def random_official_state(shapes, rng, total_step, it=0):

@@ -28,7 +28,7 @@ from slab_ms.layers import PRepBNSchedule
 from slab_ms.models import tiny_config
 from slab_ms.models.llama import CausalLMLoss, create_llama
 from slab_ms.training import GammaDecay, NetWithLoss, TrainStep
-from test_reparam import randomize
+from helpers import randomize
 
 STEPS = 2
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

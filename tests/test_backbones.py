@@ -20,9 +20,8 @@ from slab_ms.models.swin import SwinTransformer
 from slab_ms.reparam import remaining_norms
 from slab_ms.training import TrainStep
 from slab_ms.weights import load_official_checkpoint
-from parity_utils import FIXTURES, act_rel_err, load_fixture, norm_kwargs, official_kwargs
-from test_pvt import _pvt_kwargs
-from test_reparam import norm_cells, randomize
+from parity_utils import FIXTURES, act_rel_err, load_fixture, norm_kwargs, official_kwargs, pvt_kwargs
+from helpers import norm_cells, randomize
 
 MODELS = slab_ms.list_models()
 
@@ -102,7 +101,7 @@ def test_backbone_arguments_are_checked():
 def _official_model(fixture, meta):
     kw = dict(meta["kwargs"])
     if "pvt" in fixture:
-        return PyramidVisionTransformer, _pvt_kwargs(meta), "block{}.0", 4
+        return PyramidVisionTransformer, pvt_kwargs(meta), "block{}.0", 4
     if "deit" in fixture:
         norm = norm_kwargs(kw.pop("norm_layer"))
         attn = "sla" if meta["ctor"] == "models.slab_deit:VisionTransformer" else "softmax"

@@ -7,11 +7,12 @@ import pytest
 from slab_ms.weights import convert_state_dict
 from slab_ms.layers import PRepBN, PRepBNSchedule
 from slab_ms.models.cswin import CSWinTransformer, LePEAttention, SLALePEAttention, slab_cswin_tiny
-from parity_utils import check_parity, load_fixture, official_kwargs
+from parity_utils import (check_parity, load_fixture, official_kwargs, official_layer_keys, official_norm_keys,
+                          official_params, random_official_state)
 
 FIXTURE = "small_slab_cswin.npz"
 # slab_cswin_t (full size, 224, 1000 classes), counted on the official PyTorch model.
-OFFICIAL_PARAMS, OFFICIAL_INFERENCE_PARAMS, OFFICIAL_KEYS = 21_227_807, 21_201_183, 925
+OFFICIAL_INFERENCE_PARAMS, OFFICIAL_KEYS = 21_201_183, 925
 # The tiny model of the fixture, but with 4-wide SLA stripes in stage 2 so that every branch kind
 # (SLA over the whole map, SLA stripes, softmax stripes, softmax over the whole map) is present.
 TINY = dict(img_size=64, embed_dim=8, depth=[1, 1, 1, 1], split_size=[1, 2, 2, 2], la_split_size="16-4-4-2",
@@ -34,11 +35,11 @@ def full_model():
 
 
 def test_full_size_parameter_count(full_model):
-    """The reference's 21,227,807 counts the reference's dead SLA ``scale`` (1, 1, C_s) in the 2 stage-1 and
+    """The reference's count (official_params) includes its dead SLA ``scale`` (1, 1, C_s) in the 2 stage-1 and
     4 stage-2 blocks: 2·64 + 4·128 = 640 values we do not create. Its inference count (no LayerNorm
     inside PRepBN, no ``scale``) must match exactly."""
     trainable = sum(p.size for p in full_model.trainable_params())
-    assert trainable == OFFICIAL_PARAMS - (2 * 64 + 4 * 128)
+    assert trainable == official_params("slab_cswin_tiny") - (2 * 64 + 4 * 128)
     prepbn = [c for _, c in full_model.cells_and_names() if isinstance(c, PRepBN)]
     assert len(prepbn) == 55
     layer_norm = sum(c.norm1.gamma.size + c.norm1.beta.size for c in prepbn)
@@ -46,60 +47,40 @@ def test_full_size_parameter_count(full_model):
     assert full_model.stripe_splits == (0, 0, 7, 0)  # stages 1, 2, 4 one branch; stage 3 stripes of 7
 
 
-def official_state_dict(rng):
-    """The official slab_cswin_t state dict, written out independently of the model code (random values)."""
-    state = {}
-
-    def f32(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-
-    def linear(prefix, n_out, n_in):
-        state[prefix + ".weight"], state[prefix + ".bias"] = f32(n_out, n_in), f32(n_out)
-
-    def conv(prefix, n_out, n_in, k):
-        state[prefix + ".weight"], state[prefix + ".bias"] = f32(n_out, n_in, k, k), f32(n_out)
-
-    def linear_norm(prefix, c):  # a PRepBN of the reference at the end of training
-        state.update({f"{prefix}.warm": np.array(0, np.int64), f"{prefix}.iter": np.array(0, np.int64),
-                      f"{prefix}.total_step": np.array(120000, np.int64),
-                      f"{prefix}.norm1.weight": f32(c), f"{prefix}.norm1.bias": f32(c),
-                      f"{prefix}.norm2.alpha": f32(1), f"{prefix}.norm2.bn.weight": f32(c),
-                      f"{prefix}.norm2.bn.bias": f32(c), f"{prefix}.norm2.bn.running_mean": f32(c),
-                      f"{prefix}.norm2.bn.running_var": np.abs(f32(c)),
-                      f"{prefix}.norm2.bn.num_batches_tracked": np.array(1000, np.int64)})
-
+def official_cswin_keys():
+    """Official state-dict name -> shape of slab_cswin_t, written out independently of the model code."""
     dims, depths, tokens = [64, 128, 256, 512], [2, 4, 18, 1], {1: 3136, 2: 784}
-    conv("stage1_conv_embed.0", 64, 3, 7)
-    linear_norm("stage1_conv_embed.2", 64)
+    keys = official_layer_keys("stage1_conv_embed.0", 64, 3, 7, 7)
+    keys.update(official_norm_keys("stage1_conv_embed.2", 64))
     for s in range(1, 5):
         c = dims[s - 1]
         for l in range(depths[s - 1]):
             p = f"stage{s}.{l}"
-            linear(p + ".qkv", 3 * c, c)
-            linear_norm(p + ".norm1", c)
-            linear(p + ".proj", c, c)
+            keys.update(official_layer_keys(p + ".qkv", 3 * c, c))
+            keys.update(official_norm_keys(p + ".norm1", c))
+            keys.update(official_layer_keys(p + ".proj", c, c))
             if s in (1, 2):
-                state[p + ".attns.0.scale"] = f32(1, 1, c)
-                state[p + ".attns.0.positional_encoding"] = f32(1, tokens[s], c)
-                conv(p + ".attns.0.dwc", 32, 1, 5)
+                keys[p + ".attns.0.scale"] = (1, 1, c)
+                keys[p + ".attns.0.positional_encoding"] = (1, tokens[s], c)
+                keys.update(official_layer_keys(p + ".attns.0.dwc", 32, 1, 5, 5))
             if s == 3:
-                conv(p + ".attns.0.get_v", 128, 1, 3)
-                conv(p + ".attns.1.get_v", 128, 1, 3)
+                keys.update(official_layer_keys(p + ".attns.0.get_v", 128, 1, 3, 3))
+                keys.update(official_layer_keys(p + ".attns.1.get_v", 128, 1, 3, 3))
             else:
-                conv(p + ".attns.0.get_v", c, 1, 3)
-            linear(p + ".mlp.fc1", 4 * c, c)
-            linear(p + ".mlp.fc2", c, 4 * c)
-            linear_norm(p + ".norm2", c)
+                keys.update(official_layer_keys(p + ".attns.0.get_v", c, 1, 3, 3))
+            keys.update(official_layer_keys(p + ".mlp.fc1", 4 * c, c))
+            keys.update(official_layer_keys(p + ".mlp.fc2", c, 4 * c))
+            keys.update(official_norm_keys(p + ".norm2", c))
         if s < 4:
-            conv(f"merge{s}.conv", 2 * c, c, 3)
-            linear_norm(f"merge{s}.norm", 2 * c)
-    linear_norm("norm", 512)
-    linear("head", 1000, 512)
-    return state
+            keys.update(official_layer_keys(f"merge{s}.conv", 2 * c, c, 3, 3))
+            keys.update(official_norm_keys(f"merge{s}.norm", 2 * c))
+    keys.update(official_norm_keys("norm", 512))
+    keys.update(official_layer_keys("head", 1000, 512))
+    return keys
 
 
 def test_converter_covers_official_checkpoint(full_model):
-    state = official_state_dict(np.random.default_rng(0))
+    state = random_official_state(official_cswin_keys(), np.random.default_rng(0), total_step=120000)
     assert len(state) == OFFICIAL_KEYS
     params, schedule, notes = convert_state_dict(full_model, state)
     assert schedule == (120000, 120000, 0)

@@ -1,4 +1,5 @@
-"""DeiT family: registration, sizes, checkpoints, official conversion, bad input."""
+"""DeiT family: registration, parity with the official outputs (tests/fixtures, see its README), sizes,
+checkpoints, official conversion, bad input."""
 import os
 
 import numpy as np
@@ -8,10 +9,12 @@ import pytest
 from mindspore import Tensor
 
 import slab_ms
+from slab_ms.models.deit import VisionTransformer
 from slab_ms.convert import main as convert_main
 from slab_ms.weights import convert_state_dict, load_official_checkpoint, read_state_dict
 from slab_ms.layers import PRepBNSchedule
-from parity_utils import FIXTURES, random_official_state, rel_err
+from parity_utils import (FIXTURES, check_parity, load_fixture, norm_kwargs, official_layer_keys, official_norm_keys,
+                          official_params, random_official_state, rel_err)
 
 DEIT = ["deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
 TINY = dict(num_classes=5, image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
@@ -22,41 +25,42 @@ def test_registered_in_mindcv():
     assert set(DEIT) <= set(mindcv.list_models("*deit*"))
 
 
-# All nn.Parameter elements of the reference. Ours has no dead cls_token in SLAB-DeiT.
-@pytest.mark.parametrize("name,reference,dead", [
-    ("deit_tiny_prepbn", 5_717_441, 0), ("deit_small_prepbn", 22_069_889, 0),
-    ("slab_deit_tiny", 6_198_401, 192), ("slab_deit_small", 22_992_641, 384)])
-def test_full_size_parameter_count(name, reference, dead):
+@pytest.mark.parametrize("fixture", ["small_deit_prepbn_repbn.npz", "small_deit_prepbn_linearnorm.npz",
+                                     "small_slab_deit.npz"])
+def test_deit_parity(fixture):
+    _, meta = load_fixture(fixture)
+    kw = dict(meta["kwargs"])
+    norm = norm_kwargs(kw.pop("norm_layer"))
+    attn = "sla" if meta["ctor"] == "models.slab_deit:VisionTransformer" else "softmax"
+    net = VisionTransformer(**kw, **norm, attn=attn)
+    errors = check_parity(net, fixture)
+    assert len([k for k in errors if k.startswith("act.")]) == 7
+
+
+# All nn.Parameter elements of the reference (official_params). Ours has no dead cls_token in SLAB-DeiT.
+@pytest.mark.parametrize("name,dead", [("deit_tiny_prepbn", 0), ("deit_small_prepbn", 0), ("slab_deit_tiny", 192),
+                                       ("slab_deit_small", 384)])
+def test_full_size_parameter_count(name, dead):
     net = mindcv.create_model(name)
-    assert sum(p.size for p in net.trainable_params()) == reference - dead
+    assert sum(p.size for p in net.trainable_params()) == official_params(name) - dead
 
 
 def _official_deit_keys(depth, dim, slab, linearnorm, num_classes=1000, patches=196):
     """Official state-dict names and shapes, written out independently of the model code."""
     keys = {"cls_token": (1, 1, dim), "pos_embed": (1, patches + (0 if slab else 1), dim),
-            "patch_embed.proj.weight": (dim, 3, 16, 16), "patch_embed.proj.bias": (dim,)}
-
-    def norm(prefix):
-        inner = prefix + ".norm2" if linearnorm else prefix
-        if linearnorm:
-            keys.update({f"{prefix}.warm": (), f"{prefix}.iter": (), f"{prefix}.total_step": (),
-                         f"{prefix}.norm1.weight": (dim,), f"{prefix}.norm1.bias": (dim,)})
-        keys.update({f"{inner}.alpha": (1,), f"{inner}.bn.weight": (dim,), f"{inner}.bn.bias": (dim,),
-                     f"{inner}.bn.running_mean": (dim,), f"{inner}.bn.running_var": (dim,),
-                     f"{inner}.bn.num_batches_tracked": ()})
+            **official_layer_keys("patch_embed.proj", dim, 3, 16, 16)}
     for i in range(depth):
         b = f"blocks.{i}"
-        norm(b + ".norm1")
+        keys.update(official_norm_keys(b + ".norm1", dim, linearnorm))
         if slab:
-            keys.update({f"{b}.attn.positional_encoding": (1, patches, dim), f"{b}.attn.dwc.weight": (64, 1, 5, 5),
-                         f"{b}.attn.dwc.bias": (64,)})
-        keys.update({f"{b}.attn.qkv.weight": (3 * dim, dim), f"{b}.attn.qkv.bias": (3 * dim,),
-                     f"{b}.attn.proj.weight": (dim, dim), f"{b}.attn.proj.bias": (dim,),
-                     f"{b}.mlp.fc1.weight": (4 * dim, dim), f"{b}.mlp.fc1.bias": (4 * dim,),
-                     f"{b}.mlp.fc2.weight": (dim, 4 * dim), f"{b}.mlp.fc2.bias": (dim,)})
-        norm(b + ".norm2")
-    norm("norm")
-    keys.update({"head.weight": (num_classes, dim), "head.bias": (num_classes,)})
+            keys.update({f"{b}.attn.positional_encoding": (1, patches, dim),
+                         **official_layer_keys(f"{b}.attn.dwc", 64, 1, 5, 5)})
+        for name, shape in (("attn.qkv", (3 * dim, dim)), ("attn.proj", (dim, dim)), ("mlp.fc1", (4 * dim, dim)),
+                            ("mlp.fc2", (dim, 4 * dim))):
+            keys.update(official_layer_keys(f"{b}.{name}", *shape))
+        keys.update(official_norm_keys(b + ".norm2", dim, linearnorm))
+    keys.update(official_norm_keys("norm", dim, linearnorm))
+    keys.update(official_layer_keys("head", num_classes, dim))
     return keys
 
 

@@ -18,7 +18,7 @@ import slab_ms
 from slab_ms.weights import load_checkpoint
 from slab_ms.layers import PRepBNSchedule
 from slab_ms.models import tiny_config
-from test_reparam import randomize, relative_error, tiny_input
+from helpers import randomize, relative_error, tiny_input
 
 
 def _tiny_args(name):
@@ -112,9 +112,9 @@ def test_onnx_round_trip(checkpoints, tmp_path, capsys, name):
     assert "exact GELU(s) written without Erf" in capsys.readouterr().out
     assert _files(tmp_path) == [f"{name}.onnx"]
     x = tiny_input(name, batch=1, seed=8)
-    expected = _training_form(name, checkpoints[name])(Tensor(x)).asnumpy()
+    expected = _training_form(name, checkpoints[name])(x).asnumpy()
     session = onnxruntime.InferenceSession(path + ".onnx", providers=["CPUExecutionProvider"])
-    actual = session.run(None, {session.get_inputs()[0].name: x})[0]
+    actual = session.run(None, {session.get_inputs()[0].name: x.asnumpy()})[0]
     assert np.abs(expected).max() > 1.0 and relative_error(actual, expected) <= 1e-4
 
 
@@ -133,7 +133,7 @@ def test_float16_mindir_computes_in_float16_within_its_tolerance(name, tmp_path,
     error, largest = float(found.group(1)), float(found.group(2))
     # float16 arithmetic: visibly not the float32 numbers (those agree to ~1e-6), within the stated tolerance
     assert largest > 1.0 and 1e-4 * largest < error <= export.FLOAT16_RELATIVE_TOLERANCE * largest
-    assert nn.GraphCell(ms.load(path + ".mindir"))(Tensor(tiny_input(name, batch=1))).dtype == ms.float32
+    assert nn.GraphCell(ms.load(path + ".mindir"))(tiny_input(name, batch=1)).dtype == ms.float32
 
 
 @pytest.mark.parametrize("case, message", [

@@ -1,7 +1,7 @@
 """Fine-tuning from a checkpoint: the γ schedule continues where the checkpoint was (prepbn_schedule
 continue, the default) or starts at γ = 1 again (restart).
 
-γ is read inside the compiled train step with test_schedule's probe: one PRepBN (T = 3, warm-up 1) on a
+γ is read inside the compiled train step with the γ probe of tests/helpers.py: one PRepBN (T = 3, warm-up 1) on a
 fixed input trained with lr 0, whose loss is exactly γ·a + (1 − γ)·b. "Loading a checkpoint" is setting the
 probe's counters, which is all a loaded checkpoint changes in the schedule; the official-checkpoint test
 loads a real ``.pth``.
@@ -17,8 +17,8 @@ from slab_ms.layers import PRepBNSchedule
 from parity_utils import gamma_at
 from slab_ms.training import ConfigError, GammaDecay, parse_args
 from slab_ms.weights.train_state import load_train_checkpoint, save_train_checkpoint
-from slab_ms.training.schedule import start_prepbn_schedule
-from test_schedule import ACCUM, T, WARM, _build, _observed_gammas, _probe_constants
+from slab_ms.training.prepbn_recipe import start_prepbn_schedule
+from helpers import ACCUM, T, WARM, build_probe, observed_gammas, probe_constants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINISHED = 7  # ≥ WARM + T: the decay is over, γ = 0
@@ -29,7 +29,7 @@ def probe_data():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 4)).astype(np.float32) * 2 + 0.5
     weight = rng.normal(size=(1, 1, 4)).astype(np.float32)
-    a, b = _probe_constants(x, weight)
+    a, b = probe_constants(x, weight)
     assert abs(a - b) > 0.1
     return x, weight, a, b
 
@@ -55,13 +55,13 @@ def _train(step, gamma_decay, data, optimizer_steps):
     x, _, a, b = data
     gammas = []
     for _ in range(optimizer_steps):
-        gammas += _observed_gammas(step, x, ACCUM, a, b)
+        gammas += observed_gammas(step, x, ACCUM, a, b)
         gamma_decay.on_train_step_end()  # raises unless prepbn_step == start + the optimizer's step
     return gammas
 
 
 def test_finished_checkpoint_trains_with_gamma_zero_in_every_step(probe_data):
-    probe, optimizer, step = _build(probe_data[1])
+    probe, optimizer, step = build_probe(probe_data[1])
     PRepBNSchedule.require(probe).set(step=FINISHED)  # as loaded from an end-of-training checkpoint
     start, note, gamma_decay = _start(probe, optimizer, _args(prepbn_decay_steps=2), total_steps=3)
     assert start == (FINISHED, T, WARM)
@@ -76,7 +76,7 @@ def test_finished_checkpoint_trains_with_gamma_zero_in_every_step(probe_data):
 def test_mid_schedule_checkpoint_continues_the_decay_exactly_across_a_resume(probe_data, tmp_path):
     """From step 2 (γ = 2/3): one optimizer step, a resumable checkpoint, a fresh process's objects that
     derive the start step as prepbn_step − global_step, two more steps; γ = 0 exactly at the end."""
-    probe, optimizer, step = _build(probe_data[1])
+    probe, optimizer, step = build_probe(probe_data[1])
     PRepBNSchedule.require(probe).set(step=2)
     start, note, gamma_decay = _start(probe, optimizer, _args(prepbn_decay_steps=T), total_steps=3)
     assert start == (2, T, WARM)
@@ -85,7 +85,7 @@ def test_mid_schedule_checkpoint_continues_the_decay_exactly_across_a_resume(pro
     first = _train(step, gamma_decay, probe_data, 1)
     save_train_checkpoint(str(tmp_path), "probe", probe, optimizer, step, epoch_num=0, step_num=1)
 
-    probe2, optimizer2, step2 = _build(probe_data[1])
+    probe2, optimizer2, step2 = build_probe(probe_data[1])
     load_train_checkpoint(str(tmp_path / "probe-0000_000001.ckpt"), probe2, optimizer2, step2)
     global_step = int(optimizer2.global_step.asnumpy().reshape(()))
     resumed_start = PRepBNSchedule.require(probe2).state()["step"] - global_step
@@ -104,7 +104,7 @@ def test_mid_schedule_checkpoint_continues_the_decay_exactly_across_a_resume(pro
 
 
 def test_restart_starts_at_gamma_one_with_the_recipe_schedule(probe_data):
-    probe, optimizer, step = _build(probe_data[1])
+    probe, optimizer, step = build_probe(probe_data[1])
     PRepBNSchedule.require(probe).set(step=FINISHED)
     start, note, gamma_decay = _start(probe, optimizer, _args(prepbn_schedule="restart", prepbn_decay_steps=2),
                                       total_steps=2)
@@ -116,7 +116,7 @@ def test_restart_starts_at_gamma_one_with_the_recipe_schedule(probe_data):
 
 
 def test_continue_refuses_what_would_not_end_at_gamma_zero_or_contradicts_the_checkpoint(probe_data):
-    probe, optimizer, _ = _build(probe_data[1])
+    probe, optimizer, _ = build_probe(probe_data[1])
     PRepBNSchedule.require(probe).set(step=2)  # γ = 2/3, 2 steps of decay left
     with pytest.raises(ConfigError, match=r"2 steps of decay left > 1 optimizer steps"):
         start_prepbn_schedule(probe, _args(), 1)

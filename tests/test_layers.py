@@ -187,3 +187,12 @@ def test_sla_positional_encoding_is_resized_for_other_grids():
     sla.positional_encoding.set_data(Tensor(RNG.normal(size=(1, 16, 16)).astype(np.float32)))
     x = Tensor(RNG.normal(size=(1, 64, 16)).astype(np.float32))
     assert sla(x, (8, 8)).shape == (1, 64, 16)
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_flop_count_restores_the_callers_execution_mode(mode):
+    """count_flops runs its forward in PyNative mode (hooks) and gives the caller's mode back."""
+    from slab_ms.layers.flops import count_flops
+    ms.set_context(mode=mode)
+    assert count_flops(nn.Dense(2, 3), 2, in_channels=1) == 2 * 2 * 2 * 3  # (1, 1, 2, 2) rows through 2 -> 3
+    assert ms.get_context("mode") == mode

@@ -17,18 +17,13 @@ from slab_ms.models import family_of, tiny_config
 from slab_ms.reparam import remaining_norms
 from slab_ms.weights import convert_state_dict
 from slab_ms.weights.official import official_names
-from test_reparam import norm_cells, randomize, relative_error
+from helpers import norm_cells, randomize, relative_error, tiny_input
 
 MODELS = slab_ms.list_models()
 
 
 def tiny(name, **kwargs):
     return slab_ms.create_model(name, num_classes=10, **dict(tiny_config(name), **kwargs))
-
-
-def tiny_input(name, batch=2, seed=1):
-    size = tiny_config(name)["image_size"]
-    return Tensor(np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32))
 
 
 def test_mindcv_lists_ours_under_their_own_module_names():

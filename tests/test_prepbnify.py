@@ -12,7 +12,7 @@ from slab_ms.layers import ChannelAffine, PRepBN, PRepBNSchedule
 from slab_ms.prepbnify import prepbnify
 from slab_ms.reparam import remaining_norms
 from slab_ms.training import GammaDecay
-from test_reparam import norm_cells, randomize, relative_error
+from helpers import norm_cells, randomize, relative_error
 
 PVT_SIZES = dict(img_size=64, embed_dims=[16, 32, 40, 64], num_heads=[1, 2, 5, 8], mlp_ratios=[2, 2, 2, 2],
                  depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], num_classes=10)

@@ -12,32 +12,20 @@ import slab_ms  # noqa: F401  (registers the models)
 from slab_ms.weights import convert_state_dict
 from slab_ms.layers import prepbn_layers, resize_token_grid
 from slab_ms.models.pvt import PyramidVisionTransformer
-from parity_utils import check_parity, load_fixture, norm_kwargs, random_official_state
+from parity_utils import (check_parity, load_fixture, official_layer_keys, official_norm_keys, official_params,
+                          pvt_kwargs, random_official_state)
 
 PVT_NAMES = ["pvt_tiny_prepbn", "pvt_small_prepbn", "pvt_medium_prepbn", "slab_pvt_tiny"]
 
-# The reference (full size, 224, 1000 classes): all nn.Parameter elements and len(state_dict()).
-REFERENCE_PARAMS = {"pvt_tiny_prepbn": 13_239_554, "pvt_small_prepbn": 24_507_801, "pvt_medium_prepbn": 44_253_117,
-               "slab_pvt_tiny": 12_157_692}
+# The reference (full size, 224, 1000 classes): len(state_dict()) and its LinearNorms (parameters: official_params).
 REFERENCE_KEYS = {"pvt_tiny_prepbn": 392, "slab_pvt_tiny": 338}
 REFERENCE_LINEARNORMS = {"pvt_tiny_prepbn": 26, "pvt_small_prepbn": 49, "pvt_medium_prepbn": 85, "slab_pvt_tiny": 20}
-
-
-def _pvt_kwargs(meta):
-    """The fixture's official constructor kwargs -> ours (dead / fixed-value official kwargs dropped)."""
-    kw = dict(meta["kwargs"])
-    norm_layer = kw.pop("norm_layer")
-    kw.pop("focusing_factor")  # printed, never used by the reference
-    assert kw.pop("la_sr_ratios") == "1111"  # SLA at full resolution, as in every released config
-    if norm_layer == "@models.slab_pvt:linearnorm":  # slab_pvt.py's module-level partial: LN eps 1e-6, T = 3e5
-        return dict(kw, norm="prepbn", prepbn_decay_steps=300000, ln_eps=1e-6)
-    return dict(kw, **norm_kwargs(norm_layer))
 
 
 @pytest.mark.parametrize("fixture, attn_type", [("small_pvt_prepbn.npz", "SSSS"), ("small_slab_pvt.npz", "LLLL")])
 def test_pvt_parity(fixture, attn_type):
     _, meta = load_fixture(fixture)
-    kw = _pvt_kwargs(meta)
+    kw = pvt_kwargs(meta)
     assert kw["attn_type"] == attn_type
     net = PyramidVisionTransformer(**kw)
     errors = check_parity(net, fixture)
@@ -58,7 +46,7 @@ def test_full_size_param_count(full_size, name):
     net = full_size[name]
     # PyTorch counts nn.Parameters only; here the BN moving statistics and the γ schedule are the
     # non-trainable Parameters, so the trainable ones must match the reference exactly.
-    assert sum(p.size for p in net.trainable_params()) == REFERENCE_PARAMS[name]
+    assert sum(p.size for p in net.trainable_params()) == official_params(name)
     assert len(prepbn_layers(net)) == REFERENCE_LINEARNORMS[name]
     assert net.no_weight_decay() == set()
 
@@ -67,40 +55,31 @@ def test_full_size_param_count(full_size, name):
 DIMS, TOKENS, HIDDEN, SR = (64, 128, 320, 512), (3136, 784, 196, 49), (512, 1024, 1280, 2048), (8, 4, 2)
 
 
-def _linear_norm(prefix, c):
-    shapes = {f"{prefix}.{b}": () for b in ("warm", "iter", "total_step")}
-    shapes.update({f"{prefix}.norm1.weight": (c,), f"{prefix}.norm1.bias": (c,), f"{prefix}.norm2.alpha": (1,)})
-    shapes.update({f"{prefix}.norm2.bn.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")})
-    shapes[f"{prefix}.norm2.bn.num_batches_tracked"] = ()
-    return shapes
-
-
 def official_pvt_shapes(attn_type, depths=(2, 2, 2, 2)):
     """Official state-dict name -> shape of a full-size PVT v1; 'SSSS' or 'LLLL'."""
     shapes = {}
     for s in range(1, 5):
         c, n, p, cin = DIMS[s - 1], TOKENS[s - 1], 4 if s == 1 else 2, 3 if s == 1 else DIMS[s - 2]
         shapes[f"pos_embed{s}"] = (1, n, c)
-        shapes[f"patch_embed{s}.proj.weight"], shapes[f"patch_embed{s}.proj.bias"] = (c, cin, p, p), (c,)
-        shapes.update(_linear_norm(f"patch_embed{s}.norm", c))
+        shapes.update(official_layer_keys(f"patch_embed{s}.proj", c, cin, p, p))
+        shapes.update(official_norm_keys(f"patch_embed{s}.norm", c))
         for l in range(depths[s - 1]):
             blk = f"block{s}.{l}"
-            shapes.update(_linear_norm(f"{blk}.norm1", c))
+            shapes.update(official_norm_keys(f"{blk}.norm1", c))
             if attn_type == "LLLL":
                 shapes[f"{blk}.attn.positional_encoding"] = (1, n, c)
-                shapes[f"{blk}.attn.dwc.weight"], shapes[f"{blk}.attn.dwc.bias"] = (64, 1, 5, 5), (64,)
-            shapes[f"{blk}.attn.q.weight"], shapes[f"{blk}.attn.q.bias"] = (c, c), (c,)
-            shapes[f"{blk}.attn.kv.weight"], shapes[f"{blk}.attn.kv.bias"] = (2 * c, c), (2 * c,)
-            shapes[f"{blk}.attn.proj.weight"], shapes[f"{blk}.attn.proj.bias"] = (c, c), (c,)
+                shapes.update(official_layer_keys(f"{blk}.attn.dwc", 64, 1, 5, 5))
+            for name, shape in (("q", (c, c)), ("kv", (2 * c, c)), ("proj", (c, c))):
+                shapes.update(official_layer_keys(f"{blk}.attn.{name}", *shape))
             if attn_type == "SSSS" and s <= 3:
                 r = SR[s - 1]
-                shapes[f"{blk}.attn.sr.weight"], shapes[f"{blk}.attn.sr.bias"] = (c, c, r, r), (c,)
-                shapes.update(_linear_norm(f"{blk}.attn.norm", c))
-            shapes.update(_linear_norm(f"{blk}.norm2", c))
+                shapes.update(official_layer_keys(f"{blk}.attn.sr", c, c, r, r))
+                shapes.update(official_norm_keys(f"{blk}.attn.norm", c))
+            shapes.update(official_norm_keys(f"{blk}.norm2", c))
             h = HIDDEN[s - 1]
-            shapes[f"{blk}.mlp.fc1.weight"], shapes[f"{blk}.mlp.fc1.bias"] = (h, c), (h,)
-            shapes[f"{blk}.mlp.fc2.weight"], shapes[f"{blk}.mlp.fc2.bias"] = (c, h), (c,)
-    shapes["head.weight"], shapes["head.bias"] = (1000, 512), (1000,)
+            shapes.update(official_layer_keys(f"{blk}.mlp.fc1", h, c))
+            shapes.update(official_layer_keys(f"{blk}.mlp.fc2", c, h))
+    shapes.update(official_layer_keys("head", 1000, 512))
     return shapes
 
 

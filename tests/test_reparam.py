@@ -6,54 +6,10 @@ from mindspore import Tensor, nn
 
 import slab_ms
 from slab_ms.models import tiny_config
-from slab_ms.layers import ChannelAffine, PatchEmbed, PRepBN, PRepBNSchedule, RepBN, TokenBatchNorm
+from slab_ms.layers import ChannelAffine, PatchEmbed, PRepBNSchedule, RepBN
 from slab_ms.reparam import remaining_norms
 from slab_ms.weights import load_checkpoint
-
-NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, TokenBatchNorm, RepBN, PRepBN)
-
-
-def randomize(net, seed=0, weight_gain=1.0):
-    """Random weights (std gain/√fan_in), random BN statistics and affines, RepBN η in [0.5, 1.5], non-zero
-    biases and positional encodings: a fold that drops a term shows up. RepBN does not normalise the
-    residual stream, so deep models need gain < 1 to keep their logits finite and O(10)."""
-    rng = np.random.default_rng(seed)
-    for name, param in net.parameters_and_names():
-        value = param.asnumpy()
-        if not np.issubdtype(value.dtype, np.floating):
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "moving_variance":
-            new = rng.uniform(0.5, 2.0, value.shape)
-        elif leaf in ("alpha", "gamma"):
-            new = rng.uniform(0.5, 1.5, value.shape)
-        elif leaf in ("moving_mean", "beta", "bias"):
-            new = rng.normal(0.0, 0.2, value.shape)
-        elif leaf == "weight":
-            new = rng.normal(0.0, weight_gain / np.sqrt(np.prod(value.shape[1:])), value.shape)
-        else:  # positional encodings / embeddings, class token, relative position bias tables
-            new = rng.normal(0.0, 0.1, value.shape)
-        param.set_data(Tensor(new.astype(value.dtype)))
-    if PRepBNSchedule.of(net):
-        PRepBNSchedule.of(net).set(step=1)  # mid-decay: eval must still be pure RepBN
-    return net.set_train(False)
-
-
-def tiny_model(name, **kwargs):
-    return randomize(slab_ms.create_model(name, num_classes=10, **dict(tiny_config(name), **kwargs)))
-
-
-def tiny_input(name, batch=2, seed=1):
-    size = tiny_config(name)["image_size"]
-    return np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32)
-
-
-def norm_cells(net):
-    return [(name, type(cell).__name__) for name, cell in net.cells_and_names() if isinstance(cell, NORM_TYPES)]
-
-
-def relative_error(actual, expected):
-    return float(np.abs(actual - expected).max() / max(1.0, float(np.abs(expected).max())))
+from helpers import norm_cells, randomize, relative_error, tiny_input, tiny_model
 
 
 @pytest.fixture
@@ -65,7 +21,7 @@ def pynative():
 
 def test_layernorm_baseline_keeps_and_reports_its_layernorms(pynative):
     net = tiny_model("deit_tiny_prepbn", norm="ln")
-    x = Tensor(tiny_input("deit_tiny_prepbn"))
+    x = tiny_input("deit_tiny_prepbn")
     deploy = slab_ms.reparameterize_model(net)
     # The exceptions: every LayerNorm (per-token statistics, no fixed map) stays and is reported.
     expected_left = [f"blocks.{i}.norm{j}" for i in range(2) for j in (1, 2)] + ["norm"]
@@ -90,7 +46,7 @@ def test_unregistered_owner_is_reported_not_skipped():
 
 def test_headless_model_keeps_the_final_norm_as_an_exact_affine(pynative):
     net = randomize(slab_ms.create_model("slab_deit_tiny", num_classes=0, **tiny_config("slab_deit_tiny")))
-    x = Tensor(tiny_input("slab_deit_tiny"))
+    x = tiny_input("slab_deit_tiny")
     deploy = slab_ms.reparameterize_model(net)
     assert isinstance(deploy.norm, ChannelAffine) and norm_cells(deploy) == []
     assert relative_error(deploy(x).asnumpy(), net(x).asnumpy()) <= 1e-4
@@ -156,7 +112,7 @@ def test_amp_wrapped_model_folds_in_float32_like_the_plain_model(pynative, tmp_p
     """A model under MindCV's or MindSpore's AMP loads a plain checkpoint and folds, in float32, into the same
     plain float32 deploy network as the model without AMP (same logits within 1e-6 relative)."""
     name = "slab_deit_tiny"
-    x = Tensor(tiny_input(name))
+    x = tiny_input(name)
     plain = tiny_model(name)
     expected_deploy = slab_ms.reparameterize_model(plain)
     ms.save_checkpoint(plain, str(tmp_path / "plain.ckpt"))

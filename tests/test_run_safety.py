@@ -25,7 +25,7 @@ from slab_ms.convert import main as convert_main
 from slab_ms.export import main as export_main
 from slab_ms.train import main as train_main
 from slab_ms.training import ConfigError, parse_args
-from slab_ms.training.schedule import resolve_prepbn_schedule
+from slab_ms.training.prepbn_recipe import resolve_prepbn_schedule
 from slab_ms.training import loop
 from slab_ms.utils import (FolderInUseError, OutputError, RunLock, atomic_output, check_writable_folder,
                            remove_stale_temporaries)

@@ -15,79 +15,41 @@ import pytest
 from mindspore import Tensor, nn
 
 import slab_ms
-from slab_ms.layers import PRepBN, PRepBNSchedule, attach_prepbn_schedule
+from slab_ms.layers import PRepBNSchedule
 from slab_ms.models import tiny_config
 from slab_ms.training import ConfigError, GammaDecay, TrainStep, build_optimizer
-from slab_ms.training.schedule import build_lr_schedule, resolve_prepbn_schedule, timm_cosine_lr
+from slab_ms.training.lr_schedule import build_lr_schedule, timm_cosine_lr
+from slab_ms.training.prepbn_recipe import resolve_prepbn_schedule
 from slab_ms.weights.train_state import load_train_checkpoint, save_train_checkpoint
 from parity_utils import gamma_at
-
-T, WARM, ACCUM = 3, 1, 2
-OPT_ARGS = types.SimpleNamespace(opt="adamw", beta1=0.9, beta2=0.999, weight_decay=0.05, momentum=0.9)
-
-
-class GammaProbe(nn.Cell):
-    def __init__(self, weight):
-        super().__init__()
-        self.norm = PRepBN(4, PRepBNSchedule(T, WARM), ln_eps=1e-6)
-        self.weight = Tensor(weight)
-        attach_prepbn_schedule(self)
-
-    def construct(self, x, labels):
-        return (self.norm(x) * self.weight).mean()
-
-
-def _probe_constants(x, weight):
-    """Loss at γ = 1 (LayerNorm) and γ = 0 (RepBN with batch statistics, α = 1), float64."""
-    x = x.astype(np.float64)
-    ln = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
-    mu, var = x.mean((0, 1)), x.var((0, 1))
-    repbn = (x - mu) / np.sqrt(var + 1e-5) + x
-    return float((ln * weight).mean()), float((repbn * weight).mean())
-
-
-def _build(weight):
-    probe = GammaProbe(weight)
-    optimizer = build_optimizer(probe, OPT_ARGS, [0.0] * 100)
-    step = TrainStep(probe, optimizer, probe, accumulate_steps=ACCUM)
-    step.set_train(True)
-    return probe, optimizer, step
-
-
-def _observed_gammas(step, x, micro_batches, a, b):
-    labels = Tensor(np.zeros((x.shape[0],), np.int32))
-    gammas = []
-    for _ in range(micro_batches):
-        loss, _ = step(Tensor(x), labels)
-        gammas.append((float(loss.asnumpy()) - b) / (a - b))
-    return gammas
+from helpers import ACCUM, OPT_ARGS, T, WARM, GammaProbe, build_probe, observed_gammas, probe_constants
 
 
 def test_gamma_in_graph_per_optimizer_step_with_accumulation_and_resume(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 4)).astype(np.float32) * 2 + 0.5
     weight = rng.normal(size=(1, 1, 4)).astype(np.float32)
-    a, b = _probe_constants(x, weight)
+    a, b = probe_constants(x, weight)
     assert abs(a - b) > 0.1
 
-    probe, optimizer, step = _build(weight)
+    probe, optimizer, step = build_probe(weight)
     gamma_decay = GammaDecay(probe, optimizer, total_steps=6, print_fn=lambda *_: None, in_graph=True)
     gamma_decay.on_train_begin()
     first = []
     for _ in range(3):  # micro-batches 0..5 = optimizer steps 0..2
-        first += _observed_gammas(step, x, ACCUM, a, b)
+        first += observed_gammas(step, x, ACCUM, a, b)
         gamma_decay.on_train_step_end()  # raises if prepbn_step and the optimizer's step disagree
     assert PRepBNSchedule.require(probe).state()["step"] == 3
     assert int(optimizer.global_step.asnumpy().reshape(())) == 3
     save_train_checkpoint(str(tmp_path), "probe", probe, optimizer, step, epoch_num=0, step_num=3)
 
-    probe2, optimizer2, step2 = _build(weight)  # a new process's objects: fresh graph, loaded state
+    probe2, optimizer2, step2 = build_probe(weight)  # a new process's objects: fresh graph, loaded state
     assert PRepBNSchedule.require(probe2).state()["step"] == 0
     assert load_train_checkpoint(str(tmp_path / "probe-0000_000003.ckpt"), probe2, optimizer2, step2) == (0, 3)
     gamma_decay2 = GammaDecay(probe2, optimizer2, total_steps=6, print_fn=lambda *_: None, in_graph=True)
     second = []
     for _ in range(3):
-        second += _observed_gammas(step2, x, ACCUM, a, b)
+        second += observed_gammas(step2, x, ACCUM, a, b)
         gamma_decay2.on_train_step_end()
     gamma_decay2.on_train_end()  # γ = 0 exactly at the end of the 6 steps
 
@@ -98,7 +60,7 @@ def test_gamma_in_graph_per_optimizer_step_with_accumulation_and_resume(tmp_path
 
 
 def test_gamma_decay_detects_a_desynchronised_schedule():
-    probe, optimizer, _ = _build(np.ones((1, 1, 4), np.float32))
+    probe, optimizer, _ = build_probe(np.ones((1, 1, 4), np.float32))
     PRepBNSchedule.require(probe).set(step=5)
     with pytest.raises(RuntimeError, match="out of step"):
         GammaDecay(probe, optimizer, total_steps=6, in_graph=True).on_train_step_end()

@@ -26,10 +26,11 @@ from PIL import Image
 
 import slab_ms
 from slab_ms.layers import PRepBNSchedule
+from slab_ms.models.registry import family_of
 from slab_ms.training import ConfigError, GammaDecay, NetWithLoss, TrainStep, build_optimizer, param_groups, parse_args
 from slab_ms.training.recalib import BNRecalibration
 from slab_ms.training.outputs import MetricsLog
-from slab_ms.training.schedule import resolve_prepbn_schedule
+from slab_ms.training.prepbn_recipe import resolve_prepbn_schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
@@ -254,8 +255,14 @@ def test_released_recipes_parse_and_fit_their_schedule(path):
     assert (args.mixup, args.cutmix, args.label_smoothing, args.re_prob, args.bn_recalib_epochs) == (0.8, 1.0, 0.1,
                                                                                                      0.25, 10)
     steps = (args.epochs + args.cooldown_epochs) * (1281167 // 8 // args.batch_size)
-    if args.prepbn_decay_steps is not None:
-        assert args.prepbn_decay_steps <= steps
+    assert args.prepbn_decay_steps is None  # a released model's T lives in its family's ARCHS only
+    decay = _released_decay_steps(args.model)
+    assert decay is None or decay <= steps
+
+
+def _released_decay_steps(model):
+    """T of a released model, from its family's ARCHS (None: no γ schedule)."""
+    return family_of(model).ARCHS[model].get("prepbn_decay_steps")
 
 
 def test_recipe_numbers_follow_the_reference():
@@ -266,7 +273,7 @@ def test_recipe_numbers_follow_the_reference():
     for name, row in expect.items():
         args = parse_args(["-c", os.path.join(ROOT, "configs", f"{name}.yaml")])
         assert (args.batch_size, args.cooldown_epochs, args.warmup_epochs, args.clip_grad, args.drop_path_rate,
-                args.prepbn_decay_steps) == row, name
+                _released_decay_steps(args.model)) == row, name
 
 
 def test_weight_decay_groups_follow_the_reference():

@@ -208,7 +208,7 @@ class Runner:
     def __init__(self, args, variant, data, evaluator):
         from mindspore import nn
         from ..training import NetWithLoss, TrainStep, build_optimizer
-        from ..training.schedule import timm_cosine_lr
+        from ..training.lr_schedule import timm_cosine_lr
 
         self.args, self.variant, self.evaluator = args, variant, evaluator
         self.train_x, self.train_y, self.num_classes = data

@@ -8,4 +8,4 @@ from .mlp import Mlp
 from .norm import (MaskedPRepBN, MaskedRepBN, PRepBN, RepBN, RMSNorm, TokenBatchNorm, attach_prepbn_schedule,
                    get_masked_norm_layer, get_norm_layer, prepbn_layers)
 from .patch_embed import PatchConv2d, PatchEmbed, check_input
-from .schedule import PRepBNSchedule, gamma
+from .prepbn_schedule import PRepBNSchedule, check_schedule_fits, gamma

@@ -12,6 +12,7 @@ from mindspore import nn
 
 from .amp import cells_and_names_through_amp, unwrap_amp
 from .attention import Attention, SimplifiedLinearAttention
+from .helpers import registered_for
 from .mlp import Mlp
 from .patch_embed import PatchConv2d, PatchEmbed
 
@@ -22,16 +23,12 @@ _FORMULAS = {}
 
 def register_flops(*cell_types):
     """Register ``formula(cell, inputs, output) -> FLOPs`` for cells of these types (their subclasses too,
-    unless those register their own)."""
+    unless those register their own: :func:`~slab_ms.layers.helpers.registered_for`)."""
     def decorator(formula):
         for cell_type in cell_types:
             _FORMULAS[cell_type] = formula
         return formula
     return decorator
-
-
-def _formula(cell):
-    return next((_FORMULAS[t] for t in type(cell).__mro__ if t in _FORMULAS), None)
 
 
 def softmax_flops(batch, queries, keys, channels):
@@ -83,7 +80,7 @@ def _sla(cell, inputs, output):
 
 def count_flops(net, image_size, in_channels=3):
     """FLOPs of one ``image_size``² image through ``net`` (a batch-1 forward in PyNative mode with forward
-    hooks; GRAPH_MODE is restored afterwards)."""
+    hooks; the caller's execution mode is restored afterwards)."""
     total = [0.0]
     # The depth-wise conv of SLA and an Mlp's two Dense layers are in their cell's formula; a patch conv is in its
     # patch embedding's (or its spatial reduction's) formula. Every other Dense / Conv2d, also inside an attention
@@ -91,8 +88,9 @@ def count_flops(net, image_size, in_channels=3):
     cells = [c for _, c in cells_and_names_through_amp(net)]
     inside = {id(unwrap_amp(c.dwc)) for c in cells if isinstance(c, SimplifiedLinearAttention) and c.use_dwc}
     inside |= {id(unwrap_amp(fc)) for c in cells if isinstance(c, Mlp) for fc in (c.fc1, c.fc2)}
-    counted = [(cell, _formula(cell)) for cell in cells
-               if _formula(cell) is not None and id(cell) not in inside and not isinstance(cell, PatchConv2d)]
+    counted = [(cell, registered_for(_FORMULAS, cell)) for cell in cells
+               if registered_for(_FORMULAS, cell) is not None and id(cell) not in inside
+               and not isinstance(cell, PatchConv2d)]
 
     def hook(formula):
         def record(cell, inputs, output):
@@ -100,11 +98,12 @@ def count_flops(net, image_size, in_channels=3):
         return record
 
     handles = [cell.register_forward_hook(hook(formula)) for cell, formula in counted]
+    mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         net(ms.Tensor(np.zeros((1, in_channels, image_size, image_size), np.float32)))
     finally:
         for handle in handles:
             handle.remove()
-        ms.set_context(mode=ms.GRAPH_MODE)
+        ms.set_context(mode=mode)
     return total[0]

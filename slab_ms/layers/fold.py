@@ -17,6 +17,7 @@ Each family registers, per owning cell type, a ``fold(cell)`` built from these p
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
+from .helpers import registered_for
 from .norm import PRepBN, TokenBatchNorm
 
 __all__ = ["ChannelAffine", "register_fold", "registered_fold", "child_cell", "replace_cell", "can_absorb",
@@ -39,7 +40,8 @@ class ChannelAffine(nn.Cell):
 
 
 def register_fold(*cell_types):
-    """Register ``fold(cell)`` for cells of exactly these types; it rewires the cell's own children."""
+    """Register ``fold(cell)`` for cells of these types (their subclasses too, unless those register their own:
+    :func:`~slab_ms.layers.helpers.registered_for`); it rewires the cell's own children."""
     def decorator(fold):
         for cell_type in cell_types:
             _FOLDS[cell_type] = fold
@@ -48,8 +50,8 @@ def register_fold(*cell_types):
 
 
 def registered_fold(cell):
-    """The fold registered for ``type(cell)``, or None."""
-    return _FOLDS.get(type(cell))
+    """The fold registered for ``cell``'s type or its nearest registered base class, or None."""
+    return registered_for(_FOLDS, cell)
 
 
 def child_cell(parent, name):

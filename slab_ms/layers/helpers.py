@@ -1,11 +1,12 @@
-"""Small shared helpers: tuple conversion, the reference's Dense initialisation and the float32 softmax."""
+"""Small shared helpers: tuple conversion, the reference's Dense initialisation, the float32 softmax and the
+lookup of the per-cell-type registries (folds, FLOP formulas)."""
 import collections.abc
 
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
-__all__ = ["to_2tuple", "dense", "float32_softmax"]
+__all__ = ["to_2tuple", "dense", "float32_softmax", "registered_for"]
 
 
 def to_2tuple(x):
@@ -21,6 +22,12 @@ def dense(in_channels, out_channels, has_bias=True):
     """Dense with trunc-normal(0.02) weight and zero bias, as every Linear of the reference."""
     return nn.Dense(in_channels, out_channels, weight_init=TruncatedNormal(0.02), bias_init="zeros",
                     has_bias=has_bias)
+
+
+def registered_for(registry, cell):
+    """The entry of ``registry`` (cell type -> value) for ``cell``: its own type's, else its nearest registered
+    base class's (the one rule of every per-cell-type registry), or None."""
+    return next((registry[t] for t in type(cell).__mro__ if t in registry), None)
 
 
 def float32_softmax(scores, dtype):

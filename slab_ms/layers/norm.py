@@ -4,7 +4,7 @@ RepBN(x) = BN(x) + η·x with a single learnable scalar η (``alpha``) over the 
 ``(B, N, C)`` tokens; statistics are taken over the batch and token axes.
 
 PRepBN(x) = γ·LN(x) + (1 − γ)·RepBN(x) in training, with
-γ from the model's one :class:`~slab_ms.layers.schedule.PRepBNSchedule` (counted in optimizer steps),
+γ from the model's one :class:`~slab_ms.layers.prepbn_schedule.PRepBNSchedule` (counted in optimizer steps),
 and pure RepBN in evaluation. Unlike the reference, the BN branch also runs (and updates its
 statistics) during LN-only warm-up; its output is weighted 0 there, and no released model warms up.
 
@@ -21,7 +21,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .cpu_kernels import kernel
-from .schedule import PRepBNSchedule, gamma
+from .prepbn_schedule import PRepBNSchedule, gamma
 
 __all__ = ["LayerNorm", "TokenBatchNorm", "RepBN", "PRepBN", "RMSNorm", "MaskedRepBN", "MaskedPRepBN", "get_norm_layer",
            "get_masked_norm_layer", "prepbn_layers", "attach_prepbn_schedule"]

@@ -10,7 +10,9 @@ they are exact per-channel affine maps (``ChannelAffine``), which a neck's first
 official Swin detection backbones use LayerNorm there (``out_norm="ln"``, which cannot fold); the official PVT v1
 detection backbone returns the stage maps without a norm (``out_norm="none"``).
 
-Fine-tuning modes (kwargs of every factory, with ``features_only=True``):
+The six backbone kwargs of every family constructor and factory are declared once, in :class:`BackboneOptions`:
+``features_only``, ``out_indices`` (an int or a sequence, negative from the end; default every stage, or the
+family's choice), ``out_norm`` (above) and the fine-tuning modes (with ``features_only=True``):
 
 * ``frozen_stages=k``: the patch embedding and the first ``k`` stages (0: the patch embedding only, -1:
   nothing) get ``requires_grad=False`` and stay in evaluation mode whatever ``set_train`` says (as
@@ -20,15 +22,17 @@ Fine-tuning modes (kwargs of every factory, with ``features_only=True``):
   (the official detection backbones put every BatchNorm1d in eval mode in ``train()``).
 * ``freeze_eta=True``: RepBN's η (``alpha``) gets ``requires_grad=False``.
 """
+import dataclasses
+
 from mindspore import nn, ops
 
-from ..layers import check_input, get_norm_layer
+from ..layers import check_input, dense, get_norm_layer
 from ..layers.amp import unwrap_amp
 from ..layers.fold import fold_final_norm, keep_as_affine
 from ..layers.norm import RepBN, TokenBatchNorm
-from ..layers.schedule import advance_in_training
+from ..layers.prepbn_schedule import advance_in_training
 
-__all__ = ["BackboneMixin", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms", "fold_head_or_output_norms"]
+__all__ = ["BackboneMixin", "BackboneOptions", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms", "fold_head_or_output_norms"]
 
 
 def tokens_to_map(x, hw):
@@ -68,27 +72,67 @@ def _check_index(value, count, what):
     return value % count
 
 
+@dataclasses.dataclass(frozen=True)
+class BackboneOptions:
+    """The backbone kwargs every family constructor takes as ``**backbone`` (their meaning: the module doc)."""
+    features_only: bool = False
+    out_indices: object = None
+    frozen_stages: int = -1
+    norm_eval: bool = False
+    freeze_eta: bool = False
+    out_norm: str = None
+
+    def __post_init__(self):
+        if not self.features_only and (self.out_indices is not None or self.frozen_stages != -1 or self.norm_eval
+                                       or self.freeze_eta or self.out_norm is not None):
+            raise ValueError("out_indices, frozen_stages, norm_eval, freeze_eta and out_norm are backbone "
+                             "options: pass features_only=True with them.")
+
+    @classmethod
+    def names(cls):
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def of(cls, owner, kwargs):
+        """The options in a constructor's ``**kwargs``; any other key is a TypeError naming ``owner``."""
+        unknown = sorted(set(kwargs) - set(cls.names()))
+        if unknown:
+            raise TypeError(f"{type(owner).__name__}.__init__() got unexpected keyword argument(s) "
+                            f"{', '.join(unknown)}")
+        return cls(**kwargs)
+
+
 class BackboneMixin:
-    """Features-only form of a family model (mixed into its ``nn.Cell`` class before ``nn.Cell``).
+    """Classifier and features-only form of a family model (mixed into its ``nn.Cell`` class before ``nn.Cell``).
 
-    The family calls ``_init_backbone`` at the end of ``__init__`` (before ``attach_prepbn_schedule``), computes
-    its stage outputs as ``[(tokens (B, N, C), (H, W)), ...]`` and returns ``self._outputs(stages)``.
+    The family's constructor takes the backbone kwargs as ``**backbone`` (:class:`BackboneOptions`), sets
+    ``num_features`` and ``num_classes`` and calls ``_init_backbone`` at the end (before
+    ``attach_prepbn_schedule``); it provides ``forward_features`` (image -> final tokens) and ``forward_stages``
+    (image -> ``((tokens (B, N, C), (H, W)), ...)`` up to a last stage). ``construct`` and ``forward_head``
+    (mean of the tokens, or the class token when ``global_pool`` is "token") are this class's.
     """
+    keyword_options = BackboneOptions.names()  # what a family's **backbone takes (registry.check_kwargs)
+    global_pool = "avg"
 
-    def _init_backbone(self, stages, groups, norm_layer, features_only=False, out_indices=None, frozen_stages=-1,
-                       norm_eval=False, freeze_eta=False, out_norm=None, default_out=None, what="stage",
-                       ln_eps=1e-6):
-        """``stages``: one ``dict(chs, reduction, name)`` per output position; ``groups``: the cell / Parameter
-        attribute names of the patch embedding (``groups[0]``) and of each stage (``groups[1:]``), for
-        ``frozen_stages``."""
-        self.features_only = bool(features_only)
-        self.frozen_stages, self.norm_eval, self.freeze_eta = int(frozen_stages), bool(norm_eval), bool(freeze_eta)
+    def _init_backbone(self, backbone, stages, groups, norm_layer, *, final_norm=True, default_out=None,
+                       what="stage", ln_eps=1e-6):
+        """The classifier's final norm (``final_norm``; not in the backbone form) and head, then the backbone
+        form: ``backbone`` the constructor's ``**backbone`` kwargs; ``stages``: one ``dict(chs, reduction, name)``
+        per output position; ``groups``: the cell / Parameter attribute names of the patch embedding
+        (``groups[0]``) and of each stage (``groups[1:]``), for ``frozen_stages``; ``default_out``: the outputs
+        without ``out_indices`` (default: every stage); ``what``: what the family calls a stage."""
+        options = BackboneOptions.of(self, backbone)
+        self.features_only = bool(options.features_only)
+        if final_norm and not self.features_only:
+            self.norm = norm_layer(self.num_features)
+        has_head = self.num_classes > 0 and not self.features_only
+        self.head = dense(self.num_features, self.num_classes) if has_head else nn.Identity()
+        self.frozen_stages = int(options.frozen_stages)
+        self.norm_eval, self.freeze_eta = bool(options.norm_eval), bool(options.freeze_eta)
         if not self.features_only:
-            if out_indices is not None or frozen_stages != -1 or norm_eval or freeze_eta or out_norm is not None:
-                raise ValueError("out_indices, frozen_stages, norm_eval, freeze_eta and out_norm are backbone "
-                                 "options: pass features_only=True with them.")
             self.out_indices = ()
             return
+        out_indices, frozen_stages, out_norm = options.out_indices, options.frozen_stages, options.out_norm
         count = len(stages)
         if out_indices is None:
             out_indices = default_out if default_out is not None else tuple(range(count))
@@ -112,7 +156,7 @@ class BackboneMixin:
 
     def construct(self, x):
         """Logits, or (``features_only``) the selected stage maps; in training, one γ step when the schedule is the
-        model's own (:func:`~slab_ms.layers.schedule.advance_in_training`)."""
+        model's own (:func:`~slab_ms.layers.prepbn_schedule.advance_in_training`)."""
         if self.features_only:
             check_input(x, self.in_channels, 1, type(self).__name__)
             out = self._outputs(self.forward_stages(x, self.last_stage))
@@ -120,6 +164,11 @@ class BackboneMixin:
             out = self.forward_head(self.forward_features(x))
         advance_in_training(self)
         return out
+
+    def forward_head(self, x, pre_logits=False):
+        """Final tokens (B, N, C) -> logits (or the pooled features with ``pre_logits``)."""
+        x = x[:, 0] if self.global_pool == "token" else x.mean(axis=1)
+        return x if pre_logits else self.head(x)
 
     @property
     def out_channels(self):

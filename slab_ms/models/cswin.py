@@ -39,7 +39,8 @@ from ..layers.cpu_kernels import kernel
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, sla_flops, softmax_flops
 from .backbone import BackboneMixin, crop_tokens, fold_head_or_output_norms, pad_grid
-from .registry import build_model, default_cfg, drop_keys, register_model
+from ..weights.official import drop_keys
+from .registry import build_model, default_cfg, register_model
 
 __all__ = ["CSWinTransformer", "slab_cswin_tiny"]
 
@@ -287,16 +288,14 @@ class CSWinTransformer(BackboneMixin, nn.Cell):
         focusing_factor (accepted for compatibility; the reference never uses it either);
         (MindCV names) in_channels; norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "sla" | "softmax";
         prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon;
-        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
-        (``slab_ms.models.backbone``).
+        ``**backbone``: the backbone form (``slab_ms.models.backbone.BackboneOptions``).
     """
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=64,
                  depth=(2, 4, 18, 1), split_size=(1, 2, 7, 7), num_heads=(2, 4, 8, 16), mlp_ratio=4.0,
                  qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, la_split_size=None, attn_type=None,
                  kernel_size=5, focusing_factor=3, norm="prepbn", attn="sla", prepbn_decay_steps=None,
-                 ln_eps=1e-5, features_only=False, out_indices=None, frozen_stages=-1, norm_eval=False,
-                 freeze_eta=False, out_norm=None):
+                 ln_eps=1e-5, **backbone):
         super().__init__()
         if attn not in ("softmax", "sla"):
             raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla'.")
@@ -351,13 +350,9 @@ class CSWinTransformer(BackboneMixin, nn.Cell):
         self.stage3 = stages[2]
         self.merge3 = MergeBlock(dims[2], dims[3], norm_layer)
         self.stage4 = stages[3]
-        if not features_only:
-            self.norm = norm_layer(dims[-1])
-        self.head = dense(dims[-1], num_classes) if num_classes > 0 and not features_only else nn.Identity()
         outputs = [dict(chs=dims[i], reduction=4 * 2 ** i, name=f"stage{i + 1}") for i in range(4)]
         groups = [["stage1_conv_embed"], ["stage1"], ["merge1", "stage2"], ["merge2", "stage3"], ["merge3", "stage4"]]
-        self._init_backbone(outputs, groups, norm_layer, features_only, out_indices, frozen_stages, norm_eval,
-                            freeze_eta, out_norm, ln_eps=ln_eps)
+        self._init_backbone(backbone, outputs, groups, norm_layer, ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def _tiles(self, grids):
@@ -416,10 +411,6 @@ class CSWinTransformer(BackboneMixin, nn.Cell):
             stages = stages + ((x, hw),)
         return stages
 
-    def forward_head(self, x, pre_logits=False):
-        x = x.mean(axis=1)
-        return x if pre_logits else self.head(x)
-
 
 @register_flops(LePEAttention)
 def _lepe_flops(cell, inputs, output):
@@ -461,8 +452,8 @@ register_fold(CSWinTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):
-    """The reference's SLA keeps an unused ``scale`` per stripe branch; it is dropped."""
-    return drop_keys(state_dict, [(r"(^|\.)attns\.\d+\.scale$", "dead parameter of SLAB-CSwin's SLA")])
+    """The reference's SLA keeps an unused ``scale`` per stripe branch; it is dropped: ``(kept, notes, [])``."""
+    return (*drop_keys(state_dict, [(r"(^|\.)attns\.\d+\.scale$", "dead parameter of SLAB-CSwin's SLA")]), [])
 
 
 # la_split_size left to its default: SLA over the whole map of stages 1-2 (56-28-14-7 at 224).

@@ -16,10 +16,11 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (Attention, DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
-                      check_input, dense, fold_norm_into_consumers, get_norm_layer, register_fold,
+                      check_input, fold_norm_into_consumers, get_norm_layer, register_fold,
                       resize_token_grid, to_2tuple)
 from .backbone import BackboneMixin, fold_head_or_output_norms
-from .registry import build_model, default_cfg, drop_keys, register_model
+from ..weights.official import drop_keys
+from .registry import build_model, default_cfg, register_model
 
 __all__ = ["VisionTransformer", "deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small"]
 
@@ -61,15 +62,13 @@ class VisionTransformer(BackboneMixin, nn.Cell):
         global_pool: "token" (class token) or "avg"; default "token" for softmax, "avg" for SLA;
         prepbn_decay_steps: T of the PRepBN schedule (norm='prepbn' only); ln_eps: LayerNorm epsilon;
         kernel_size: depth-wise conv kernel of SLA (0: no depth-wise conv);
-        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
-        (``slab_ms.models.backbone``; here the stages are the blocks).
+        ``**backbone``: the backbone form (``slab_ms.models.backbone.BackboneOptions``; here the stages are the
+        blocks).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_channels=3, num_classes=1000, embed_dim=192, depth=12,
                  num_heads=3, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0, norm="prepbn",
-                 attn="sla", global_pool=None, prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5,
-                 features_only=False, out_indices=None, frozen_stages=-1, norm_eval=False, freeze_eta=False,
-                 out_norm=None):
+                 attn="sla", global_pool=None, prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5, **backbone):
         super().__init__()
         if attn not in ("softmax", "sla"):
             raise ValueError(f"Unknown attn '{attn}'; choose 'softmax' or 'sla'.")
@@ -99,14 +98,10 @@ class VisionTransformer(BackboneMixin, nn.Cell):
         self.blocks = nn.CellList([
             Block(embed_dim, num_heads, self.grid_size, mlp_ratio, qkv_bias, drop_rate, dpr[i], norm_layer, attn,
                   kernel_size) for i in range(depth)])
-        if not features_only:
-            self.norm = norm_layer(embed_dim)
-        self.head = dense(embed_dim, num_classes) if num_classes > 0 and not features_only else nn.Identity()
         outputs = [dict(chs=embed_dim, reduction=self.patch_size, name=f"blocks.{i}") for i in range(depth)]
         stem = ["patch_embed", "pos_embed"] + (["cls_token"] if self.num_prefix_tokens else [])
-        self._init_backbone(outputs, [stem] + [[f"blocks.{i}"] for i in range(depth)], norm_layer, features_only,
-                            out_indices, frozen_stages, norm_eval, freeze_eta, out_norm, default_out=(depth - 1,),
-                            what="block", ln_eps=ln_eps)
+        self._init_backbone(backbone, outputs, [stem] + [[f"blocks.{i}"] for i in range(depth)], norm_layer,
+                            default_out=(depth - 1,), what="block", ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
@@ -142,10 +137,6 @@ class VisionTransformer(BackboneMixin, nn.Cell):
                 stages = stages + ((x[:, self.num_prefix_tokens:] if self.num_prefix_tokens else x, hw),)
         return stages
 
-    def forward_head(self, x, pre_logits=False):
-        x = x[:, 0] if self.global_pool == "token" else x.mean(axis=1)
-        return x if pre_logits else self.head(x)
-
 
 @register_fold(Block)
 def _fold_block(block):
@@ -158,10 +149,10 @@ register_fold(VisionTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):
-    """The SLAB-DeiT reference keeps an unused class token; it is dropped."""
+    """The SLAB-DeiT reference keeps an unused class token; it is dropped: ``(kept, notes, [])``."""
     if model.num_prefix_tokens:
-        return state_dict, []
-    return drop_keys(state_dict, [(r"^cls_token$", "dead parameter of SLAB-DeiT (no class token is used)")])
+        return state_dict, [], []
+    return (*drop_keys(state_dict, [(r"^cls_token$", "dead parameter of SLAB-DeiT (no class token is used)")]), [])
 
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, qkv_bias=True)

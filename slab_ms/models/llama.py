@@ -37,8 +37,8 @@ from mindspore.common.initializer import Normal
 
 from ..layers import (attach_prepbn_schedule, float32_softmax, fold_norm_into_consumers, get_masked_norm_layer,
                       register_fold)
-from ..layers.schedule import advance_in_training
-from .registry import drop_keys
+from ..layers.prepbn_schedule import advance_in_training
+from ..weights.official import drop_keys
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM", "LlamaModel", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",
            "CONFIGS", "CausalLMLoss", "create_llama", "generate", "GreedyGenerator", "checkpoint_filter",
@@ -49,7 +49,11 @@ _NEG = float(np.finfo(np.float32).min)
 
 @dataclasses.dataclass
 class LlamaConfig:
-    """Sizes and options of a decoder; the field names are the reference ``config.json``'s where it has them."""
+    """Sizes and options of a decoder; the field names are the reference ``config.json``'s where it has them.
+
+    The defaults are the released llama-350M (``CONFIGS["llama_350m"]``): the reference's config.json, and
+    its LinearNorm defaults for the γ schedule (T = 18,000 after 10,000 RMSNorm-only steps), the schedule a
+    config.json without these keys gets."""
     vocab_size: int = 32000
     hidden_size: int = 1024
     intermediate_size: int = 4096
@@ -99,12 +103,10 @@ class LlamaConfig:
         return self
 
 
-# The reference's llama-350M config.json (vocab 32000 sentencepiece, untied), T = 18,000 after 10,000 RMSNorm-only
-# steps as in its LinearNorm defaults; the tiny config of the parity fixture; the corpus demo's byte-level decoder.
+# The reference's llama-350M (vocab 32000 sentencepiece, untied: LlamaConfig's defaults); the tiny config of the
+# parity fixture; the corpus demo's byte-level decoder.
 CONFIGS = {
-    "llama_350m": dict(vocab_size=32000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=18,
-                       num_attention_heads=8, max_position_embeddings=2048, rms_norm_eps=1e-6,
-                       tie_word_embeddings=False, norm="prepbn", prepbn_decay_steps=18000, prepbn_warmup_steps=10000),
+    "llama_350m": {},
     "llama_tiny": dict(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                        num_attention_heads=4, max_position_embeddings=64, rms_norm_eps=1e-6,
                        tie_word_embeddings=False, norm="prepbn", prepbn_decay_steps=18000, prepbn_warmup_steps=0),
@@ -509,11 +511,10 @@ def create_llama(name_or_config="llama_tiny", **kwargs):
 
 
 # ------------------------------------------------------------------------------------ official checkpoints
-# What the reference keeps and this code does not read: BatchNorm's batch counter, LinearNorm's micro-step counter
-# (its schedule moved once per 16 forwards; ours counts optimizer steps), and the rotary inverse frequencies
-# (recomputed; checked against the checkpoint's below).
-_DROPPED = [(r"(^|\.)num_batches_tracked$", "BatchNorm counter, unused by MindSpore"),
-            (r"(^|\.)num_step$", "the reference's forward counter (mod 16); γ counts optimizer steps here"),
+# What the reference keeps and this code does not read (BatchNorm's batch counter aside, which every conversion
+# drops): LinearNorm's micro-step counter (its schedule moved once per 16 forwards; ours counts optimizer steps),
+# and the rotary inverse frequencies (recomputed; checked against the checkpoint's below).
+_DROPPED = [(r"(^|\.)num_step$", "the reference's forward counter (mod 16); γ counts optimizer steps here"),
             (r"\.rotary_emb\.inv_freq$", "rotary inverse frequencies, recomputed from rope_theta")]
 
 

@@ -135,15 +135,13 @@ class PyramidVisionTransformer(BackboneMixin, nn.Cell):
         depth-wise conv), attn_type ('S'/'L' per stage, replaces ``attn`` when given);
         (MindCV names) in_channels, num_classes; norm: "ln" | "bn" | "repbn" | "prepbn";
         attn: "softmax" | "sla" in every stage; prepbn_decay_steps: T; ln_eps: LayerNorm epsilon;
-        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
-        (``slab_ms.models.backbone``).
+        ``**backbone``: the backbone form (``slab_ms.models.backbone.BackboneOptions``).
     """
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dims=(64, 128, 320, 512),
                  num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0,
                  depths=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1), norm="prepbn", attn="sla", attn_type=None,
-                 prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5, features_only=False, out_indices=None,
-                 frozen_stages=-1, norm_eval=False, freeze_eta=False, out_norm=None):
+                 prepbn_decay_steps=None, ln_eps=1e-6, kernel_size=5, **backbone):
         super().__init__()
         for name, value in (("embed_dims", embed_dims), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios),
                             ("depths", depths), ("sr_ratios", sr_ratios)):
@@ -173,14 +171,12 @@ class PyramidVisionTransformer(BackboneMixin, nn.Cell):
             stride, in_dim, first = stride * 2, embed_dims[i], first + depths[i]
         self.grid_sizes = tuple(grid_sizes)
         self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
-        self.head = dense(embed_dims[-1], num_classes) if num_classes > 0 and not features_only else nn.Identity()
         stages = [dict(chs=embed_dims[i], reduction=patch_size * 2 ** i, name=f"block{i + 1}")
                   for i in range(NUM_STAGES)]
         groups = [["patch_embed1"]] + [[f"patch_embed{i + 1}", f"pos_embed{i + 1}", f"block{i + 1}"]
                                        for i in range(NUM_STAGES)]
         groups[1].remove("patch_embed1")
-        self._init_backbone(stages, groups, norm_layer, features_only, out_indices, frozen_stages, norm_eval,
-                            freeze_eta, out_norm, ln_eps=ln_eps)
+        self._init_backbone(backbone, stages, groups, norm_layer, final_norm=False, ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
@@ -215,10 +211,6 @@ class PyramidVisionTransformer(BackboneMixin, nn.Cell):
         """Image -> stage-4 tokens (B, N, C) (there is no final norm)."""
         check_input(x, self.in_channels, self.total_stride, type(self).__name__)
         return self.forward_stages(x)[-1][0]
-
-    def forward_head(self, x, pre_logits=False):
-        x = x.mean(axis=1)
-        return x if pre_logits else self.head(x)
 
 
 @register_flops(SpatialReductionAttention)

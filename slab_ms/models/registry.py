@@ -4,12 +4,12 @@ A family is one module of ``slab_ms.models``. It holds the architecture and, nex
 specific to it: ``ARCHS`` (model name -> the released architecture's kwargs, the γ schedule's T included),
 ``default_cfgs``, its factory functions ``name(pretrained=False, **kwargs)`` (registered with
 :func:`register_model`, built with :func:`build_model`), the folds of its cells (``slab_ms.layers.fold``),
-``checkpoint_filter(state_dict, model)`` for the official checkpoints (optional) and ``test_configs`` (model
+``checkpoint_filter(state_dict, model) -> (kept, notes, mismatched)`` for the official checkpoints (optional,
+``slab_ms.weights.official``) and ``test_configs`` (model
 name -> tiny kwargs that keep every cell type; the registry-parametrised tests build them).
 """
 import fnmatch
 import inspect
-import re
 import sys
 
 from mindcv.models import registry as _mindcv_registry
@@ -17,7 +17,7 @@ from mindcv.models.registry import is_model
 from mindcv.models.registry import register_model as _mindcv_register
 
 __all__ = ["register_model", "list_models", "is_slab_model", "family_of", "tiny_config", "default_cfg", "build_model",
-           "drop_keys", "KWARG_ALIASES"]
+           "KWARG_ALIASES"]
 
 _SLAB_MODELS = {}  # name -> the family module that registered it
 
@@ -110,9 +110,12 @@ def check_kwargs(cls, name, args):
     """Refuse (ValueError) an option ``cls`` does not take, naming the ones it does, and a size out of
     :data:`SIZE_LIMITS`, before anything is built."""
     params = inspect.signature(cls.__init__).parameters
-    taken = {"image_size" if p == "img_size" else p for p in params if p != "self"}
+    named = [p for p, param in params.items() if p != "self" and param.kind is not param.VAR_KEYWORD]
+    # a constructor's **kwargs takes the class's keyword_options, or anything when the class names none
+    keyword_options = getattr(cls, "keyword_options", None)
+    taken = {"image_size" if p == "img_size" else p for p in named} | set(keyword_options or ())
     unknown = sorted(k for k in args if k not in taken)
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    if unknown and (keyword_options or not any(p.kind is p.VAR_KEYWORD for p in params.values())):
         raise ValueError(f"{name} has no option {', '.join(unknown)}; its options are {', '.join(sorted(taken))}")
     for key, limit in SIZE_LIMITS.items():
         value = args.get(key)
@@ -135,18 +138,3 @@ def build_model(cls, name, arch, pretrained=False, **kwargs):
     args = dict(arch, **canonical_kwargs(kwargs))
     check_kwargs(cls, name, args)
     return cls(img_size=args.pop("image_size", 224), **args)
-
-
-def drop_keys(state_dict, patterns):
-    """Split an official state dict by ``[(regex, reason)]``: returns ``(kept, notes)``, one note per reason
-    naming the dropped keys (for a family's ``checkpoint_filter``)."""
-    kept, dropped = {}, {}
-    for key, value in state_dict.items():
-        reason = next((why for pattern, why in patterns if re.search(pattern, key)), None)
-        if reason is None:
-            kept[key] = value
-        else:
-            dropped.setdefault(reason, []).append(key)
-    notes = [f"dropped {len(keys)} key(s), {why}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-             for why, keys in dropped.items()]
-    return kept, notes

@@ -39,7 +39,8 @@ from ..layers import (DropPath, Mlp, PatchEmbed, SimplifiedLinearAttention, atta
 from ..layers.fold import zero_preimage
 from ..layers.flops import register_flops, softmax_flops
 from .backbone import BackboneMixin, fold_head_or_output_norms, pad_grid
-from .registry import build_model, default_cfg, drop_keys, register_model
+from ..weights.official import drop_keys
+from .registry import build_model, default_cfg, register_model
 
 __all__ = ["SwinTransformer", "swin_tiny_prepbn", "slab_swin_tiny", "slab_swin_small"]
 
@@ -320,16 +321,14 @@ class SwinTransformer(BackboneMixin, nn.Cell):
         (MindCV names) in_channels, num_classes; norm: "ln" | "bn" | "repbn" | "prepbn";
         attn: "softmax" | "sla" (see the module doc for how it sets the meaning of window_size);
         prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon;
-        features_only, out_indices, frozen_stages, norm_eval, freeze_eta, out_norm: the backbone form
-        (``slab_ms.models.backbone``).
+        ``**backbone``: the backbone form (``slab_ms.models.backbone.BackboneOptions``).
     """
 
     def __init__(self, img_size=224, patch_size=4, in_channels=3, num_classes=1000, embed_dim=96,
                  depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=None, mlp_ratio=4.0, qkv_bias=True,
                  qk_scale=None, drop_rate=0.0, drop_path_rate=0.0, patch_norm=True, norm="prepbn", attn="sla",
                  attn_type=None, kernel_size=5, prepbn_decay_steps=None, ln_eps=1e-5, ape=False,
-                 use_checkpoint=False, fused_window_process=False, focusing_factor=None, features_only=False,
-                 out_indices=None, frozen_stages=-1, norm_eval=False, freeze_eta=False, out_norm=None):
+                 use_checkpoint=False, fused_window_process=False, focusing_factor=None, **backbone):
         super().__init__()
         del fused_window_process, focusing_factor  # no effect, see the class doc
         if ape or use_checkpoint:
@@ -362,14 +361,10 @@ class SwinTransformer(BackboneMixin, nn.Cell):
                 mlp_ratio, qkv_bias, qk_scale, drop_rate, dpr[first:first + depth], norm_layer, kernel_size,
                 downsample=s < num_stages - 1))
         self.layers = nn.CellList(layers)
-        if not features_only:
-            self.norm = norm_layer(self.num_features)
-        self.head = dense(self.num_features, num_classes) if num_classes > 0 and not features_only else nn.Identity()
         stages = [dict(chs=embed_dim * 2 ** s, reduction=patch_size * 2 ** s, name=f"layers.{s}")
                   for s in range(num_stages)]
         groups = [["patch_embed"]] + [[f"layers.{s}"] for s in range(num_stages)]
-        self._init_backbone(stages, groups, norm_layer, features_only, out_indices, frozen_stages, norm_eval,
-                            freeze_eta, out_norm, ln_eps=ln_eps)
+        self._init_backbone(backbone, stages, groups, norm_layer, ln_eps=ln_eps)
         attach_prepbn_schedule(self)
 
     def no_weight_decay(self):
@@ -407,10 +402,6 @@ class SwinTransformer(BackboneMixin, nn.Cell):
                 hw = next_hw
         return stages
 
-    def forward_head(self, x, pre_logits=False):
-        x = x.mean(axis=1)
-        return x if pre_logits else self.head(x)
-
 
 @register_flops(WindowAttention)
 def _window_flops(cell, inputs, output):
@@ -438,9 +429,10 @@ register_fold(SwinTransformer)(fold_head_or_output_norms)
 
 
 def checkpoint_filter(state_dict, model):
-    """Relative-position indices and shift masks are buffers of the reference; they are recomputed here."""
-    return drop_keys(state_dict, [(r"(^|\.)relative_position_index$", "recomputed by the model"),
-                                  (r"(^|\.)attn_mask$", "recomputed by the model")])
+    """Relative-position indices and shift masks are buffers of the reference; they are recomputed here:
+    ``(kept, notes, [])``."""
+    return (*drop_keys(state_dict, [(r"(^|\.)relative_position_index$", "recomputed by the model"),
+                                    (r"(^|\.)attn_mask$", "recomputed by the model")]), [])
 
 
 _TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), mlp_ratio=4.0, qkv_bias=True,

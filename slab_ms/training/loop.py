@@ -55,7 +55,8 @@ from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
 from .outputs import MetricsLog, save_config
 from .recalib import BNRecalibration, average_bn_statistics
-from .schedule import build_lr_schedule, start_prepbn_schedule
+from .lr_schedule import build_lr_schedule
+from .prepbn_recipe import start_prepbn_schedule
 from .train_step import NetWithLoss, TrainStep, build_optimizer
 
 __all__ = ["train", "NonFiniteLossError"]

@@ -6,15 +6,19 @@ torch and without running anything its pickle names), a plain state dict, a ``.s
 are skipped). Target parameters are mapped by the type of the MindSpore cell that owns them
 (LayerNorm/BatchNorm affines and statistics are renamed, Dense/Conv weights keep their layout).
 The mapping is strict: a missing, unexpected or mis-shaped key is one error that lists them.
-BatchNorm's ``num_batches_tracked`` is dropped; the family's ``checkpoint_filter`` drops what its
-reference keeps and this code recomputes or never uses, each with a logged note; the per-layer PRepBN
-counters (``warm``, ``iter``, ``total_step``) set the model's one γ schedule.
+BatchNorm's ``num_batches_tracked`` is dropped; the family's ``checkpoint_filter(state_dict, model)`` (a
+function of the module that defines the model's class, found without importing any family) returns ``(kept,
+notes, mismatched)``: it drops what its reference keeps and this code recomputes or never uses, each with a
+logged note, and names what contradicts the model. The per-layer PRepBN counters (``warm``, ``iter``,
+``total_step``) set the model's one γ schedule. The vision families and the LLaMA (``weights/llama.py``) are
+converted by this one skeleton, :func:`convert_state_dict`.
 """
 import json
 import logging
 import math
 import os
 import re
+import sys
 import zipfile
 
 import numpy as np
@@ -23,14 +27,13 @@ from mindspore import nn
 
 from ..layers.amp import cells_and_names_through_amp
 from ..layers.norm import prepbn_layers
-from ..layers.schedule import PRepBNSchedule
-from ..models.registry import drop_keys, family_of
+from ..layers.prepbn_schedule import PRepBNSchedule
 from .guard import Budget, CheckpointBudgetError, check_finite, check_name, short_repr
 from .pth import CheckpointFormatError, describe_error, plain_dtype, read_pth
 from .strict import backbone_view, is_excluded, load_checked, mismatch_message, resize_position_tables
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_official_checkpoint", "official_names",
-           "official_parameters", "match_parameters", "load_converted", "schedule_from_counters"]
+           "official_parameters", "match_parameters", "load_converted", "schedule_from_counters", "drop_keys"]
 
 _logger = logging.getLogger(__name__)
 
@@ -193,6 +196,26 @@ def _read_safetensors(path, budget):
 
 
 # -------------------------------------------------------------------------------------- conversion
+def drop_keys(state_dict, patterns):
+    """Split an official state dict by ``[(regex, reason)]``: returns ``(kept, notes)``, one note per reason
+    naming the dropped keys (for a family's ``checkpoint_filter``)."""
+    kept, dropped = {}, {}
+    for key, value in state_dict.items():
+        reason = next((why for pattern, why in patterns if re.search(pattern, key)), None)
+        if reason is None:
+            kept[key] = value
+        else:
+            dropped.setdefault(reason, []).append(key)
+    notes = [f"dropped {len(keys)} key(s), {why}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+             for why, keys in dropped.items()]
+    return kept, notes
+
+
+def _family_filter(net):
+    """``checkpoint_filter`` of the module that defines ``net``'s class, or None."""
+    return getattr(sys.modules.get(type(net).__module__), "checkpoint_filter", None)
+
+
 def official_names(net):
     """MindSpore parameter name -> the name the reference gives it (the γ schedule has none)."""
     return {name: official for name, (official, _) in official_parameters(net).items()}
@@ -271,13 +294,13 @@ def load_converted(net, params, schedule, notes):
     return net
 
 
-def convert_state_dict(net, state_dict, exclude=()):
+def convert_state_dict(net, state_dict, exclude=(), headline=None):
     """Map an official state dict onto ``net``; parameters under the cell names in ``exclude`` are left out
     (a backbone skips the classifier's head and final norm and keeps its output norms: ``strict.backbone_view``).
 
     Returns ``(params, schedule, notes)``: MindSpore name -> Parameter, the (step, decay_steps,
     warmup_steps) schedule or None, and the notes on what was dropped. Raises ValueError listing
-    every missing, unexpected and mis-shaped key.
+    every missing, unexpected and mis-shaped key, under ``headline`` (default: names the model class).
     """
     classifier, exclude = backbone_view(net, state_dict, exclude)
     state_dict = {k: v for k, v in state_dict.items() if k not in classifier}
@@ -285,20 +308,23 @@ def convert_state_dict(net, state_dict, exclude=()):
     skipped = {src for ms_name, (src, _) in targets.items() if is_excluded(ms_name, exclude)}
     targets = {k: v for k, v in targets.items() if not is_excluded(k, exclude)}
     state_dict, dropped = drop_keys({k: v for k, v in state_dict.items() if k not in skipped}, _BN_COUNTER)
-    family_filter = getattr(family_of(net), "checkpoint_filter", None)
+    mismatched = []
+    family_filter = _family_filter(net)
     if family_filter is not None:
-        state_dict, family_notes = family_filter(state_dict, net)
+        state_dict, family_notes, mismatched = family_filter(state_dict, net)
         dropped += family_notes
     state_dict = resize_position_tables(state_dict, {src: tuple(param.shape) for src, param in targets.values()})
-    params, used, missing, mismatched = match_parameters(targets, state_dict)
+    params, used, missing, more_mismatched = match_parameters(targets, state_dict)
+    mismatched = mismatched + more_mismatched
     has_prepbn = bool(prepbn_layers(net))
     schedule, notes = schedule_from_counters(state_dict) if has_prepbn else (None, [])
     unexpected = [key for key in state_dict if key not in used and not (has_prepbn and _COUNTERS.match(key))]
     if has_prepbn and schedule is None:
         missing.append("<PRepBN counters: *.iter, *.total_step>")
     if missing or unexpected or mismatched:
-        raise ValueError(mismatch_message(f"The official checkpoint does not fit {type(net).__name__} (another model, "
-                                          "size or number of classes?)", missing, unexpected, mismatched))
+        headline = headline or (f"The official checkpoint does not fit {type(net).__name__} (another model, size or "
+                                "number of classes?)")
+        raise ValueError(mismatch_message(headline, missing, unexpected, mismatched))
     return params, schedule, notes + dropped
 
 

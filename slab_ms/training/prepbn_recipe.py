@@ -1,65 +1,14 @@
-"""Learning-rate and γ (PRepBN) schedules, both counted in optimizer steps.
+"""The γ (PRepBN) schedule a training run starts from, resolved from its recipe and its ``ckpt_file``.
 
-The lr list is indexed by the optimizer's ``global_step``; γ is evaluated inside the model from its
-:class:`~slab_ms.layers.PRepBNSchedule`. The train step advances both once per optimizer step, so they stay in
-lockstep under gradient accumulation, resume and dataset sinking: the γ step = the step the run
-started from (0, or a fine-tuned checkpoint's) + ``global_step``.
+γ is evaluated inside the model from its :class:`~slab_ms.layers.PRepBNSchedule`, counted in optimizer steps:
+the γ step = the step the run started from (0, or a fine-tuned checkpoint's) + ``global_step``.
 """
 import math
 
-from mindcv.scheduler import create_scheduler
-
-from ..layers import PRepBNSchedule
+from ..layers import PRepBNSchedule, check_schedule_fits
 from .config import ConfigError
 
-__all__ = ["scaled_lrs", "build_lr_schedule", "timm_cosine_lr", "resolve_prepbn_schedule",
-           "start_prepbn_schedule"]
-
-
-def scaled_lrs(args, total_batch):
-    """(lr, warmup_lr, min_lr), multiplied by total_batch / scale_lr_batch as in the reference."""
-    factor = total_batch / args.scale_lr_batch if args.scale_lr_batch else 1.0
-    return args.lr * factor, args.warmup_lr * factor, args.min_lr * factor
-
-
-def timm_cosine_lr(steps_per_epoch, epochs, cooldown_epochs, warmup_epochs, lr, warmup_lr, min_lr):
-    """The reference's per-iteration cosine (timm 0.4.12 ``CosineLRScheduler``, ``t_in_epochs=False``).
-
-    f(t): linear warm-up from ``warmup_lr`` over ``warmup_epochs``, then
-    ``min_lr + (lr - min_lr)(1 + cos(pi t / t_initial)) / 2`` on the absolute step ``t`` (the warm-up
-    is not a prefix), ``min_lr`` during cool-down. The reference updates the lr *after* each optimizer
-    step, so step ``g`` trains with f(g - 1) (and step 0 with f(0)); this list reproduces that.
-    """
-    t_initial = epochs * steps_per_epoch
-    warmup_t = int(round(warmup_epochs * steps_per_epoch))
-
-    def f(t):
-        if t < warmup_t:
-            return warmup_lr + t * (lr - warmup_lr) / warmup_t
-        if t < t_initial:
-            return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * t / t_initial))
-        return min_lr
-
-    total = (epochs + cooldown_epochs) * steps_per_epoch
-    return [f(max(g - 1, 0)) for g in range(total)]
-
-
-def build_lr_schedule(args, steps_per_epoch, total_batch):
-    """Per-optimizer-step lr list covering epochs + cooldown_epochs."""
-    lr, warmup_lr, min_lr = scaled_lrs(args, total_batch)
-    if args.scheduler == "timm_cosine":
-        return timm_cosine_lr(steps_per_epoch, args.epochs, args.cooldown_epochs, args.warmup_epochs, lr,
-                              warmup_lr, min_lr)
-    if float(args.warmup_epochs) != int(args.warmup_epochs):
-        raise ConfigError(f"scheduler '{args.scheduler}' needs whole warmup_epochs, got {args.warmup_epochs}")
-    warmup_epochs = int(args.warmup_epochs)
-    try:
-        lrs = create_scheduler(steps_per_epoch, scheduler=args.scheduler, lr=lr, min_lr=min_lr,
-                               warmup_epochs=warmup_epochs, warmup_factor=warmup_lr / lr if lr else 0.0,
-                               decay_epochs=args.epochs - warmup_epochs, num_epochs=args.epochs)
-    except ValueError as err:
-        raise ConfigError(f"scheduler: {err} (or 'timm_cosine')") from err
-    return list(lrs) + [min_lr] * (args.cooldown_epochs * steps_per_epoch)
+__all__ = ["resolve_prepbn_schedule", "start_prepbn_schedule"]
 
 
 def _recipe_decay(args, total_steps):
@@ -80,7 +29,7 @@ def resolve_prepbn_schedule(net, args, total_steps):
     without PRepBN.
 
     T is ``prepbn_decay_steps``, else ``prepbn_decay_ratio`` × total optimizer steps, else the model's
-    default. A schedule longer than the run is refused (:meth:`PRepBNSchedule.check_fits`).
+    default. A schedule longer than the run is refused (:func:`~slab_ms.layers.check_schedule_fits`).
     """
     own = PRepBNSchedule.of(net)
     schedule = own.state() if own else None
@@ -93,10 +42,11 @@ def resolve_prepbn_schedule(net, args, total_steps):
     decay, source = _recipe_decay(args, total_steps) or (schedule["decay_steps"], f"the default of {args.model}")
     warmup = args.prepbn_warmup_steps
     try:
-        PRepBNSchedule(decay, warmup).check_fits(total_steps, source=source)
+        check_schedule_fits(total_steps, decay, warmup, source=source)
     except ValueError as err:
         room = total_steps - warmup  # steps left for the decay after the warm-up
-        fix = (f"Set prepbn_decay_steps <= {room} or prepbn_decay_ratio <= {math.floor(room / total_steps * 1000) / 1000:g}"
+        ratio = math.floor(room / total_steps * 1000) / 1000
+        fix = (f"Set prepbn_decay_steps <= {room} or prepbn_decay_ratio <= {ratio:g}"
                if room > 0 else f"Set prepbn_warmup_steps < {total_steps}")
         raise ConfigError(f"{err} {fix}.") from err
     return decay, warmup

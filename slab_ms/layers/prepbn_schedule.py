@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, ops
 
-__all__ = ["PRepBNSchedule", "gamma", "advance_in_training"]
+__all__ = ["PRepBNSchedule", "gamma", "advance_in_training", "check_schedule_fits"]
 
 _NAMES = ("prepbn_step", "prepbn_decay_steps", "prepbn_warmup_steps")
 _logger = logging.getLogger(__name__)
@@ -45,6 +45,27 @@ def _check_decay(decay_steps):
                          "'0 decay steps' is a pure-RepBN model (norm='repbn').")
 
 
+def _check_values(step, decay_steps, warmup_steps):
+    _check_decay(decay_steps)
+    if int(warmup_steps) < 0 or int(step) < 0:
+        raise ValueError(f"the PRepBN schedule needs step >= 0 and warmup_steps >= 0, got {step}, {warmup_steps}")
+
+
+def check_schedule_fits(total_steps, decay_steps, warmup_steps=0, start_step=0, source=""):
+    """Refuse a schedule (T = ``decay_steps`` after ``warmup_steps``) whose decay does not end within a run of
+    ``total_steps`` optimizer steps started at ``start_step``: training would end with γ > 0 while evaluation is
+    pure RepBN. Returns the number of steps of decay left (0 for a finished schedule)."""
+    _check_values(start_step, decay_steps, warmup_steps)
+    left = max(warmup_steps + decay_steps - start_step, 0)
+    if left > total_steps:
+        source = f" ({source})" if source else ""
+        raise ValueError(
+            f"the γ schedule is longer than the run: T = {decay_steps}{source}, warm-up {warmup_steps}, from step "
+            f"{start_step}: {left} steps of decay left > {total_steps} optimizer steps in this run. Training would "
+            "end with γ > 0 while evaluation is pure RepBN.")
+    return left
+
+
 class PRepBNSchedule:
     """The three Parameters of one γ schedule and everything that reads or writes them.
 
@@ -59,9 +80,7 @@ class PRepBNSchedule:
     """
 
     def __init__(self, decay_steps, warmup_steps=0, step=0):
-        _check_decay(decay_steps)
-        if int(warmup_steps) < 0 or int(step) < 0:
-            raise ValueError(f"the PRepBN schedule needs step >= 0 and warmup_steps >= 0, got {step}, {warmup_steps}")
+        _check_values(step, decay_steps, warmup_steps)
         self.parameters = tuple(_int_param(v, n) for v, n in zip((step, decay_steps, warmup_steps), _NAMES))
 
     @property
@@ -146,19 +165,10 @@ class PRepBNSchedule:
         ops.assign_add(self.step, Tensor(int(steps), ms.int32))
 
     def check_fits(self, total_steps, start_step=None, source=""):
-        """Refuse a schedule whose decay does not end within a run of ``total_steps`` optimizer steps started at
-        ``start_step`` (default: the current step): training would end with γ > 0 while evaluation is pure
-        RepBN. Returns the number of steps of decay left (0 for a finished schedule)."""
+        """:func:`check_schedule_fits` for this schedule from ``start_step`` (default: the current step)."""
         s = self.state()
         start = s["step"] if start_step is None else start_step
-        left = max(self.end_step() - start, 0)
-        if left > total_steps:
-            source = f" ({source})" if source else ""
-            raise ValueError(
-                f"the γ schedule is longer than the run: T = {s['decay_steps']}{source}, warm-up "
-                f"{s['warmup_steps']}, from step {start}: {left} steps of decay left > {total_steps} optimizer "
-                "steps in this run. Training would end with γ > 0 while evaluation is pure RepBN.")
-        return left
+        return check_schedule_fits(total_steps, s["decay_steps"], s["warmup_steps"], start, source)
 
     def unfinished(self):
         """None when γ = 0, else a sentence with the step and γ: evaluation is pure RepBN, so such a model is
