@@ -18,9 +18,9 @@ output folder's mode is left as it was.
 
 ``-c recipe.yaml`` (a train.py recipe) supplies ``model``, ``model_kwargs``, ``image_size`` and
 ``num_classes``, and the newest checkpoint in its ``ckpt_dir``; command-line options override it.
-With neither ``--ckpt_file`` nor ``-c`` the newest checkpoint of a demo run is exported: the newest
-``*.ckpt`` in the ``ckpt_dir`` of a ``./configs/demo/*.yaml`` recipe (with that recipe), else under
-``./output`` or ``./ckpt``. Without ``--model`` the model is read from a train.py checkpoint name
+With neither ``--ckpt_file`` nor ``-c`` the newest ``*.ckpt`` under ``./output`` or ``./ckpt`` (where train.py
+runs and the demo write) is exported, with the options its run recorded beside it (``<model>-config.yaml``) as the
+recipe. Without ``--model`` the model is read from a train.py checkpoint name
 (``<model>.ckpt``, ``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read
 from the checkpoint's ``head.weight`` (1000 without one). A checkpoint trained under mixed precision
 (``amp_level`` O1–O3) holds float32 weights under the usual names and is read like any other.
@@ -37,14 +37,13 @@ AIR is compiled by Ascend's ATC: it is exported only with ``--device_target Asce
 reloaded by MindSpore, so for AIR only the in-process deploy check is made.
 """
 import argparse
-import glob
 import os
 import re
 import sys
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 from mindspore.ops import functional as F
 from mindcv.utils.amp import auto_mixed_precision
 
@@ -53,9 +52,11 @@ from .cli import UsageError
 from .factory import create_model
 from .layers import PRepBNSchedule
 from .layers.cpu_kernels import use_standard_ops
+from .layers.mlp import ErfFreeGELU
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
+from .training.outputs import run_output_path
 from .utils import (atomic_output, check_output_name, check_writable_folder, first_free_path, refuse_existing,
                     remove_stale_temporaries)
 from .weights import load_checkpoint, read_state_dict
@@ -66,8 +67,7 @@ TOOL = "export.py"
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 RELATIVE_TOLERANCE = 1e-4
 FLOAT16_RELATIVE_TOLERANCE = 1e-2  # --export_dtype float16: float16's 11-bit significand through every layer
-CHECKPOINT_DIRS = ("output", "ckpt")  # where train.py runs write checkpoints (recipes' ckpt_dir)
-DEMO_RECIPES = os.path.join("configs", "demo", "*.yaml")  # the repository's, from where the demo ran
+CHECKPOINT_DIRS = ("./output", "./ckpt")  # where train.py runs write checkpoints (recipes' ckpt_dir)
 RECIPE_KEYS = ("model", "model_kwargs", "image_size", "num_classes")
 TRAIN_CKPT_NAME = re.compile(r"^(?P<model>.+?)(-\d{4}_\d{6})?\.ckpt$")
 
@@ -120,32 +120,26 @@ def _read_recipe(path):
         raise UsageError(f"recipe: {err}") from err
 
 
-def newest_demo_checkpoint():
-    """``(checkpoint, recipe path, recipe)`` of the newest checkpoint in a demo recipe's ckpt_dir (any run under it:
-    the 2-worker demo's and the one-process script's), or None. ``scripts/run_eval.sh`` evaluates this one too."""
-    found = []
-    for path in glob.glob(DEMO_RECIPES):
-        recipe = _read_recipe(path)
-        ckpt = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
-        if ckpt:
-            found.append((os.path.getmtime(ckpt), ckpt, path, recipe))
-    return max(found)[1:] if found else None
+def recorded_run(ckpt):
+    """``(path, recipe)`` of the options a train.py run recorded beside its checkpoint ``ckpt``
+    (``<model>-config.yaml``), or None for a checkpoint without them."""
+    match = TRAIN_CKPT_NAME.match(os.path.basename(ckpt))
+    path = match and run_output_path(os.path.dirname(ckpt), match.group("model"), "config.yaml")
+    return (path, _read_recipe(path)) if path and os.path.isfile(path) else None
 
 
-def demo_checkpoint():
-    """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
-    found = newest_demo_checkpoint()
-    if found:
-        ckpt, path, recipe = found
-        print(f"{TOOL}: no --ckpt_file given; using the demo checkpoint {ckpt} (recipe {path})")
-        return ckpt, recipe
+def default_checkpoint():
+    """``(checkpoint, recipe or None)``: the newest checkpoint under ./output, ./ckpt (the demo's run folders among
+    them) with the options its run recorded."""
     ckpt = newest_checkpoint()
     if ckpt is None:
         raise UsageError("no --ckpt_file given and no checkpoint of a demo run (./output, ./ckpt). Pass "
                          "--ckpt_file with a .ckpt written by train.py or slab_ms.convert, or an official "
                          ".pth (https://github.com/xinghaochen/SLAB/releases), or -c with its train.py recipe.")
-    print(f"{TOOL}: no --ckpt_file given; using the newest checkpoint {ckpt}")
-    return ckpt, None
+    run = recorded_run(ckpt)
+    print(f"{TOOL}: no --ckpt_file given; using the newest checkpoint {ckpt}"
+          + (f" (options {run[0]})" if run else ""))
+    return ckpt, run and run[1]
 
 
 def check_args(args):
@@ -172,7 +166,7 @@ def check_args(args):
                 raise UsageError(f"no checkpoint in the ckpt_dir of '{args.config}' "
                                  f"({recipe.get('ckpt_dir', './ckpt')}); train first or pass --ckpt_file.")
         else:
-            args.ckpt_file, recipe = demo_checkpoint()
+            args.ckpt_file, recipe = default_checkpoint()
     for key in RECIPE_KEYS:  # the command line wins over the recipe
         if getattr(args, key) is None and recipe is not None and recipe.get(key) is not None:
             setattr(args, key, recipe[key])
@@ -253,17 +247,6 @@ def check_head_width(args, kwargs):
                          f"feeds its classifier {head.shape[1]} features: is it for another model or size?")
 
 
-class ErfFreeGELU(nn.Cell):
-    """Exact GELU without Erf: x/2 + |x|/2 · erf(|x|/√2), erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7)."""
-
-    def construct(self, x):
-        ax = ops.abs(x)
-        # ones / s rather than 1.0 / s: MindSpore exports the latter as Reciprocal, which ONNX export lacks.
-        t = ops.ones_like(ax) / (1.0 + 0.3275911 * 0.7071067811865476 * ax)
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        return 0.5 * x + 0.5 * ax * (1.0 - poly * ops.exp(-0.5 * x * x))
-
-
 def replace_exact_gelu(net):
     """Swap every ``nn.GELU`` cell of ``net`` for ``ErfFreeGELU``; returns how many were swapped."""
     count = 0
@@ -275,7 +258,8 @@ def replace_exact_gelu(net):
     return count
 
 
-def build_model(args, kwargs):
+def load_model(args, kwargs):
+    """``--model`` built for the export and ``--ckpt_file`` loaded into it strictly, in eval mode."""
     if args.model not in list_models():
         raise UsageError(f"unknown --model '{args.model}'; registered models: {', '.join(list_models())}.")
     try:
@@ -360,7 +344,7 @@ def write_checked(net, x, final_path, file_format, accept, overwrite=False):
 def export(args, kwargs):
     """Export and check; returns (output path or None, list of failed checks as text)."""
     cli.set_context(args)
-    net = build_model(args, kwargs)
+    net = load_model(args, kwargs)
     x = np.random.default_rng(0).standard_normal((args.batch_size, 3) + args.input_hw, dtype=np.float32)
     reference = as_arrays(net(ms.Tensor(x)))
     largest = max(float(np.abs(r).max()) for r in reference)

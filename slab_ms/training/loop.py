@@ -53,7 +53,7 @@ from ..weights.train_state import (find_latest, list_resumable, load_train_check
                                    read_epoch_losses, read_val_top1, save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
-from .outputs import MetricsLog, save_config
+from .outputs import MetricsLog, run_output_path, save_config
 from .recalib import BNRecalibration, average_bn_statistics
 from .schedule import build_lr_schedule, start_prepbn_schedule
 from .train_step import NetWithLoss, TrainStep, build_optimizer
@@ -261,7 +261,7 @@ class Trainer:
         return os.path.join(self.args.ckpt_dir, f"{self.args.model}.ckpt")
 
     def _output_path(self, what):
-        return os.path.join(self.args.ckpt_dir, f"{self.args.model}-{what}")
+        return run_output_path(self.args.ckpt_dir, self.args.model, what)
 
     def _start_outputs(self):
         """Rank 0: the resolved options, the metrics table cut back to the epochs already done, the top-k ranking

@@ -17,9 +17,14 @@ import yaml
 
 from ..utils import atomic_output, reporting_disk_full
 
-__all__ = ["save_config", "MetricsLog", "METRICS_COLUMNS"]
+__all__ = ["save_config", "run_output_path", "MetricsLog", "METRICS_COLUMNS"]
 
 METRICS_COLUMNS = ("epoch", "loss", "top1", "top5", "gamma", "lr", "img_per_s")
+
+
+def run_output_path(ckpt_dir, model, what):
+    """``<ckpt_dir>/<model>-<what>``: where a run keeps its ``config.yaml`` and ``metrics.csv``."""
+    return os.path.join(ckpt_dir, f"{model}-{what}")
 
 
 def save_config(path, args):
