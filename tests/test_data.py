@@ -36,7 +36,7 @@ def write_image_folder(root, classes=("ant", "bee", "cat"), per_class=(8, 8, 8),
 
 @pytest.fixture(autouse=True)
 def fresh_check_cache():
-    data._checked_splits.clear()
+    data.imagefolder._checked_splits.clear()
     yield
 
 
@@ -57,7 +57,7 @@ def test_demo_dataset_counts(demo_root):
 
 
 def test_demo_dataset_is_written_once(demo_root):
-    marker = os.path.join(demo_root, data._DEMO_MARKER)
+    marker = os.path.join(demo_root, data.digits._DEMO_MARKER)
     image = os.path.join(demo_root, "train", "0", sorted(os.listdir(os.path.join(demo_root, "train", "0")))[0])
     before = (os.stat(marker).st_mtime_ns, os.stat(image).st_mtime_ns)
     assert prepare_demo_dataset(demo_root) == demo_root

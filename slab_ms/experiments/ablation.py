@@ -129,12 +129,12 @@ def scene_data(args):
 def folder_data(args):
     """The same from an ImageFolder, every image resized to ``image_size`` (RGB)."""
     from PIL import Image
-    from ..data import _check_split, _image_files
+    from ..data.imagefolder import check_split, image_files
     root = os.path.abspath(args.data_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--data_dir '{args.data_dir}' does not exist")
-    classes, _ = _check_split(root, "train", True, "train")
-    val_classes, _ = _check_split(root, "val", True, "val")
+    classes, _ = check_split(root, "train", True, "train")
+    val_classes, _ = check_split(root, "val", True, "val")
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
         raise ValueError(f"val classes not in the train split: {', '.join(unknown[:10])}")
@@ -143,7 +143,7 @@ def folder_data(args):
         images, labels = [], []
         for index, name in enumerate(classes):
             folder = os.path.join(root, split, name)
-            for path in (_image_files(folder) if os.path.isdir(folder) else []):
+            for path in (image_files(folder) if os.path.isdir(folder) else []):
                 with Image.open(path) as image:
                     image = image.convert("RGB").resize((args.image_size, args.image_size), Image.BILINEAR)
                     images.append(np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0)
