@@ -26,7 +26,7 @@ from slab_ms.export import main as export_main
 from slab_ms.train import main as train_main
 from slab_ms.training import ConfigError, parse_args
 from slab_ms.training.schedule import resolve_prepbn_schedule
-from slab_ms.training import loop
+from slab_ms.training import loop, run_safety
 from slab_ms.utils import (FolderInUseError, OutputError, RunLock, atomic_output, check_writable_folder,
                            remove_stale_temporaries)
 from slab_ms.weights import save_checkpoint
@@ -392,7 +392,7 @@ def test_the_run_that_loses_the_lock_removes_nothing(recipe, tmp_path, monkeypat
     _, config = recipe
     ckpt_dir = tmp_path / "shared"
     os.makedirs(ckpt_dir)
-    monkeypatch.setattr(loop, "check_writable_folder", lambda *args, **kwargs: True)  # "this run made the folder"
+    monkeypatch.setattr(run_safety, "check_writable_folder", lambda *args, **kwargs: True)  # "this run made the folder"
     with RunLock(ckpt_dir) as winner:
         with pytest.raises(FolderInUseError, match=f"pid {os.getpid()}"):
             loop.Trainer(parse_args(["-c", config, "--ckpt_dir", str(ckpt_dir)]))

@@ -11,15 +11,8 @@ What is not restored: the internal random streams of in-graph random ops (dropou
 from the seed after a resume, so with ``drop_path_rate > 0`` a resumed run is statistically, not
 bitwise, the same as an uninterrupted one.
 
-Safety of the checkpoint folder: rank 0 (the only writer) first checks that ``ckpt_dir`` is writable
-(a probe file), then holds an OS lock on it for the whole run (``utils.RunLock``: a second run into
-the same folder exits at once naming the holder; a lock left by a killed run is released by the
-kernel), and removes the temporaries of killed writers. A checkpoint is written only if every
-parameter is finite, and it is called good only once the loss computed with its weights (the next
-step's) is finite too. When training stops on a non-finite value, every checkpoint not shown good that way
-(the run's newest ones, or the one it resumed from) is moved aside (``*.nonfinite``), so the "last good
-checkpoint" the message names is the one ``--resume auto`` continues from. ``--resume auto`` skips an
-unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from
+Safety of the checkpoint folder (lock, cleanup, which checkpoints are good) is ``run_safety.py``'s.
+``--resume auto`` skips an unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from
 the ``val_top1`` each epoch checkpoint holds, so it is rebuilt from the folder after a resume.
 
 Dataset sinking (``dataset_sink_mode``): the optimizer steps between two host events (a progress line, a
@@ -38,56 +31,28 @@ import time
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 from mindcv.loss import create_loss
 from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
 from ..cli import check_image_size, set_context, signals_deferred
 from ..factory import create_model
-from ..utils import RunLock, check_writable_folder, remove_stale_temporaries
 from ..weights.checkpoint import UnreadableCheckpointError
 from ..layers import PRepBNSchedule
 from ..models import list_models
-from ..weights.train_state import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
-                                   read_epoch_losses, read_val_top1, save_final_checkpoint, save_train_checkpoint)
+from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints, read_epoch_losses,
+                                   read_val_top1, save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
+from .evaluate import Evaluator
 from .outputs import MetricsLog, run_output_path, save_config
 from .recalib import BNRecalibration, average_bn_statistics
+from .run_safety import CheckpointRecord, NonFiniteLossError, RunFolder, non_finite_names
 from .schedule import build_lr_schedule, start_prepbn_schedule
 from .train_step import NetWithLoss, TrainStep, build_optimizer
 
 __all__ = ["train", "NonFiniteLossError"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss, the gradient norm or the parameters became NaN/inf; nothing was saved after it."""
-
-
-def _non_finite_names(params):
-    """Names of the parameters holding NaN or inf."""
-    return [p.name for p in params if p.dtype in (ms.float16, ms.float32, ms.float64, ms.bfloat16)
-            and not np.isfinite(p.asnumpy().astype(np.float32)).all()]
-
-
-class Evaluator(nn.Cell):
-    """``(images, labels) -> (top-1 correct, top-5 correct, count)``, model in evaluation mode (top-5 is top-k with
-    k = min(5, classes))."""
-
-    def __init__(self, net, num_classes):
-        super().__init__(auto_prefix=False)
-        self.net = net
-        self.k = min(5, int(num_classes))
-
-    def construct(self, images, labels):
-        logits = self.net(images)
-        labels = labels.astype(ms.int32)
-        pred = ops.argmax(logits, dim=-1).astype(ms.int32)
-        correct = (pred == labels).astype(ms.float32).sum()
-        _, top = ops.topk(logits.astype(ms.float32), self.k)
-        correct5 = (top.astype(ms.int32) == labels.reshape(-1, 1)).astype(ms.float32).sum()
-        return correct, correct5, ops.ones_like(correct) * labels.shape[0]
 
 
 def _setup_context(args):
@@ -127,12 +92,9 @@ class Trainer:
         self.create_loaders = create_loaders
         self.rank_id, self.rank_size = _setup_context(args)
         self.log = functools.partial(print, flush=True) if self.rank_id == 0 else (lambda *a, **k: None)
-        self.lock, self.created_dir = None, False
-        if self.rank_id == 0:  # the only rank that writes: probe, lock, clean the folder before anything else
-            self.created_dir = check_writable_folder(args.ckpt_dir, "ckpt_dir")
-            self.lock = RunLock(args.ckpt_dir).acquire()  # a loser removes nothing: the folder is the winner's
-            for path in remove_stale_temporaries(args.ckpt_dir):
-                self.log(f"removed '{path}', a temporary file left by a killed run")
+        # the only rank that writes: probe, lock, clean the folder before anything else
+        self.folder = RunFolder(args.ckpt_dir, self.log) if self.rank_id == 0 else None
+        self.record = CheckpointRecord(args.ckpt_dir, args.model, writer=self.rank_id == 0)
         try:
             self._build(args, create_loaders)
         except BaseException:
@@ -185,23 +147,17 @@ class Trainer:
                                       start_step=self.schedule[0], in_graph=True) if self.schedule else None
         self.progress = ProgressLogger(self.total_steps, self.steps_per_epoch, self.images_per_step,
                                        args.log_interval, self.lrs, print_fn=self.log)
-        self.evaluator = Evaluator(self.net, num_classes) if self.val_loader is not None else None
-        self.last_checkpoint = None  # the newest checkpoint whose weights gave a finite loss (or the run ended)
-        self.unconfirmed = []  # checkpoints (this run's, or the one it resumed from) no finite loss followed yet
+        self.evaluator = (Evaluator(self.net, num_classes, args.val_batch_size or args.batch_size)
+                          if self.val_loader is not None else None)
         self.resumed_losses = []  # the losses of the resumed epoch's steps before the checkpoint
         self.epoch_num, self.step_num = self._resume()
-        if schedule_note and not self.unconfirmed:  # a resumed run logs where it resumed instead
+        if schedule_note and not self.record.pending:  # a resumed run logs where it resumed instead
             self.log(schedule_note)
 
     def close(self, failed=False):
-        """Release the run lock; after a failed start also remove the ckpt_dir this run created (if it holds
-        nothing but the lock file), while still holding the lock."""
-        if self.lock is not None:
-            if failed and self.created_dir:
-                self.lock.remove_folder()
-            else:
-                self.lock.release()
-            self.lock = None
+        """Release the checkpoint folder (``RunFolder.close``)."""
+        if self.folder is not None:
+            self.folder.close(failed)
 
     # ------------------------------------------------------------------ resume
     def _resume(self):
@@ -247,7 +203,7 @@ class Trainer:
                                   f"step {s['step']} after {global_step} optimizer steps; this run computes T={decay}, "
                                   f"warm-up {warmup}, step {start + global_step}: resume with the same recipe "
                                   "(and the --ckpt_file / prepbn_schedule the run started with)")
-        self.unconfirmed = [path]
+        self.record.written(path)
         self.resumed_losses = read_epoch_losses(path) if step_num else []
         scale = ""
         if self.train_step.skip_overflow:
@@ -303,31 +259,12 @@ class Trainer:
     # ------------------------------------------------------------------ phases
     def _check_finite(self, where):
         """Refuse to save (or go on from) parameters holding NaN / inf."""
-        bad = _non_finite_names(list(self.net.get_parameters()) + self.train_step.ema_parameters())
+        bad = non_finite_names(list(self.net.get_parameters()) + self.train_step.ema_parameters())
         if bad:
             self._stop(f"non-finite parameters {where} ({len(bad)}, e.g. {bad[0]}): training stopped, not saved")
 
-    def _confirm(self):
-        """A finite loss was computed with the weights of the newest checkpoint: it is good."""
-        if self.unconfirmed:
-            self.last_checkpoint = self.unconfirmed[-1]
-            self.unconfirmed = []
-
     def _stop(self, reason, advice="Lower lr, set clip_grad, or (with amp_level O2/O3) lower loss_scale."):
-        """Raise NonFiniteLossError after moving aside (``*.nonfinite``) the checkpoints no finite loss followed;
-        the last good checkpoint it names is then the newest left, the one ``--resume auto`` takes."""
-        moved = []
-        if self.rank_id == 0:
-            for path in self.unconfirmed:
-                if os.path.isfile(path):
-                    os.replace(path, path + ".nonfinite")
-                    moved.append(path + ".nonfinite")
-        self.unconfirmed = []
-        aside = (f" Moved aside, as no finite loss followed their weights: {', '.join(moved)}." if moved else "")
-        last = self.last_checkpoint or find_latest(self.args.ckpt_dir, self.args.model)
-        raise NonFiniteLossError(f"{reason}; the last good checkpoint is "
-                                 f"{last or 'none (no checkpoint with finite weights and loss was written yet)'}."
-                                 f"{aside} {advice}")
+        self.record.stop(reason, advice)
 
     def _save(self, epoch_num, step_num, val_top1=None, epoch_losses=()):
         if self.rank_id != 0:
@@ -339,14 +276,14 @@ class Trainer:
                                          epoch_num, step_num, val_top1=val_top1, epoch_losses=epoch_losses)
             self.top1[path] = val_top1
             self._prune()
-        self.unconfirmed.append(path)
+        self.record.written(path)
         self.log(f"saved checkpoint {path}")
 
     def _prune(self):
         """Apply ckpt_save_policy; the last good checkpoint stays until a newer one is shown to be good."""
         args = self.args
         for deleted in prune_checkpoints(args.ckpt_dir, args.model, args.keep_checkpoint_max,
-                                         protect=[self.last_checkpoint] if self.last_checkpoint else [],
+                                         protect=self.record.protected(),
                                          policy=args.ckpt_save_policy, top1=self.top1):
             self.top1.pop(deleted, None)
 
@@ -406,7 +343,7 @@ class Trainer:
             self._non_finite("loss" if bad_loss else "gradient norm", bad_loss[0] if bad_loss else grad_norm,
                              epoch, global_step + steps - 1)
         if finite_losses:  # also when an overflow in the scaled gradients skipped the step
-            self._confirm()
+            self.record.confirm()
         if skipped:
             where = f"optimizer step {global_step + 1}" if steps == 1 else f"steps {global_step + 1}-{global_step + steps}"
             self.log(f"epoch {epoch + 1} {where}: gradient overflow at loss scale {scale:g}, {skipped} optimizer "
@@ -498,13 +435,11 @@ class Trainer:
 
     def validate(self):
         """``(top-1, top-5)`` on the val split (top-5: top-k with k = min(5, classes))."""
-        self.evaluator.set_train(False)
-        totals = np.zeros(3, np.float64)
-        for images, labels in self.val_loader.create_tuple_iterator(num_epochs=1):
-            totals += [float(v.asnumpy()) for v in self.evaluator(images, labels)]
+        totals = self.evaluator.totals(self.val_loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
         if self.rank_size > 1:
             totals = ops.AllReduce()(ms.Tensor(totals.astype(np.float32))).asnumpy().astype(np.float64)
-        return totals[0] / max(totals[2], 1.0), totals[1] / max(totals[2], 1.0)
+        accuracy = Evaluator.accuracy(totals)
+        return accuracy.top1, accuracy.topk
 
     def run(self):
         start = time.time()
@@ -514,10 +449,10 @@ class Trainer:
         self._start_outputs()
         self.train_loop()
         self.recalibrate_bn()
-        self._confirm()  # the run ended: nothing showed the newest checkpoint's weights to be bad
+        self.record.confirm()  # the run ended: nothing showed the newest checkpoint's weights to be bad
         if self.rank_id == 0:
             self._prune()
-        result = {"checkpoint": self.last_checkpoint, "top1": None, "top5": None}
+        result = {"checkpoint": self.record.last_good, "top1": None, "top5": None}
         if self.evaluator:
             result["top1"], result["top5"] = self.validate()
             self.log(f"final validation top-1: {result['top1']:.2%}, top-{self.evaluator.k}: {result['top5']:.2%}")
