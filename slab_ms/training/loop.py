@@ -23,7 +23,6 @@ exact either way. Overflow skipping (``drop_overflow_update``) leaves the data p
 apart by the skipped steps, which the checkpoint records.
 """
 import copy
-import difflib
 import functools
 import math
 import os
@@ -33,14 +32,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 from mindcv.loss import create_loss
-from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
 from ..cli import check_image_size, set_context, signals_deferred
-from ..factory import create_model
+from ..factory import check_model_name, create_model
 from ..weights.checkpoint import UnreadableCheckpointError
 from ..layers import PRepBNSchedule
-from ..models import list_models
 from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints, read_epoch_losses,
                                    read_val_top1, save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
@@ -75,19 +72,12 @@ def _epoch_args(args, epoch, no_mix=False):
     return epoch_args
 
 
-def _check_model_name(name):
-    if not is_model(name):
-        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
-        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown model '{name}'{hint}; SLAB models: {', '.join(list_models())}")
-
-
 class Trainer:
     """Builds everything from ``args``, then :meth:`run`. See the module docstring."""
 
     def __init__(self, args):
         from ..data import create_loaders  # the data pipeline (MindCV dataset/transforms/loader)
-        _check_model_name(args.model)
+        check_model_name(args.model, ConfigError, what="model", any_mindcv_model=True)
         self.args = args
         self.create_loaders = create_loaders
         self.rank_id, self.rank_size = _setup_context(args)
