@@ -25,6 +25,7 @@ from .reparam import reparameterize_model
 from .weights import load_checkpoint
 from .training.config import ConfigError, build_parser, check_ranges, load_yaml_defaults
 from .training.evaluate import Evaluator
+from .training.options import DataOptions
 
 TOOL = "validate.py"
 
@@ -72,7 +73,7 @@ def build_network(args, num_classes):
 def _validate(argv):
     args = parse_args(argv)
     cli.set_context(args)
-    loader, num_classes = create_val_loader(args)
+    loader, num_classes = create_val_loader(DataOptions.of(args))
     net = build_network(args, num_classes)
     form = "deploy form, re-parameterized" if args.deploy else "training form"
     print(f"validating {args.model} ({form}{', EMA weights' if args.ckpt_ema else ''}) from {args.ckpt_file} on "

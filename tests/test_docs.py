@@ -101,7 +101,7 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
     from slab_ms.data import prepare_demo_dataset
     from test_export import finished
     from test_reparam import randomize
-    from slab_ms.training import parse_args
+    from slab_ms.training import parse_args, parse_options
     from slab_ms.training.outputs import run_output_path, save_config
 
     shutil.copytree(os.path.join(ROOT, "configs", "demo"), tmp_path / "configs" / "demo")
@@ -115,7 +115,7 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
     net = slab_ms.create_model(recipe["model"], num_classes=10, image_size=recipe["image_size"],
                                **recipe["model_kwargs"])
     ms.save_checkpoint(finished(randomize(net)), f"{run}/{recipe['model']}.ckpt")
-    save_config(run_output_path(run, recipe["model"], "config.yaml"), parse_args(["-c", config]))  # as train.py
+    save_config(run_output_path(run, recipe["model"], "config.yaml"), parse_options(["-c", config]))  # as train.py
 
     (demo_output,) = [b for b in readme_code_blocks() if "\nnext:" in b]
     commands = [line.split("next:")[-1].strip() for line in demo_output.splitlines()

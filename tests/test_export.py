@@ -62,7 +62,7 @@ DEMO_RECIPE = os.path.join(ROOT, "configs", "demo", "slab_deit_demo.yaml")
 def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatch, capsys):
     """``python export.py`` after the demo run, outside the repository: checkpoint, model, sizes and classes all come
     from the demo's run folder (its checkpoint and the options the run recorded beside it)."""
-    from slab_ms.training import parse_args
+    from slab_ms.training import parse_options
     from slab_ms.training.outputs import run_output_path, save_config
     with open(DEMO_RECIPE, encoding="utf-8") as f:
         recipe = yaml.safe_load(f)
@@ -74,7 +74,7 @@ def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatc
     os.makedirs(run)
     ckpt = os.path.join(run, f"{recipe['model']}.ckpt")
     ms.save_checkpoint(net, ckpt)
-    save_config(run_output_path(run, recipe["model"], "config.yaml"), parse_args(["-c", DEMO_RECIPE]))
+    save_config(run_output_path(run, recipe["model"], "config.yaml"), parse_options(["-c", DEMO_RECIPE]))
     assert export.main([]) == 0
     out = capsys.readouterr().out
     assert ckpt in out and "every norm folded" in out

@@ -20,7 +20,7 @@ and a silently smaller dataset hides broken data. The check (``check_images``, P
 file, once per process) catches non-image, empty and truncated-PNG files; a JPEG truncated inside its scan
 data may still pass and is then left to the decoder.
 
-Exact resume: ``create_loaders`` is called once per epoch with ``args.epoch`` and reseeds the dataset engine
+Exact resume: ``create_loaders`` is called once per epoch with its ``epoch`` and reseeds the dataset engine
 (and Python's / numpy's global RNGs, which MindCV's RandAugment draws from) with a seed derived from
 ``(seed, epoch)``, the same on every rank so that the distributed sampler shards one permutation. The
 sample order of an epoch is therefore the same in any process; random augmentation and mixup / cutmix
@@ -51,19 +51,19 @@ _checked_splits = {}  # split folder -> (class names, file extensions, images ve
 
 # ------------------------------------------------------------------------------------- folder checks
 
-def _data_root(args):
-    dataset = (args.dataset or "imagefolder").lower()
+def _data_root(data):
+    dataset = (data.dataset or "imagefolder").lower()
     if dataset not in IMAGE_FOLDER_NAMES:
-        raise ValueError(f"dataset '{args.dataset}' is not supported: use 'imagefolder' (data_dir/train/<class>/"
+        raise ValueError(f"dataset '{data.dataset}' is not supported: use 'imagefolder' (data_dir/train/<class>/"
                          f"<image>, data_dir/val/...) or 'digits' (the embedded demo).")
-    if not args.data_dir:
+    if not data.data_dir:
         raise ValueError("no data_dir: set 'data_dir' in the recipe or pass --data_dir PATH.")
     if dataset == "digits":
-        return prepare_demo_dataset(args.data_dir)
-    root = os.path.abspath(args.data_dir)
+        return prepare_demo_dataset(data.data_dir)
+    root = os.path.abspath(data.data_dir)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"data_dir '{args.data_dir}' does not exist. Point --data_dir at a folder with "
-                                f"{args.train_split}/<class>/<image> (and {args.val_split or 'val'}/...), "
+        raise FileNotFoundError(f"data_dir '{data.data_dir}' does not exist. Point --data_dir at a folder with "
+                                f"{data.train_split}/<class>/<image> (and {data.val_split or 'val'}/...), "
                                 f"or use --dataset digits for the embedded demo.")
     return root
 
@@ -171,14 +171,14 @@ def _epoch_seed(seed, epoch):
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _num_workers(args):
-    return max(1, min(args.num_parallel_workers, os.cpu_count() or 1))
+def _num_workers(data):
+    return max(1, min(data.num_parallel_workers, os.cpu_count() or 1))
 
 
-def _interpolation(args):
-    if not hasattr(Inter, args.interpolation.upper()):
-        raise ValueError(f"unknown interpolation '{args.interpolation}'; use bilinear, bicubic, nearest, ...")
-    return args.interpolation
+def _interpolation(data):
+    if not hasattr(Inter, data.interpolation.upper()):
+        raise ValueError(f"unknown interpolation '{data.interpolation}'; use bilinear, bicubic, nearest, ...")
+    return data.interpolation
 
 
 def _image_folder(root, split, classes, extensions, shuffle, workers, rank_id=None, rank_size=None):
@@ -189,71 +189,73 @@ def _image_folder(root, split, classes, extensions, shuffle, workers, rank_id=No
                           extensions=extensions)
 
 
-def _eval_loader(args, root, split, classes, extensions):
-    transform = create_transforms("", image_resize=args.image_size, is_training=False, crop_pct=args.crop_pct,
-                                  interpolation=_interpolation(args), mean=args.mean, std=args.std)
-    dataset = _image_folder(root, split, classes, extensions, shuffle=False, workers=_num_workers(args))
-    return create_loader(dataset, batch_size=args.val_batch_size or args.batch_size, drop_remainder=False,
-                         is_training=False, transform=transform, num_parallel_workers=_num_workers(args))
+def _eval_loader(data, root, split, classes, extensions):
+    transform = create_transforms("", image_resize=data.image_size, is_training=False, crop_pct=data.crop_pct,
+                                  interpolation=_interpolation(data), mean=data.mean, std=data.std)
+    dataset = _image_folder(root, split, classes, extensions, shuffle=False, workers=_num_workers(data))
+    return create_loader(dataset, batch_size=data.val_batch_size or data.batch_size, drop_remainder=False,
+                         is_training=False, transform=transform, num_parallel_workers=_num_workers(data))
 
 
-def create_loaders(args, rank_id=None, rank_size=None):
-    """``(train_loader, val_loader or None, num_classes, steps_per_epoch)`` for epoch ``args.epoch``.
+def create_loaders(data, seed=0, epoch=0, rank_id=None, rank_size=None, mix=True):
+    """``(train_loader, val_loader or None, num_classes, steps_per_epoch)`` of ``data`` (``DataOptions``) for
+    ``epoch`` of a run seeded with ``seed``; ``mix=False`` leaves Mixup / CutMix out (BN re-calibration).
 
     The train loader holds this rank's shard of one epoch (iterate it with ``num_epochs=1``): images
     float32 NCHW, labels int32 ``(B,)``, or float32 ``(B, num_classes)`` with mixup / cutmix. The val
     loader holds the whole val split on every rank (exact accuracy without padding); None when
     ``val_split`` is empty.
     """
-    root = _data_root(args)
-    check_images = getattr(args, "check_images", True)
-    classes, extensions = check_split(root, args.train_split, check_images, "train")
+    root = _data_root(data)
+    check_images = data.check_images
+    classes, extensions = check_split(root, data.train_split, check_images, "train")
     num_classes = len(classes)
     val_loader = None
-    if args.val_split:
-        val_classes, val_extensions = check_split(root, args.val_split, check_images, "val")
+    if data.val_split:
+        val_classes, val_extensions = check_split(root, data.val_split, check_images, "val")
         unknown = sorted(set(val_classes) - set(classes))
         if unknown:
             raise ValueError(f"val classes not in the train split: {', '.join(unknown[:10])}. Both splits "
                              f"must use the same class folder names.")
-        val_loader = _eval_loader(args, root, args.val_split, classes, val_extensions)
+        val_loader = _eval_loader(data, root, data.val_split, classes, val_extensions)
 
-    epoch_seed = _epoch_seed(args.seed, getattr(args, "epoch", 0))
+    epoch_seed = _epoch_seed(seed, epoch)
     ds.config.set_seed(epoch_seed)
-    workers = _num_workers(args)
-    dataset = _image_folder(root, args.train_split, classes, extensions, args.shuffle, workers, rank_id, rank_size)
+    workers = _num_workers(data)
+    dataset = _image_folder(root, data.train_split, classes, extensions, data.shuffle, workers, rank_id, rank_size)
     shard_size = dataset.get_dataset_size()
-    transform = create_transforms("", image_resize=args.image_size, is_training=True,
-                                  auto_augment=args.auto_augment, scale=tuple(args.scale), ratio=tuple(args.ratio),
-                                  hflip=args.hflip, color_jitter=args.color_jitter,
-                                  interpolation=_interpolation(args), mean=args.mean, std=args.std,
-                                  re_prob=args.re_prob, re_value=args.re_value)
-    train_loader = create_loader(dataset, batch_size=args.batch_size, drop_remainder=args.drop_remainder,
+    transform = create_transforms("", image_resize=data.image_size, is_training=True,
+                                  auto_augment=data.auto_augment, scale=tuple(data.scale), ratio=tuple(data.ratio),
+                                  hflip=data.hflip, color_jitter=data.color_jitter,
+                                  interpolation=_interpolation(data), mean=data.mean, std=data.std,
+                                  re_prob=data.re_prob, re_value=data.re_value)
+    train_loader = create_loader(dataset, batch_size=data.batch_size, drop_remainder=data.drop_remainder,
                                  is_training=True, transform=transform, num_parallel_workers=workers)
-    if args.mixup > 0 or args.cutmix > 0:  # one worker: the mixer's draws follow the batch order
-        mixer = BatchMixer(args.mixup, args.cutmix, args.mixup_prob, num_classes, seed=[epoch_seed, rank_id or 0])
+    if mix and (data.mixup > 0 or data.cutmix > 0):  # one worker: the mixer's draws follow the batch order
+        mixer = BatchMixer(data.mixup, data.cutmix, data.mixup_prob, num_classes, seed=[epoch_seed, rank_id or 0])
         train_loader = train_loader.map(mixer, input_columns=["image", "label"], num_parallel_workers=1)
     steps_per_epoch = train_loader.get_dataset_size()
     if steps_per_epoch == 0:
         raise ValueError(f"the train split gives {shard_size} images per device, fewer than batch_size "
-                         f"{args.batch_size}: lower batch_size (or set drop_remainder False).")
+                         f"{data.batch_size}: lower batch_size (or set drop_remainder False).")
     return train_loader, val_loader, num_classes, steps_per_epoch
 
 
-def create_val_loader(args):
-    """``(val_loader, num_classes)``: the val split for ``validate.py``, classes indexed as in training."""
-    if not args.val_split:
+def create_val_loader(data):
+    """``(val_loader, num_classes)``: the val split of ``data`` (``DataOptions``) for ``validate.py``, classes
+    indexed as in training."""
+    if not data.val_split:
         raise ValueError("no val split: set --val_split (the folder under data_dir to evaluate).")
-    root = _data_root(args)
-    check_images = getattr(args, "check_images", True)
-    train_dir = os.path.join(root, args.train_split)
+    root = _data_root(data)
+    check_images = data.check_images
+    train_dir = os.path.join(root, data.train_split)
     if os.path.isdir(train_dir):
-        classes, _ = check_split(root, args.train_split, False, "train")
+        classes, _ = check_split(root, data.train_split, False, "train")
     else:  # an evaluation-only copy of the data: class indices from the val folders themselves
         classes = None
-    val_classes, extensions = check_split(root, args.val_split, check_images, "val")
+    val_classes, extensions = check_split(root, data.val_split, check_images, "val")
     classes = classes or val_classes
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
         raise ValueError(f"val classes not in the train split: {', '.join(unknown[:10])}.")
-    return _eval_loader(args, root, args.val_split, classes, extensions), len(classes)
+    return _eval_loader(data, root, data.val_split, classes, extensions), len(classes)

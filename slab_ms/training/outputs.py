@@ -27,10 +27,9 @@ def run_output_path(ckpt_dir, model, what):
     return os.path.join(ckpt_dir, f"{model}-{what}")
 
 
-def save_config(path, args):
-    """Write the options of ``args`` (an argparse Namespace) as a flat yaml recipe, atomically."""
-    options = {k: v for k, v in sorted(vars(args).items()) if k not in ("config", "epoch")}
-    text = yaml.safe_dump(options, sort_keys=True, allow_unicode=True)
+def save_config(path, options):
+    """Write ``options`` (``TrainOptions``) as a flat yaml recipe, atomically."""
+    text = yaml.safe_dump(options.as_dict(), sort_keys=True, allow_unicode=True)
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
