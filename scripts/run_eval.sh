@@ -31,7 +31,7 @@ export GLOG_v="${GLOG_v:-3}"
 
 if [ $# -eq 0 ]; then
     # the newest checkpoint of a demo run, as python export.py picks it
-    CKPT=$(python -c "from slab_ms.export import newest_demo_checkpoint as n; f = n(); print(f[0] if f else '')")
+    CKPT=$(python -c "from slab_ms.export import newest_checkpoint as n; print(n(['./output/demo']) or '')")
     [ -n "$CKPT" ] || fail "no demo checkpoint under ./output/demo/: run bash scripts/run_distribute_train.sh first"
     for FORM in --deploy=False --deploy=True; do
         python validate.py -c configs/demo/slab_deit_demo.yaml --ckpt_file "$CKPT" "$FORM"

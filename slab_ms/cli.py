@@ -15,7 +15,7 @@ import threading
 __all__ = ["UsageError", "str2bool", "json_dict", "text", "optional", "int_list", "add_model_args", "add_backbone_args",
            "backbone_kwargs", "factory_kwargs", "add_checkpoint_args", "apply_checkpoint_args", "add_device_args",
            "available_devices",
-           "resolve_device",
+           "resolve_device", "usable_device",
            "set_context", "set_cpu_threads", "check_image_size", "add_budget_args", "apply_budget", "Interrupted",
            "signals_deferred", "run", "DEVICES"]
 
@@ -211,19 +211,27 @@ def available_devices():
         ms_logger.setLevel(level)
 
 
-def resolve_device(args, print_fn=print):
-    """Set ``args.device_target`` to the best available device when it is None (and say which); refuse an
-    explicit one this MindSpore cannot use. Returns the device."""
+def usable_device(device_target, print_fn=print):
+    """``device_target``, or the best available device when it is None (and say which); refuse an explicit one this
+    MindSpore cannot use."""
     available = available_devices()
-    if args.device_target is None:
-        args.device_target = available[0]
+    if device_target is None:
         others = [d for d in PREFERENCE if d not in available]
         note = f"; no {' or '.join(others)} backend in this MindSpore" if others else ""
-        print_fn(f"device_target: {args.device_target} (the best available{note})", flush=True)
-    elif args.device_target not in available:
-        raise UsageError(f"--device_target {args.device_target} is not usable with this MindSpore installation "
+        print_fn(f"device_target: {available[0]} (the best available{note})", flush=True)
+        return available[0]
+    if device_target not in available:
+        raise UsageError(f"--device_target {device_target} is not usable with this MindSpore installation "
                          f"(usable here: {', '.join(available)}); leave --device_target out to use the best available")
-    return args.device_target
+    return device_target
+
+
+def resolve_device(args, print_fn=print):
+    """Set ``args.device_target`` to :func:`usable_device` when it is None; returns the device."""
+    device = usable_device(args.device_target, print_fn)
+    if args.device_target is None:
+        args.device_target = device
+    return device
 
 
 def set_context(args, print_fn=print):

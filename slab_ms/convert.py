@@ -17,8 +17,7 @@ import sys
 
 from . import cli
 from .cli import UsageError
-from .factory import create_model
-from .models import list_models
+from .factory import check_model_name, create_model
 from .utils import check_output_name, check_writable_folder, refuse_existing, remove_stale_temporaries
 from .weights import checkpoint_num_classes, load_official_checkpoint, read_state_dict, save_checkpoint
 
@@ -42,8 +41,7 @@ def parse_args(argv=None):
 def _convert(argv):
     args = parse_args(argv)
     cli.apply_checkpoint_args(args)
-    if args.model not in list_models():
-        raise UsageError(f"unknown --model '{args.model}'; choose one of {', '.join(list_models())}")
+    check_model_name(args.model, UsageError)
     if not args.ckpt_file or not args.file_name:
         raise UsageError("pass --ckpt_file (the official .pth) and --file_name (the .ckpt to write)")
     if os.path.isdir(args.file_name) or not os.path.basename(args.file_name):

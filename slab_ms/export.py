@@ -18,9 +18,9 @@ output folder's mode is left as it was.
 
 ``-c recipe.yaml`` (a train.py recipe) supplies ``model``, ``model_kwargs``, ``image_size`` and
 ``num_classes``, and the newest checkpoint in its ``ckpt_dir``; command-line options override it.
-With neither ``--ckpt_file`` nor ``-c`` the newest checkpoint of a demo run is exported: the newest
-``*.ckpt`` in the ``ckpt_dir`` of a ``./configs/demo/*.yaml`` recipe (with that recipe), else under
-``./output`` or ``./ckpt``. Without ``--model`` the model is read from a train.py checkpoint name
+With neither ``--ckpt_file`` nor ``-c`` the newest ``*.ckpt`` under ``./output`` or ``./ckpt`` (where train.py
+runs and the demo write) is exported, with the options its run recorded beside it (``<model>-config.yaml``) as the
+recipe. Without ``--model`` the model is read from a train.py checkpoint name
 (``<model>.ckpt``, ``<model>-EEEE_SSSSSS.ckpt``); without ``--num_classes`` the class count is read
 from the checkpoint's ``head.weight`` (1000 without one). A checkpoint trained under mixed precision
 (``amp_level`` O1–O3) holds float32 weights under the usual names and is read like any other.
@@ -37,25 +37,28 @@ AIR is compiled by Ascend's ATC: it is exported only with ``--device_target Asce
 reloaded by MindSpore, so for AIR only the in-process deploy check is made.
 """
 import argparse
-import glob
+import dataclasses
 import os
 import re
 import sys
+from typing import Optional
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 from mindspore.ops import functional as F
 from mindcv.utils.amp import auto_mixed_precision
 
 from . import cli
 from .cli import UsageError
-from .factory import create_model
+from .factory import check_model_name, create_model
 from .layers import PRepBNSchedule
 from .layers.cpu_kernels import use_standard_ops
+from .layers.mlp import ErfFreeGELU
 from .models import list_models
 from .reparam import remaining_norms, reparameterize_model
 from .training.config import read_recipe
+from .training.outputs import run_output_path
 from .utils import (atomic_output, check_output_name, check_writable_folder, first_free_path, refuse_existing,
                     remove_stale_temporaries)
 from .weights import load_checkpoint, read_state_dict
@@ -64,10 +67,9 @@ from .weights.checkpoint import read_ckpt
 TOOL = "export.py"
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
-RELATIVE_TOLERANCE = 1e-4
+RELATIVE_TOLERANCE = 1e-4  # of a deploy form and an exported file: max|Δ| ≤ 1e-4 · max(1, max|output|)
 FLOAT16_RELATIVE_TOLERANCE = 1e-2  # --export_dtype float16: float16's 11-bit significand through every layer
-CHECKPOINT_DIRS = ("output", "ckpt")  # where train.py runs write checkpoints (recipes' ckpt_dir)
-DEMO_RECIPES = os.path.join("configs", "demo", "*.yaml")  # the repository's, from where the demo ran
+CHECKPOINT_DIRS = ("./output", "./ckpt")  # where train.py runs write checkpoints (recipes' ckpt_dir)
 RECIPE_KEYS = ("model", "model_kwargs", "image_size", "num_classes")
 TRAIN_CKPT_NAME = re.compile(r"^(?P<model>.+?)(-\d{4}_\d{6})?\.ckpt$")
 
@@ -120,36 +122,51 @@ def _read_recipe(path):
         raise UsageError(f"recipe: {err}") from err
 
 
-def newest_demo_checkpoint():
-    """``(checkpoint, recipe path, recipe)`` of the newest checkpoint in a demo recipe's ckpt_dir (any run under it:
-    the 2-worker demo's and the one-process script's), or None. ``scripts/run_eval.sh`` evaluates this one too."""
-    found = []
-    for path in glob.glob(DEMO_RECIPES):
-        recipe = _read_recipe(path)
-        ckpt = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
-        if ckpt:
-            found.append((os.path.getmtime(ckpt), ckpt, path, recipe))
-    return max(found)[1:] if found else None
+def recorded_run(ckpt):
+    """``(path, recipe)`` of the options a train.py run recorded beside its checkpoint ``ckpt``
+    (``<model>-config.yaml``), or None for a checkpoint without them."""
+    match = TRAIN_CKPT_NAME.match(os.path.basename(ckpt))
+    path = match and run_output_path(os.path.dirname(ckpt), match.group("model"), "config.yaml")
+    return (path, _read_recipe(path)) if path and os.path.isfile(path) else None
 
 
-def demo_checkpoint():
-    """``(checkpoint, recipe or None)``: the newest checkpoint of a demo recipe's ckpt_dir, else of ./output, ./ckpt."""
-    found = newest_demo_checkpoint()
-    if found:
-        ckpt, path, recipe = found
-        print(f"{TOOL}: no --ckpt_file given; using the demo checkpoint {ckpt} (recipe {path})")
-        return ckpt, recipe
+def default_checkpoint():
+    """``(checkpoint, recipe or None)``: the newest checkpoint under ./output, ./ckpt (the demo's run folders among
+    them) with the options its run recorded."""
     ckpt = newest_checkpoint()
     if ckpt is None:
         raise UsageError("no --ckpt_file given and no checkpoint of a demo run (./output, ./ckpt). Pass "
                          "--ckpt_file with a .ckpt written by train.py or slab_ms.convert, or an official "
                          ".pth (https://github.com/xinghaochen/SLAB/releases), or -c with its train.py recipe.")
-    print(f"{TOOL}: no --ckpt_file given; using the newest checkpoint {ckpt}")
-    return ckpt, None
+    run = recorded_run(ckpt)
+    print(f"{TOOL}: no --ckpt_file given; using the newest checkpoint {ckpt}"
+          + (f" (options {run[0]})" if run else ""))
+    return ckpt, run and run[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """What to export, resolved once from the command line, the recipe and the checkpoint (``check_args``)."""
+    model: str
+    model_kwargs: dict  # as given (for messages)
+    kwargs: dict  # the factory's: model_kwargs without image_size, and the backbone options
+    image_size: int
+    num_classes: int
+    checkpoint_head: Optional[tuple]  # (classes, features) of the head the class count was read from
+    ckpt_file: str
+    ckpt_ema: bool
+    allow_unfinished: bool
+    batch_size: int
+    input_hw: tuple
+    path: str  # the file to write
+    file_format: str
+    export_dtype: str
+    overwrite: bool
 
 
 def check_args(args):
-    """Everything that can be checked before the model is built; raises UsageError."""
+    """Everything that can be checked before the model is built, as ``ExportOptions``; raises UsageError. ``args``
+    is left as parsed."""
     if args.file_format not in FORMATS:
         raise UsageError(f"unsupported --file_format '{args.file_format}'; choose one of {', '.join(FORMATS)}.")
     if args.file_format == "AIR" and cli.resolve_device(args) != "Ascend":
@@ -165,47 +182,51 @@ def check_args(args):
             raise UsageError("ONNX export checks the written file with onnxruntime, which is not installed: pip "
                              "install onnxruntime (or slab-ms[onnx]), or use --file_format MINDIR.") from None
     recipe = _read_recipe(args.config) if args.config else None
-    if not args.ckpt_file:
+    ckpt_file = args.ckpt_file
+    if not ckpt_file:
         if recipe is not None:
-            args.ckpt_file = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
-            if args.ckpt_file is None:
+            ckpt_file = newest_checkpoint([recipe.get("ckpt_dir", "./ckpt")])
+            if ckpt_file is None:
                 raise UsageError(f"no checkpoint in the ckpt_dir of '{args.config}' "
                                  f"({recipe.get('ckpt_dir', './ckpt')}); train first or pass --ckpt_file.")
         else:
-            args.ckpt_file, recipe = demo_checkpoint()
+            ckpt_file, recipe = default_checkpoint()
+    given = {key: getattr(args, key) for key in RECIPE_KEYS}
     for key in RECIPE_KEYS:  # the command line wins over the recipe
-        if getattr(args, key) is None and recipe is not None and recipe.get(key) is not None:
-            setattr(args, key, recipe[key])
-    kwargs = dict(args.model_kwargs or {})
+        if given[key] is None and recipe is not None and recipe.get(key) is not None:
+            given[key] = recipe[key]
+    kwargs = dict(given["model_kwargs"] or {})
     size = kwargs.pop("image_size", 224)  # the input size is --image_size's, else model_kwargs', else 224
-    args.image_size = size if args.image_size is None else args.image_size
-    if args.batch_size < 1 or args.image_size < 1:
-        raise UsageError(f"--batch_size and --image_size must be positive, got {args.batch_size} and "
-                         f"{args.image_size}.")
-    args.input_hw = tuple(args.input_size or (args.image_size, args.image_size))
-    if len(args.input_hw) != 2 or min(args.input_hw) < 1:
+    image_size = size if given["image_size"] is None else given["image_size"]
+    if args.batch_size < 1 or image_size < 1:
+        raise UsageError(f"--batch_size and --image_size must be positive, got {args.batch_size} and {image_size}.")
+    input_hw = tuple(args.input_size or (image_size, image_size))
+    if len(input_hw) != 2 or min(input_hw) < 1:
         raise UsageError(f"--input_size takes a positive height,width, got {args.input_size}.")
-    if args.input_size and not args.features_only and args.input_hw != (args.image_size, args.image_size):
+    if args.input_size and not args.features_only and input_hw != (image_size, image_size):
         raise UsageError("--input_size other than the square --image_size needs --features_only (the classifier "
                          "is exported at the size it was built for).")
     kwargs.update(cli.backbone_kwargs(args))
-    if not os.path.isfile(args.ckpt_file):
-        raise UsageError(f"checkpoint file not found: '{args.ckpt_file}'.")
-    if args.model is None:
-        match = TRAIN_CKPT_NAME.match(os.path.basename(args.ckpt_file))
+    if not os.path.isfile(ckpt_file):
+        raise UsageError(f"checkpoint file not found: '{ckpt_file}'.")
+    model = given["model"]
+    if model is None:
+        match = TRAIN_CKPT_NAME.match(os.path.basename(ckpt_file))
         if not match or match.group("model") not in list_models():
-            raise UsageError(f"pass --model: the name of '{args.ckpt_file}' does not say which model it holds "
+            raise UsageError(f"pass --model: the name of '{ckpt_file}' does not say which model it holds "
                              f"(registered: {', '.join(list_models())}).")
-        args.model = match.group("model")
-    if args.num_classes is None:  # a backbone has no classifier
-        args.checkpoint_head = None if args.features_only else checkpoint_head(args.ckpt_file)
-        args.num_classes = 0 if args.features_only else (args.checkpoint_head or (1000,))[0]
-    if args.file_name and not os.path.basename(args.file_name):
-        raise UsageError(f"--file_name '{args.file_name}' is a folder; give the path of the file to write, "
-                         f"e.g. {os.path.join(args.file_name, args.model)}")
-    if args.file_name is None and not args.overwrite:  # the default name: never an earlier export's
-        args.file_name = first_free_path(output_path(args))
-    path = output_path(args)
+        model = match.group("model")
+    num_classes, head = given["num_classes"], None
+    if num_classes is None:  # a backbone has no classifier
+        head = None if args.features_only else checkpoint_head(ckpt_file)
+        num_classes = 0 if args.features_only else (head or (1000,))[0]
+    file_name = args.file_name
+    if file_name and not os.path.basename(file_name):
+        raise UsageError(f"--file_name '{file_name}' is a folder; give the path of the file to write, "
+                         f"e.g. {os.path.join(file_name, model)}")
+    path = output_path(file_name or model, args.file_format)
+    if file_name is None and not args.overwrite:  # the default name: never an earlier export's
+        path = first_free_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"the folder of --file_name does not exist: {folder}")
@@ -215,15 +236,17 @@ def check_args(args):
     if not args.overwrite:
         refuse_existing(path)
     check_writable_folder(folder, "the folder of --file_name", create=False)
-    for stale in remove_stale_temporaries(folder):
-        print(f"{TOOL}: removed '{stale}', a temporary file left by a killed export")
-    return kwargs
+    return ExportOptions(model=model, model_kwargs=given["model_kwargs"], kwargs=kwargs, image_size=image_size,
+                         num_classes=num_classes, checkpoint_head=head, ckpt_file=ckpt_file, ckpt_ema=args.ckpt_ema,
+                         allow_unfinished=args.allow_unfinished, batch_size=args.batch_size, input_hw=input_hw,
+                         path=path, file_format=args.file_format, export_dtype=args.export_dtype,
+                         overwrite=args.overwrite)
 
 
-def output_path(args):
-    """``--file_name`` (default: the model name) with the format's extension."""
-    base, ext = args.file_name or args.model, FORMATS[args.file_format]
-    return base if base.lower().endswith(ext) else base + ext
+def output_path(file_name, file_format):
+    """``file_name`` with the format's extension."""
+    ext = FORMATS[file_format]
+    return file_name if file_name.lower().endswith(ext) else file_name + ext
 
 
 def checkpoint_head(path):
@@ -242,26 +265,16 @@ def checkpoint_head(path):
     return tuple(head.shape)
 
 
-def check_head_width(args, kwargs):
+def check_head_width(options):
     """Refuse a ``head.weight`` whose input width differs from the model's before a classifier of its class count is
     built: the model's head is then the checkpoint's size, which its file already holds."""
-    probe = create_model(args.model, num_classes=1, image_size=args.image_size, **kwargs)
+    probe = create_model(options.model, num_classes=1, image_size=options.image_size, **options.kwargs)
     head = dict(probe.parameters_and_names()).get("head.weight")
-    classes, features = args.checkpoint_head
+    classes, features = options.checkpoint_head
     if head is not None and features != head.shape[1]:
-        raise UsageError(f"'{args.ckpt_file}': head.weight has the shape ({classes}, {features}) but {args.model} "
-                         f"feeds its classifier {head.shape[1]} features: is it for another model or size?")
-
-
-class ErfFreeGELU(nn.Cell):
-    """Exact GELU without Erf: x/2 + |x|/2 · erf(|x|/√2), erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7)."""
-
-    def construct(self, x):
-        ax = ops.abs(x)
-        # ones / s rather than 1.0 / s: MindSpore exports the latter as Reciprocal, which ONNX export lacks.
-        t = ops.ones_like(ax) / (1.0 + 0.3275911 * 0.7071067811865476 * ax)
-        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-        return 0.5 * x + 0.5 * ax * (1.0 - poly * ops.exp(-0.5 * x * x))
+        raise UsageError(f"'{options.ckpt_file}': head.weight has the shape ({classes}, {features}) but "
+                         f"{options.model} feeds its classifier {head.shape[1]} features: is it for another model or "
+                         "size?")
 
 
 def replace_exact_gelu(net):
@@ -275,25 +288,26 @@ def replace_exact_gelu(net):
     return count
 
 
-def build_model(args, kwargs):
-    if args.model not in list_models():
-        raise UsageError(f"unknown --model '{args.model}'; registered models: {', '.join(list_models())}.")
+def load_model(options):
+    """``--model`` built for the export and ``--ckpt_file`` loaded into it strictly, in eval mode."""
+    check_model_name(options.model, UsageError)
     try:
-        if getattr(args, "checkpoint_head", None):  # the class count was read from the checkpoint
-            check_head_width(args, kwargs)
-        net = create_model(args.model, num_classes=args.num_classes, image_size=args.image_size, **kwargs)
+        if options.checkpoint_head:  # the class count was read from the checkpoint
+            check_head_width(options)
+        net = create_model(options.model, num_classes=options.num_classes, image_size=options.image_size,
+                           **options.kwargs)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"cannot build {args.model} with --model_kwargs {args.model_kwargs}: {err}") from err
+        raise UsageError(f"cannot build {options.model} with --model_kwargs {options.model_kwargs}: {err}") from err
     if not getattr(net, "features_only", False):  # a backbone takes any input size
-        cli.check_image_size(net, args.image_size)
+        cli.check_image_size(net, options.image_size)
     try:
-        load_checkpoint(net, args.ckpt_file, ema=args.ckpt_ema)
+        load_checkpoint(net, options.ckpt_file, ema=options.ckpt_ema)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
     schedule = PRepBNSchedule.of(net)
     unfinished = schedule.unfinished() if schedule else None
-    if unfinished and not args.allow_unfinished:
-        raise UsageError(f"'{args.ckpt_file}': {unfinished}. Train until γ = 0, or pass --allow_unfinished to "
+    if unfinished and not options.allow_unfinished:
+        raise UsageError(f"'{options.ckpt_file}': {unfinished}. Train until γ = 0, or pass --allow_unfinished to "
                          "export its pure-RepBN form anyway.")
     return net.set_train(False)
 
@@ -324,6 +338,12 @@ class Float16Graph(nn.Cell):
 
     def construct(self, x):
         return F.mixed_precision_cast(ms.float32, self.net(x))
+
+
+def tolerance(reference, relative=RELATIVE_TOLERANCE):
+    """``relative · max(1, max|reference|)``: the largest |Δ| allowed against the outputs ``reference`` (a list of
+    arrays) of the training form."""
+    return relative * max(1.0, max(float(np.abs(r).max()) for r in reference))
 
 
 def max_difference(outputs, reference):
@@ -357,11 +377,10 @@ def write_checked(net, x, final_path, file_format, accept, overwrite=False):
     return True
 
 
-def export(args, kwargs):
+def export(options):
     """Export and check; returns (output path or None, list of failed checks as text)."""
-    cli.set_context(args)
-    net = build_model(args, kwargs)
-    x = np.random.default_rng(0).standard_normal((args.batch_size, 3) + args.input_hw, dtype=np.float32)
+    net = load_model(options)
+    x = np.random.default_rng(0).standard_normal((options.batch_size, 3) + options.input_hw, dtype=np.float32)
     reference = as_arrays(net(ms.Tensor(x)))
     largest = max(float(np.abs(r).max()) for r in reference)
     kind = "feature" if getattr(net, "features_only", False) else "logit"
@@ -369,30 +388,30 @@ def export(args, kwargs):
     deploy = reparameterize_model(net)
     use_standard_ops(deploy)  # exported graphs hold standard MindSpore ops only, no native CPU kernel
     left = remaining_norms(deploy)
-    print(f"{TOOL}: {args.model}: " + (f"{len(left)} norm(s) kept: " + ", ".join(
+    print(f"{TOOL}: {options.model}: " + (f"{len(left)} norm(s) kept: " + ", ".join(
         f"{name} ({kind})" for name, kind, _ in left) if left else "every norm folded"))
-    if args.file_format == "ONNX":
+    if options.file_format == "ONNX":
         print(f"{TOOL}: ONNX: {replace_exact_gelu(deploy)} exact GELU(s) written without Erf")
 
     failures = []
 
     def check(what, outputs, relative_tolerance):
-        tolerance = relative_tolerance * max(1.0, largest)
+        allowed = tolerance(reference, relative_tolerance)
         err = max_difference(outputs, reference)
         if err is None:
             failures.append(f"{what}: output shapes {[o.shape for o in outputs]} vs {[r.shape for r in reference]}")
             return False
-        ok = err <= tolerance
+        ok = err <= allowed
         print(f"{TOOL}: {what} vs training form: max|diff| {err:.3g} (max|{kind}| {largest:.4g}, "
-              f"tolerance {tolerance:.3g}) {'ok' if ok else 'MISMATCH'}")
+              f"tolerance {allowed:.3g}) {'ok' if ok else 'MISMATCH'}")
         if not ok:
-            failures.append(f"{what}: max|diff| {err:.3g} > tolerance {tolerance:.3g}")
+            failures.append(f"{what}: max|diff| {err:.3g} > tolerance {allowed:.3g}")
         return ok
 
     if not check("deploy form", as_arrays(deploy(ms.Tensor(x))), RELATIVE_TOLERANCE):
         return None, failures
     graph, relative_tolerance = deploy, RELATIVE_TOLERANCE
-    if args.export_dtype == "float16":
+    if options.export_dtype == "float16":
         graph, relative_tolerance = Float16Graph(deploy), FLOAT16_RELATIVE_TOLERANCE
         if not check("float16 deploy form", as_arrays(graph(ms.Tensor(x))), relative_tolerance):
             return None, failures
@@ -401,17 +420,20 @@ def export(args, kwargs):
         if reloaded is None:
             print(f"{TOOL}: AIR cannot be reloaded by MindSpore; only the deploy form was checked")
             return True
-        return check(f"reloaded {args.file_format}", reloaded, relative_tolerance)
+        return check(f"reloaded {options.file_format}", reloaded, relative_tolerance)
 
-    final_path = output_path(args)
-    kept = write_checked(graph, x, final_path, args.file_format, accept, overwrite=args.overwrite)
-    return (final_path if kept else None), failures
+    kept = write_checked(graph, x, options.path, options.file_format, accept, overwrite=options.overwrite)
+    return (options.path if kept else None), failures
 
 
 def _export(argv):
     args = parse_args(argv)
     cli.apply_checkpoint_args(args)
-    path, failures = export(args, check_args(args))
+    options = check_args(args)
+    cli.set_context(args)
+    for stale in remove_stale_temporaries(os.path.dirname(os.path.abspath(options.path))):
+        print(f"{TOOL}: removed '{stale}', a temporary file left by a killed export")
+    path, failures = export(options)
     if failures:
         print(f"{TOOL}: FAILED, nothing written: " + "; ".join(failures), file=sys.stderr)
         return 1

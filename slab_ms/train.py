@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from . import cli
-from .training import NonFiniteLossError, parse_args, train
+from .training import NonFiniteLossError, parse_options, train
 from .weights.train_state import find_latest
 
 TOOL = "train.py"
@@ -35,14 +35,14 @@ def resume_command(argv):
 
 def _train(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+    options = parse_options(argv)
     try:
-        train(args)
+        train(options)
     except NonFiniteLossError as err:
         print(f"{TOOL}: error: {err}", file=sys.stderr, flush=True)
         return 1
     except cli.Interrupted as err:
-        latest = find_latest(args.ckpt_dir, args.model)  # what --resume auto takes
+        latest = find_latest(options.run.ckpt_dir, options.model.model)  # what --resume auto takes
         where = f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet"
         print(f"{TOOL}: interrupted by {err}: {where}; continue with: {resume_command(argv)}", file=sys.stderr,
               flush=True)

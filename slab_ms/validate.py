@@ -16,8 +16,6 @@ import os
 import sys
 import time
 
-import numpy as np
-import mindspore as ms
 
 from . import cli
 from .data import create_val_loader
@@ -26,6 +24,8 @@ from .layers import PRepBNSchedule
 from .reparam import reparameterize_model
 from .weights import load_checkpoint
 from .training.config import ConfigError, build_parser, check_ranges, load_yaml_defaults
+from .training.evaluate import Evaluator
+from .training.options import DataOptions
 
 TOOL = "validate.py"
 
@@ -70,33 +70,19 @@ def build_network(args, num_classes):
     return net
 
 
-def evaluate(net, loader, batch_size):
-    """Top-1 and top-5 accuracy; the last, smaller batch is zero-padded (one compiled graph)."""
-    top1 = top5 = count = 0
-    for images, labels in loader.create_tuple_iterator(num_epochs=1, output_numpy=True):
-        real = len(labels)
-        if real < batch_size:
-            images = np.concatenate([images, np.zeros((batch_size - real,) + images.shape[1:], images.dtype)])
-        logits = net(ms.Tensor(images)).asnumpy()[:real]
-        ranked = np.argsort(-logits, axis=1)[:, :5]
-        top1 += int((ranked[:, 0] == labels).sum())
-        top5 += int((ranked == labels[:, None]).any(axis=1).sum())
-        count += real
-    return top1 / count, top5 / count, count
-
-
 def _validate(argv):
     args = parse_args(argv)
     cli.set_context(args)
-    loader, num_classes = create_val_loader(args)
+    loader, num_classes = create_val_loader(DataOptions.of(args))
     net = build_network(args, num_classes)
     form = "deploy form, re-parameterized" if args.deploy else "training form"
     print(f"validating {args.model} ({form}{', EMA weights' if args.ckpt_ema else ''}) from {args.ckpt_file} on "
           f"{os.path.join(args.data_dir, args.val_split)}", flush=True)
     start = time.time()
-    top1, top5, count = evaluate(net, loader, args.val_batch_size or args.batch_size)
-    top5_text = f"{top5:.2%}" if num_classes > 5 else "n/a (fewer than 6 classes)"
-    print(f"top-1 {top1:.2%}  top-5 {top5_text}  ({count} images, {num_classes} classes, "
+    evaluator = Evaluator(net, num_classes, args.val_batch_size or args.batch_size)
+    accuracy = evaluator(loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    top5_text = f"{accuracy.topk:.2%}" if num_classes > 5 else "n/a (fewer than 6 classes)"
+    print(f"top-1 {accuracy.top1:.2%}  top-5 {top5_text}  ({accuracy.count} images, {num_classes} classes, "
           f"{time.time() - start:.1f} s)", flush=True)
     return 0
 

@@ -10,16 +10,16 @@ from PIL import Image
 
 from slab_ms import data
 from slab_ms.data import create_loaders, create_val_loader, prepare_demo_dataset
+from slab_ms.training import DataOptions
 from slab_ms.training.config import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_args(data_dir, *extra):
-    args = build_parser().parse_args(["--data_dir", str(data_dir), "--image_size", "16", "--batch_size", "4",
-                                      "--num_parallel_workers", "1", *extra])
-    args.epoch = 0
-    return args
+    """The data options of a train.py command line."""
+    return DataOptions.of(build_parser().parse_args(["--data_dir", str(data_dir), "--image_size", "16",
+                                                     "--batch_size", "4", "--num_parallel_workers", "1", *extra]))
 
 
 def write_image_folder(root, classes=("ant", "bee", "cat"), per_class=(8, 8, 8), val_per_class=2, ext=".png"):
@@ -36,7 +36,7 @@ def write_image_folder(root, classes=("ant", "bee", "cat"), per_class=(8, 8, 8),
 
 @pytest.fixture(autouse=True)
 def fresh_check_cache():
-    data._checked_splits.clear()
+    data.imagefolder._checked_splits.clear()
     yield
 
 
@@ -57,7 +57,7 @@ def test_demo_dataset_counts(demo_root):
 
 
 def test_demo_dataset_is_written_once(demo_root):
-    marker = os.path.join(demo_root, data._DEMO_MARKER)
+    marker = os.path.join(demo_root, data.digits._DEMO_MARKER)
     image = os.path.join(demo_root, "train", "0", sorted(os.listdir(os.path.join(demo_root, "train", "0")))[0])
     before = (os.stat(marker).st_mtime_ns, os.stat(image).st_mtime_ns)
     assert prepare_demo_dataset(demo_root) == demo_root
@@ -149,8 +149,8 @@ def test_uppercase_extensions_are_read(tmp_path):
     assert steps == 5 and np.bincount(labels).tolist() == [5, 6, 7]
 
 
-def epoch_batches(args, rank_id=None, rank_size=None):
-    train, _, _, steps = create_loaders(args, rank_id, rank_size)
+def epoch_batches(args, epoch=0, rank_id=None, rank_size=None):
+    train, _, _, steps = create_loaders(args, 0, epoch, rank_id, rank_size)
     batches = list(train.create_tuple_iterator(num_epochs=1, output_numpy=True))
     assert len(batches) == steps
     return batches
@@ -165,14 +165,12 @@ def test_epoch_is_reproducible_with_augmentation_and_mixup(tmp_path):
     root = write_image_folder(tmp_path)
     extra = ["--mixup", "0.8", "--cutmix", "1.0", "--re_prob", "0.25", "--auto_augment", "randaug-m9-mstd0.5-inc1"]
     args = make_args(root, *extra)
-    args.epoch = 3
-    first = epoch_batches(args)
+    first = epoch_batches(args, 3)
     _, y = first[0]
     assert y.shape == (4, 3) and y.dtype == np.float32 and np.allclose(y.sum(axis=1), 1.0)
     np.random.seed(123)  # the caller's RNG state in between must not matter
-    assert digest(epoch_batches(args)) == digest(first)
-    args.epoch = 4
-    assert digest(epoch_batches(args)) != digest(first)
+    assert digest(epoch_batches(args, 3)) == digest(first)
+    assert digest(epoch_batches(args, 4)) != digest(first)
 
 
 def test_ranks_shard_one_permutation(tmp_path):
@@ -181,7 +179,7 @@ def test_ranks_shard_one_permutation(tmp_path):
                      "--hflip", "0", "--interpolation", "nearest")
     image_ids = []
     for rank in (0, 1):
-        batches = epoch_batches(args, rank, 2)
+        batches = epoch_batches(args, 0, rank, 2)
         assert len(batches) == 3  # 24 images / 2 ranks / batch 4
         image_ids.append({x.tobytes() for xb, _ in batches for x in xb})
     assert len(image_ids[0]) == len(image_ids[1]) == 12 and not image_ids[0] & image_ids[1]

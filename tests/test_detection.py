@@ -160,7 +160,7 @@ def test_demo_quick_trains_reports_draws_and_exports(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [(["--epochs", "0"], "--epochs must be >= 1"),
-                                           (["--model", "no_such_model"], "is not a registered model"),
+                                           (["--model", "no_such_model"], "unknown --model 'no_such_model'"),
                                            (["--num_classes", "3"], "the digit scenes have 10 classes"),
                                            (["--model_kwargs", "[1]"], "expected a JSON object")])
 def test_demo_bad_input_is_one_message_and_exit_2(capsys, argv, message):

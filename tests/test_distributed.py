@@ -28,10 +28,10 @@ RANK_DUMP = """
 import os, sys
 sys.path.insert(0, {root!r})
 import mindspore as ms
-from slab_ms.training import Trainer, parse_args
-trainer = Trainer(parse_args(sys.argv[1:]))
+from slab_ms.training import Trainer, parse_options
+trainer = Trainer(parse_options(sys.argv[1:]))
 trainer.run()
-ms.save_checkpoint(trainer.net, os.path.join(trainer.args.ckpt_dir, f"rank{{trainer.rank_id}}.weights.ckpt"))
+ms.save_checkpoint(trainer.net, os.path.join(trainer.ckpt_dir, f"rank{{trainer.rank_id}}.weights.ckpt"))
 """
 
 

@@ -104,6 +104,8 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
     from slab_ms.data import prepare_demo_dataset
     from test_export import finished
     from test_reparam import randomize
+    from slab_ms.training import parse_args, parse_options
+    from slab_ms.training.outputs import run_output_path, save_config
 
     shutil.copytree(os.path.join(ROOT, "configs", "demo"), tmp_path / "configs" / "demo")
     monkeypatch.chdir(tmp_path)
@@ -116,6 +118,7 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
     net = slab_ms.create_model(recipe["model"], num_classes=10, image_size=recipe["image_size"],
                                **recipe["model_kwargs"])
     ms.save_checkpoint(finished(randomize(net)), f"{run}/{recipe['model']}.ckpt")
+    save_config(run_output_path(run, recipe["model"], "config.yaml"), parse_options(["-c", config]))  # as train.py
 
     (demo_output,) = [b for b in readme_code_blocks() if "\nnext:" in b]
     commands = [line.split("next:")[-1].strip() for line in demo_output.splitlines()
@@ -129,14 +132,13 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
         argv = shlex.split(re.sub(r"\./output/demo/\d{8}-\d{6}", run, command))
         assert tools[argv[1]](argv[2:]) == 0, command
     out = capsys.readouterr().out
-    assert f"using the demo checkpoint {run}/{recipe['model']}.ckpt" in out
+    assert f"using the newest checkpoint {run}/{recipe['model']}.ckpt (options {run}/" in out
     assert sorted(p for p in os.listdir() if p.endswith(".mindir")) == ["slab_deit_tiny-2.mindir",
                                                                          "slab_deit_tiny.mindir"]
 
     # the one-process demo: same recipe, global batch 64 = 2 workers x 32, so the same optimizer steps
     dry = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_standalone_train.sh"), "--dry_run"],
                          capture_output=True, text=True, check=True).stdout.split()
-    from slab_ms.training import parse_args
     args = parse_args(dry[2:])
     images = sum(len(files) for _, _, files in os.walk(os.path.join(recipe["data_dir"], "train")))
     assert args.batch_size == 2 * recipe["batch_size"]
@@ -148,4 +150,4 @@ def test_readme_commands_after_the_demo_run_in_order(tmp_path, monkeypatch, caps
         (pick,) = [line.strip() for line in f if line.strip().startswith("CKPT=$(python")]
     picked = subprocess.run(["bash", "-c", f'{pick}; echo "$CKPT"'], capture_output=True, text=True, check=True,
                             env=dict(os.environ, PYTHONPATH=ROOT, GLOG_v="3")).stdout.strip()
-    assert picked == export.newest_demo_checkpoint()[0] == os.path.join(args.ckpt_dir, f"{recipe['model']}.ckpt")
+    assert picked == export.newest_checkpoint() == os.path.join(args.ckpt_dir, f"{recipe['model']}.ckpt")

@@ -1,9 +1,7 @@
 """export.py: deploy-form MindIR / ONNX that reload and reproduce the training-form logits; clear bad-input errors."""
-import glob
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -58,29 +56,30 @@ def _files(folder):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _demo_recipe():
-    recipes = glob.glob(os.path.join(ROOT, export.DEMO_RECIPES))
-    assert len(recipes) == 1, f"expected one demo recipe, found {recipes}"
-    with open(recipes[0], encoding="utf-8") as f:
-        return yaml.safe_load(f)
+DEMO_RECIPE = os.path.join(ROOT, "configs", "demo", "slab_deit_demo.yaml")
 
 
 def test_no_arguments_exports_the_demo_checkpoint_as_mindir(tmp_path, monkeypatch, capsys):
-    """``python export.py`` after the demo run: checkpoint, model, sizes and classes all come from the demo."""
-    recipe = _demo_recipe()
-    shutil.copytree(os.path.join(ROOT, "configs", "demo"), tmp_path / "configs" / "demo")  # a checkout's
+    """``python export.py`` after the demo run, outside the repository: checkpoint, model, sizes and classes all come
+    from the demo's run folder (its checkpoint and the options the run recorded beside it)."""
+    from slab_ms.training import parse_options
+    from slab_ms.training.outputs import run_output_path, save_config
+    with open(DEMO_RECIPE, encoding="utf-8") as f:
+        recipe = yaml.safe_load(f)
     monkeypatch.chdir(tmp_path)
     net = slab_ms.create_model(recipe["model"], num_classes=10, image_size=recipe["image_size"],
                                **recipe["model_kwargs"])
     finished(randomize(net))
-    os.makedirs(recipe["ckpt_dir"])
-    ckpt = os.path.join(recipe["ckpt_dir"], f"{recipe['model']}.ckpt")
+    run = os.path.join(recipe["ckpt_dir"], "20261205-010203")
+    os.makedirs(run)
+    ckpt = os.path.join(run, f"{recipe['model']}.ckpt")
     ms.save_checkpoint(net, ckpt)
+    save_config(run_output_path(run, recipe["model"], "config.yaml"), parse_options(["-c", DEMO_RECIPE]))
     assert export.main([]) == 0
     out = capsys.readouterr().out
     assert ckpt in out and "every norm folded" in out
     mindir = f"{recipe['model']}.mindir"
-    assert _files(tmp_path) == sorted([os.path.normpath(recipe["ckpt_dir"]).split(os.sep)[0], "configs", mindir])
+    assert _files(tmp_path) == sorted([os.path.normpath(recipe["ckpt_dir"]).split(os.sep)[0], mindir])
     # Reload independently, on another input than the one export.py checked.
     x = Tensor(np.random.default_rng(7).standard_normal((1, 3, recipe["image_size"], recipe["image_size"]),
                                                         dtype=np.float32))
@@ -157,7 +156,7 @@ def test_bad_input_is_one_clear_error_and_no_file(checkpoints, tmp_path, monkeyp
         "AIR on CPU": ["--ckpt_file", ckpt, "--file_format", "AIR"],
         "unknown format": ["--ckpt_file", ckpt, "--file_format", "png"],
         "no checkpoint": ["--model", "slab_deit_tiny"],
-        "recipe without checkpoint": ["-c", glob.glob(os.path.join(ROOT, export.DEMO_RECIPES))[0]],
+        "recipe without checkpoint": ["-c", DEMO_RECIPE],
         "missing output folder": ["--ckpt_file", ckpt, "--file_name", "nowhere/net"],
         "float16 ONNX": ["--ckpt_file", ckpt, "--file_format", "ONNX", "--export_dtype", "float16"],
     }[case]

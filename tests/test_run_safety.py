@@ -1,7 +1,6 @@
 """No run loses another's results and every bad input is one message: the ckpt_dir run lock, the start-up
 write probe, finite checkpoints after a NaN, file modes, stale temporaries, --resume auto past a torn
 checkpoint, and exit status 2 with one line for bad options, recipes, data folders and input sizes."""
-import argparse
 import errno
 import glob
 import json
@@ -24,9 +23,9 @@ import slab_ms
 from slab_ms.convert import main as convert_main
 from slab_ms.export import main as export_main
 from slab_ms.train import main as train_main
-from slab_ms.training import ConfigError, parse_args
+from slab_ms.training import ConfigError, parse_args, parse_options
 from slab_ms.training.prepbn_recipe import resolve_prepbn_schedule
-from slab_ms.training import loop
+from slab_ms.training import loop, run_safety
 from slab_ms.utils import (FolderInUseError, OutputError, RunLock, atomic_output, check_writable_folder,
                            remove_stale_temporaries)
 from slab_ms.weights import save_checkpoint
@@ -392,10 +391,10 @@ def test_the_run_that_loses_the_lock_removes_nothing(recipe, tmp_path, monkeypat
     _, config = recipe
     ckpt_dir = tmp_path / "shared"
     os.makedirs(ckpt_dir)
-    monkeypatch.setattr(loop, "check_writable_folder", lambda *args, **kwargs: True)  # "this run made the folder"
+    monkeypatch.setattr(run_safety, "check_writable_folder", lambda *args, **kwargs: True)  # "this run made the folder"
     with RunLock(ckpt_dir) as winner:
         with pytest.raises(FolderInUseError, match=f"pid {os.getpid()}"):
-            loop.Trainer(parse_args(["-c", config, "--ckpt_dir", str(ckpt_dir)]))
+            loop.Trainer(parse_options(["-c", config, "--ckpt_dir", str(ckpt_dir)]))
         assert os.listdir(ckpt_dir) == [RunLock.NAME] and winner._is_current(winner.fd)
 
 
@@ -458,7 +457,7 @@ def test_a_full_disk_is_one_message_and_keeps_every_file(tmp_path, monkeypatch):
     # its temporary name, pointed at the kernel's always-full device: a real ENOSPC on write
     os.symlink("/dev/full", tmp_path / f".{config_path.name}.slabtmp{os.getpid()}")
     with pytest.raises(OutputError, match="run-config.yaml': No space left on device"):
-        slab_ms.training.outputs.save_config(str(config_path), argparse.Namespace(model=MODEL, lr=0.1))
+        slab_ms.training.outputs.save_config(str(config_path), parse_options(["--model", MODEL, "--data_dir", "."]))
     assert os.listdir(tmp_path) == [path.name]
     metrics = slab_ms.training.outputs.MetricsLog(str(tmp_path / "metrics.csv"))
     os.symlink("/dev/full", metrics.path)

@@ -129,12 +129,12 @@ def scene_data(args):
 def folder_data(args):
     """The same from an ImageFolder, every image resized to ``image_size`` (RGB)."""
     from PIL import Image
-    from ..data import _check_split, _image_files
+    from ..data.imagefolder import check_split, image_files
     root = os.path.abspath(args.data_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--data_dir '{args.data_dir}' does not exist")
-    classes, _ = _check_split(root, "train", True, "train")
-    val_classes, _ = _check_split(root, "val", True, "val")
+    classes, _ = check_split(root, "train", True, "train")
+    val_classes, _ = check_split(root, "val", True, "val")
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
         raise ValueError(f"val classes not in the train split: {', '.join(unknown[:10])}")
@@ -143,7 +143,7 @@ def folder_data(args):
         images, labels = [], []
         for index, name in enumerate(classes):
             folder = os.path.join(root, split, name)
-            for path in (_image_files(folder) if os.path.isdir(folder) else []):
+            for path in (image_files(folder) if os.path.isdir(folder) else []):
                 with Image.open(path) as image:
                     image = image.convert("RGB").resize((args.image_size, args.image_size), Image.BILINEAR)
                     images.append(np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0)
@@ -176,25 +176,9 @@ def gamma_of(net, variant):
     return 1.0 if VARIANTS[variant][0]["norm"] == "ln" else 0.0
 
 
-class Evaluator:
-    """Loss and accuracy over the val set in fixed-size batches (the last one padded: one compiled shape)."""
-
-    def __init__(self, x, y, batch_size):
-        pad = (-len(x)) % batch_size
-        self.count = len(x)
-        self.x = np.concatenate([x, np.repeat(x[:1], pad, 0)]) if pad else x
-        self.y = np.concatenate([y, np.repeat(y[:1], pad, 0)]) if pad else y
-        self.batch_size = batch_size
-
-    def __call__(self, net):
-        from mindspore import Tensor
-        net.set_train(False)
-        logits = np.concatenate([net(Tensor(self.x[i:i + self.batch_size])).asnumpy()
-                                 for i in range(0, len(self.x), self.batch_size)])[:self.count].astype(np.float64)
-        y = self.y[:self.count]
-        shifted = logits - logits.max(1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-        return float(-log_probs[np.arange(len(y)), y].mean()), float((logits.argmax(1) == y).mean())
+def val_batches(x, y, batch_size):
+    """``(batches, batch_size)``: the val set as ``(images, labels)`` batches (the last one may be smaller)."""
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)], batch_size
 
 
 class Runner:
@@ -202,21 +186,24 @@ class Runner:
 
     The graphs are compiled for the first seed only: each later seed assigns (``ops.assign``, seen by the
     compiled graphs) the initial weights of a model freshly built under that seed, the optimizer's initial
-    state (zero moments, step 0) and γ step 0, so a seed's run is the run of a freshly built model.
+    state (zero moments, step 0) and γ step 0, so a seed's run is the run of a freshly built model. ``val``:
+    the val set (``val_batches``), or None for a runner that is not evaluated.
     """
 
-    def __init__(self, args, variant, data, evaluator):
+    def __init__(self, args, variant, data, val):
         from mindspore import nn
         from ..training import NetWithLoss, TrainStep, build_optimizer
+        from ..training.evaluate import Evaluator
         from ..training.lr_schedule import timm_cosine_lr
 
-        self.args, self.variant, self.evaluator = args, variant, evaluator
+        self.args, self.variant, self.val = args, variant, val
         self.train_x, self.train_y, self.num_classes = data
         self.steps_per_epoch = len(self.train_x) // args.batch_size
         self.total = self.steps_per_epoch * args.epochs
         self.lrs = timm_cosine_lr(self.steps_per_epoch, args.epochs, 0, args.warmup_epochs, args.lr, args.lr * 0.01,
                                   args.lr * 0.01)
         self.net = self._build(0)
+        self.evaluator = Evaluator(self.net, self.num_classes, val[1]) if val else None
         opt_args = argparse.Namespace(opt="adamw", beta1=0.9, beta2=0.999, weight_decay=args.weight_decay,
                                       momentum=0.9)
         self.optimizer = build_optimizer(self.net, opt_args, self.lrs)
@@ -270,10 +257,10 @@ class Runner:
                     check.on_train_step_end()
             if check is not None and epoch == args.epochs:
                 check.on_train_end()  # γ = 0: the run trained into the pure BN / RepBN form it is evaluated in
-            val_loss, val_acc = self.evaluator(net)
+            accuracy = self.evaluator(self.val[0])
             row = dict(variant=self.variant, seed=seed, epoch=epoch, step=epoch * self.steps_per_epoch,
                        lr=self.lrs[epoch * self.steps_per_epoch - 1], train_loss=float(np.mean(losses)),
-                       val_loss=val_loss, val_acc=val_acc, gamma=gamma_of(net, self.variant),
+                       val_loss=accuracy.loss, val_acc=accuracy.top1, gamma=gamma_of(net, self.variant),
                        seconds=time.perf_counter() - start)
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
             progress(self.variant, seed, epoch, row)
@@ -377,7 +364,7 @@ def _ablation(argv):
     train_x, train_y, val_x, val_y, num_classes, text = (folder_data if args.data_dir else scene_data)(args)
     mean, std = float(train_x.mean()), float(train_x.std()) or 1.0
     train_x, val_x = (train_x - mean) / std, (val_x - mean) / std  # one normalisation from the train images
-    evaluator = Evaluator(val_x, val_y, min(250, len(val_x)))
+    val = val_batches(val_x, val_y, min(250, len(val_x)))
     runs = [(v, s) for v in args.variants for s in range(args.seeds)]
     print_now(f"data: {text}; {len(runs)} runs ({len(args.variants)} variants x {args.seeds} seeds) of {args.epochs} "
               f"epochs x {len(train_x) // args.batch_size} steps, batch {args.batch_size}; model: DeiT depth "
@@ -402,7 +389,7 @@ def _ablation(argv):
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
             writer.writeheader()
             for variant in args.variants:
-                runner = Runner(args, variant, (train_x, train_y, num_classes), evaluator)
+                runner = Runner(args, variant, (train_x, train_y, num_classes), val)
                 for seed in range(args.seeds):
                     runner.run(seed, writer, progress)
     rows = read_csv(args.csv)

@@ -19,7 +19,6 @@ new folder (``--output_dir``, default ``./output/detection/<date-time>``). Bad i
 """
 import argparse
 import functools
-import math
 import os
 import sys
 import time
@@ -28,7 +27,6 @@ import numpy as np
 
 TOOL = "detection"
 NUM_CLASSES = 10  # the ten digits
-RELATIVE_TOLERANCE = 1e-4
 SIGMA_FACTOR = 0.54 / 6  # Gaussian σ per axis = 0.54 · box side / 6 (TTFNet's elliptical targets)
 SIZE_WEIGHT = 0.1  # CenterNet's weights: focal heatmap 1, size 0.1, offset 1
 print_now = functools.partial(print, flush=True)
@@ -228,7 +226,7 @@ def parse_args(argv=None):
 
 def check_args(args):
     from ..cli import UsageError
-    from ..models import list_models
+    from ..factory import check_model_name
     for name in ("train_images", "val_images", "epochs", "batch_size", "fpn_channels", "log_interval"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -241,8 +239,7 @@ def check_args(args):
         raise UsageError(f"--train_images {args.train_images} is less than one batch (--batch_size {args.batch_size})")
     if args.num_classes not in (None, NUM_CLASSES):
         raise UsageError(f"--num_classes: the digit scenes have {NUM_CLASSES} classes, got {args.num_classes}")
-    if args.model not in list_models():
-        raise UsageError(f"--model '{args.model}' is not a registered model; choose one of {', '.join(list_models())}")
+    check_model_name(args.model, UsageError)
     if args.image_size is None:
         args.image_size = 64
     if args.image_size < 32 or args.image_size % 32:
@@ -271,14 +268,6 @@ def new_output_dir(path):
 
 
 # ------------------------------------------------------------------------------------------ training
-def lr_schedule(steps, peak):
-    """Linear warm-up over 5 % of the steps, then cosine to 10 % of the peak (one value per step)."""
-    warm = max(1, steps // 20)
-    return np.array([peak * (i + 1) / warm if i < warm else
-                     peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm - 1))))
-                     for i in range(steps)], np.float32)
-
-
 def scene_arrays(scenes):
     """Images of ``digit_scenes`` as the detector's input, (N, 1, H, W) float32 in [-1, 1]."""
     return (scenes.images[:, None] * 2.0 - 1.0).astype(np.float32)
@@ -287,9 +276,8 @@ def scene_arrays(scenes):
 def train(args, detector, scenes):
     """Train ``detector`` on ``scenes`` in the compiled train step; returns (seconds, final mean loss)."""
     from mindspore import Tensor, nn
-    from ..layers import PRepBNSchedule
-    from ..training import GammaDecay, NetWithLoss, TrainStep, param_groups
-    from ..training.callbacks import rate_and_eta
+    from ..training import NetWithLoss, TrainStep, param_groups
+    from .train_steps import train_steps, warmup_cosine_lr
     _, CenterNetLoss = _detector_cells()
 
     images = scene_arrays(scenes)
@@ -297,41 +285,20 @@ def train(args, detector, scenes):
     targets = np.stack([centernet_targets(b, l, NUM_CLASSES, out_hw, detector.stride)
                         for b, l in zip(scenes.boxes, scenes.labels)])
     per_epoch = len(images) // args.batch_size
-    steps = per_epoch * args.epochs
-    optimizer = nn.AdamWeightDecay(param_groups(detector, 0.05), learning_rate=Tensor(lr_schedule(steps, args.lr)))
-    backbone = detector.backbone
-    step = TrainStep(NetWithLoss(detector, CenterNetLoss(NUM_CLASSES)), optimizer, backbone, clip_grad=10.0)
-    gamma = None
-    if PRepBNSchedule.of(backbone) is not None:
-        gamma = GammaDecay(backbone, optimizer=optimizer, total_steps=steps, in_graph=True, print_fn=print_now)
-        gamma.on_train_begin()
-    detector.set_train(True)
+    lrs = warmup_cosine_lr(per_epoch * args.epochs, args.lr)
+    optimizer = nn.AdamWeightDecay(param_groups(detector, 0.05), learning_rate=Tensor(lrs))
+    step = TrainStep(NetWithLoss(detector, CenterNetLoss(NUM_CLASSES)), optimizer, detector.backbone, clip_grad=10.0)
     rng = np.random.default_rng(args.seed)
-    start = time.perf_counter()
-    first_done, losses, done = None, [], 0
-    for epoch in range(1, args.epochs + 1):
-        order = rng.permutation(len(images))
-        for j in range(per_epoch):
-            batch = order[j * args.batch_size:(j + 1) * args.batch_size]
-            loss, _ = step(Tensor(images[batch]), Tensor(targets[batch]))
-            losses.append(float(loss.asnumpy()))
-            g = gamma.on_train_step_end() if gamma is not None else None
-            done += 1
-            if not math.isfinite(losses[-1]):
-                raise RuntimeError(f"the loss is {losses[-1]} at step {done}")
-            if first_done is None:
-                first_done = time.perf_counter()
-                print_now(f"step 1 (compiles the train step) took {first_done - start:.1f} s")
-            if done % args.log_interval == 0 or done == steps:
-                now = time.perf_counter()
-                rate, eta = rate_and_eta(done, steps, first_done, args.batch_size, now)
-                g_text = f" γ {g:.3f}" if g is not None else ""
-                print_now(f"epoch {epoch}/{args.epochs} step {done}/{steps} loss "
-                          f"{np.mean(losses[-args.log_interval:]):.4f}{g_text} img/s {rate:.1f} ETA {eta}")
-    seconds = time.perf_counter() - start
-    if gamma is not None:
-        gamma.on_train_end()
-    detector.set_train(False)
+
+    def batches():
+        for _ in range(args.epochs):
+            order = rng.permutation(len(images))
+            for j in range(per_epoch):
+                batch = order[j * args.batch_size:(j + 1) * args.batch_size]
+                yield images[batch], targets[batch]
+
+    seconds, losses = train_steps(step, detector.backbone, batches(), lrs, args.log_interval, args.batch_size,
+                                  print_now, steps_per_epoch=per_epoch)
     return seconds, float(np.mean(losses[-args.log_interval:]))
 
 
@@ -399,8 +366,9 @@ def export_mindir(deploy, images, expected, file_name):
 
 
 def max_diff(a, b):
-    """``(max|a - b|, tolerance)`` with the tolerance 1e-4 · max(1, max|a|)."""
-    return float(np.abs(a - b).max()), RELATIVE_TOLERANCE * max(1.0, float(np.abs(a).max()))
+    """``(max|a - b|, tolerance)``: export.py's check of ``b`` against the outputs ``a`` of the trained detector."""
+    from ..export import max_difference, tolerance
+    return max_difference([b], [a]), tolerance([a])
 
 
 # ---------------------------------------------------------------------------------------------- main

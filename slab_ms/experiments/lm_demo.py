@@ -126,19 +126,6 @@ def eval_windows(ids, batch_size, seq_len, max_batches):
 
 
 # ---------------------------------------------------------------------------------------------- training
-def lr_schedule(steps, peak):
-    """Linear warm-up over 5 % of the steps, then cosine to 10 % of the peak."""
-    warm = max(1, steps // 20)
-    lrs = []
-    for i in range(steps):
-        if i < warm:
-            lrs.append(peak * (i + 1) / warm)
-        else:
-            t = (i - warm) / max(1, steps - warm - 1)
-            lrs.append(peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))))
-    return np.array(lrs, np.float32)
-
-
 def build(args, norm, vocab_size):
     from ..models import create_llama
     warmup, decay = args.steps // 10, (args.steps * 7) // 10
@@ -152,48 +139,24 @@ def train_one(args, norm, train_ids, val_batches, vocab_size):
     import mindspore as ms
     from mindspore import Tensor, nn
 
-    from ..layers import PRepBNSchedule
     from ..models import CausalLMLoss
-    from ..training import GammaDecay, NetWithLoss, TrainStep, param_groups
-    from ..training.callbacks import format_seconds, rate_and_eta
+    from ..training import NetWithLoss, TrainStep, param_groups
+    from ..training.callbacks import format_seconds
+    from .train_steps import train_steps, warmup_cosine_lr
 
     ms.set_seed(args.seed)
     net = build(args, norm, vocab_size)
     n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
     net_with_loss = NetWithLoss(net, CausalLMLoss(vocab_size))
-    optimizer = nn.AdamWeightDecay(param_groups(net, 0.1), learning_rate=Tensor(lr_schedule(args.steps, args.lr)),
-                                   beta1=0.9, beta2=0.95)
+    lrs = warmup_cosine_lr(args.steps, args.lr)
+    optimizer = nn.AdamWeightDecay(param_groups(net, 0.1), learning_rate=Tensor(lrs), beta1=0.9, beta2=0.95)
     step = TrainStep(net_with_loss, optimizer, net, clip_grad=1.0)
-    gamma = None
-    if PRepBNSchedule.of(net) is not None:
-        gamma = GammaDecay(net, optimizer=optimizer, total_steps=args.steps, in_graph=True,
-                           print_fn=lambda msg: print_now(f"[{norm}] {msg}"))
-        gamma.on_train_begin()
     print_now(f"[{norm}] {args.layers} layers x {args.hidden}, {n_params:,} parameters; {args.steps} steps of "
               f"{args.batch_size} x {args.seq_len} tokens")
     batches = Batches(train_ids, args.batch_size, args.seq_len, args.seed)
-    net.set_train(True)
-    start = time.perf_counter()
-    first_done, losses = None, []
-    for i in range(1, args.steps + 1):
-        x, y = batches.next()
-        loss, _ = step(Tensor(x), Tensor(y))
-        losses.append(float(loss.asnumpy()))
-        g = gamma.on_train_step_end() if gamma is not None else None
-        if not math.isfinite(losses[-1]):
-            raise RuntimeError(f"[{norm}] the loss is {losses[-1]} at step {i}")
-        if first_done is None:
-            first_done = time.perf_counter()
-        if i % args.log_interval == 0 or i == args.steps:
-            now = time.perf_counter()
-            rate, eta = rate_and_eta(i, args.steps, first_done, args.batch_size * args.seq_len, now)
-            g_text = f" γ {g:.3f}" if g is not None else ""
-            print_now(f"[{norm}] step {i}/{args.steps} loss {np.mean(losses[-args.log_interval:]):.4f}{g_text} "
-                      f"train tok/s {rate:,.0f} elapsed {format_seconds(now - start)} ETA {eta}")
-    train_seconds = time.perf_counter() - start
-    if gamma is not None:
-        gamma.on_train_end()
-    net.set_train(False)
+    train_seconds, _ = train_steps(step, net, (batches.next() for _ in range(args.steps)), lrs, args.log_interval,
+                                   args.batch_size * args.seq_len, lambda msg: print_now(f"[{norm}] {msg}"),
+                                   unit="tok")
     ppl = perplexity(net_with_loss, val_batches)
     print_now(f"[{norm}] validation perplexity {ppl:.3f} (bits per byte {math.log2(ppl):.3f}); trained in "
               f"{format_seconds(train_seconds)}")

@@ -102,3 +102,15 @@ class Mlp(nn.Cell):
             hidden = self.native_kernel(hidden, self.fc1.bias)
             return self.drop(self.fc2(self.drop(hidden))).reshape(shape[:-1] + (-1,))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class ErfFreeGELU(nn.Cell):
+    """Exact GELU without Erf (for ONNX, whose MindSpore exporter has no Erf): x/2 + |x|/2 · erf(|x|/√2), erf by
+    Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7; Exp, Abs and Div only)."""
+
+    def construct(self, x):
+        ax = ops.abs(x)
+        # ones / s rather than 1.0 / s: MindSpore exports the latter as Reciprocal, which ONNX export lacks.
+        t = ops.ones_like(ax) / (1.0 + 0.3275911 * 0.7071067811865476 * ax)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return 0.5 * x + 0.5 * ax * (1.0 - poly * ops.exp(-0.5 * x * x))

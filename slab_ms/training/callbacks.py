@@ -11,21 +11,12 @@ from mindspore.train import Callback
 
 from ..layers import PRepBNSchedule
 
-__all__ = ["GammaDecay", "ProgressLogger", "format_seconds", "rate_and_eta"]
+__all__ = ["GammaDecay", "ProgressLogger", "format_seconds"]
 
 
 def format_seconds(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def rate_and_eta(done, total, first_done, units_per_step, now):
-    """Units per second and the time left (``h:mm:ss``) after ``done`` of ``total`` steps, both measured from the
-    end of step 1 at ``first_done`` (step 1 compiles the graph); NaN and "?" before there is a second step."""
-    if done <= 1 or now <= first_done:
-        return math.nan, "?"
-    elapsed = now - first_done
-    return (done - 1) * units_per_step / elapsed, format_seconds(elapsed / (done - 1) * (total - done))
 
 
 def _counts_steps(optimizer):
@@ -165,19 +156,21 @@ class GammaDecay(Callback):
 
 
 class ProgressLogger:
-    """``epoch e/E step s/S (global g/G) loss γ lr grad_norm img/s ETA`` every ``log_interval`` steps.
+    """``epoch e/E step s/S (global g/G) loss γ lr grad_norm img/s ETA`` every ``log_interval`` steps
+    (``step g/G ...`` without ``steps_per_epoch``; ``unit``/s instead of img/s, e.g. tokens).
 
     img/s and ETA leave out the first optimizer step of a process (graph compilation).
     """
 
     def __init__(self, total_steps, steps_per_epoch, images_per_step, log_interval, lrs,
-                 print_fn=functools.partial(print, flush=True)):
+                 print_fn=functools.partial(print, flush=True), unit="img"):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.images_per_step = images_per_step
         self.log_interval = log_interval
         self.lrs = lrs
         self.print_fn = print_fn
+        self.unit = unit
         self.first_step_done = None
         self.last_time = None
         self.last_step = None
@@ -195,10 +188,13 @@ class ProgressLogger:
         rate = self.images_per_step * steps / (now - self.last_time) if steps and now > self.last_time else math.nan
         per_step = (now - done_time) / (global_step - done_step) if global_step > done_step else math.nan
         eta = format_seconds(per_step * (self.total_steps - global_step)) if per_step == per_step else "?"
-        epoch, step = divmod(global_step - 1, self.steps_per_epoch)
+        progress = f"{global_step}/{self.total_steps}"
+        where = f"step {progress}"
+        if self.steps_per_epoch:
+            epoch, step = divmod(global_step - 1, self.steps_per_epoch)
+            where = f"epoch {epoch + 1} step {step + 1}/{self.steps_per_epoch} (global {progress})"
         gamma_text = f" γ {gamma:.4f}" if gamma is not None else ""
         lr = self.lrs[global_step - 1] if lr is None else lr
-        self.print_fn(f"epoch {epoch + 1} step {step + 1}/{self.steps_per_epoch} (global {global_step}/"
-                      f"{self.total_steps}) loss {loss:.4f}{gamma_text} lr {lr:.3e} "
-                      f"grad_norm {grad_norm:.3f} img/s {rate:.1f} ETA {eta}")
+        self.print_fn(f"{where} loss {loss:.4f}{gamma_text} lr {lr:.3e} grad_norm {grad_norm:.3f} "
+                      f"{self.unit}/s {rate:.1f} ETA {eta}")
         self.last_time, self.last_step = now, global_step

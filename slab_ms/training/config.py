@@ -14,8 +14,10 @@ import yaml
 from ..cli import (UsageError, add_checkpoint_args, add_device_args, apply_checkpoint_args, json_dict, optional,
                    str2bool, text)
 from .mindcv_recipe import add_mindcv_aliases, translate_mindcv_keys
+from .options import TrainOptions
 
-__all__ = ["build_parser", "parse_args", "read_recipe", "check_args", "check_ranges", "ConfigError", "SAVE_POLICIES"]
+__all__ = ["build_parser", "parse_args", "parse_options", "read_recipe", "check_args", "check_ranges", "ConfigError",
+           "SAVE_POLICIES"]
 
 # Set in a worker process by msrun (MS_ROLE), mpirun (OMPI_COMM_WORLD_RANK) or an Ascend rank table.
 LAUNCHER_ENV = ("MS_ROLE", "OMPI_COMM_WORLD_RANK", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
@@ -56,7 +58,7 @@ def build_parser(ckpt_help="initial weights to fine-tune (strict; .ckpt or offic
                        help="data-parallel over the processes started by msrun")
     group.add_argument("--seed", type=int, default=0)
 
-    group = parser.add_argument_group("data (read by slab_ms.data.create_loaders)")
+    group = parser.add_argument_group("data (DataOptions: read by slab_ms.data.create_loaders)")
     group.add_argument("--dataset", type=text, default="imagefolder",
                        help="imagefolder, or digits (the embedded demo, written to data_dir on first use)")
     group.add_argument("--data_dir", type=optional(text), default=None, help="folder with train/ and val/")
@@ -282,6 +284,11 @@ def parse_args(argv=None):
     check_args(args)
     apply_checkpoint_args(args)
     return args
+
+
+def parse_options(argv=None):
+    """:func:`parse_args`, as the typed option groups a run is given (``TrainOptions``)."""
+    return TrainOptions.from_namespace(parse_args(argv))
 
 
 # Numeric options and their valid ranges (checked at parse time, so a bad value is one message, not a crash

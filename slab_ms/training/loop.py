@@ -3,7 +3,7 @@
 Why a custom loop and not ``Model.train``: an exact mid-epoch resume needs the data of epoch ``e`` to
 be the same batches in the same order whichever process reads them, and the loop to skip the batches
 already trained on. The loaders are therefore built once per epoch (``create_loaders`` with
-``args.epoch = e``, seeded by seed and epoch), and the loop skips ``step_num × accumulate_steps``
+epoch ``e``, seeded by seed and epoch), and the loop skips ``step_num × accumulate_steps``
 batches of a resumed epoch. Everything else that must be exact (lr index, γ step, optimizer moments,
 EMA, BN statistics) is state in Parameters, saved and restored with the checkpoint.
 
@@ -11,15 +11,8 @@ What is not restored: the internal random streams of in-graph random ops (dropou
 from the seed after a resume, so with ``drop_path_rate > 0`` a resumed run is statistically, not
 bitwise, the same as an uninterrupted one.
 
-Safety of the checkpoint folder: rank 0 (the only writer) first checks that ``ckpt_dir`` is writable
-(a probe file), then holds an OS lock on it for the whole run (``utils.RunLock``: a second run into
-the same folder exits at once naming the holder; a lock left by a killed run is released by the
-kernel), and removes the temporaries of killed writers. A checkpoint is written only if every
-parameter is finite, and it is called good only once the loss computed with its weights (the next
-step's) is finite too. When training stops on a non-finite value, every checkpoint not shown good that way
-(the run's newest ones, or the one it resumed from) is moved aside (``*.nonfinite``), so the "last good
-checkpoint" the message names is the one ``--resume auto`` continues from. ``--resume auto`` skips an
-unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from
+Safety of the checkpoint folder (lock, cleanup, which checkpoints are good) is ``run_safety.py``'s.
+``--resume auto`` skips an unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from
 the ``val_top1`` each epoch checkpoint holds, so it is rebuilt from the folder after a resume.
 
 Dataset sinking (``dataset_sink_mode``): the optimizer steps between two host events (a progress line, a
@@ -29,8 +22,7 @@ host reads the loss only at the chunk's end. γ, the lr index and the EMA advanc
 exact either way. Overflow skipping (``drop_overflow_update``) leaves the data position and the optimizer step
 apart by the skipped steps, which the checkpoint records.
 """
-import copy
-import difflib
+import dataclasses
 import functools
 import math
 import os
@@ -38,206 +30,157 @@ import time
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 from mindcv.loss import create_loss
-from mindcv.models.registry import is_model
 from mindcv.utils.amp import auto_mixed_precision
 
-from ..cli import check_image_size, set_context, signals_deferred
-from ..factory import create_model
-from ..utils import RunLock, check_writable_folder, remove_stale_temporaries
+from ..cli import check_image_size, set_context, signals_deferred, usable_device
+from ..factory import check_model_name, create_model
 from ..weights.checkpoint import UnreadableCheckpointError
 from ..layers import PRepBNSchedule
-from ..models import list_models
-from ..weights.train_state import (find_latest, list_resumable, load_train_checkpoint, prune_checkpoints,
-                                   read_epoch_losses, read_val_top1, save_final_checkpoint, save_train_checkpoint)
+from ..weights.train_state import (list_resumable, load_train_checkpoint, prune_checkpoints, read_epoch_losses,
+                                   read_val_top1, save_final_checkpoint, save_train_checkpoint)
 from .callbacks import GammaDecay, ProgressLogger, format_seconds
 from .config import ConfigError
-from .outputs import MetricsLog, save_config
+from .evaluate import Evaluator
+from .outputs import MetricsLog, run_output_path, save_config
 from .recalib import BNRecalibration, average_bn_statistics
 from .lr_schedule import build_lr_schedule
 from .prepbn_recipe import start_prepbn_schedule
+from .run_safety import CheckpointRecord, NonFiniteLossError, RunFolder, non_finite_names
 from .train_step import NetWithLoss, TrainStep, build_optimizer
 
 __all__ = ["train", "NonFiniteLossError"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss, the gradient norm or the parameters became NaN/inf; nothing was saved after it."""
-
-
-def _non_finite_names(params):
-    """Names of the parameters holding NaN or inf."""
-    return [p.name for p in params if p.dtype in (ms.float16, ms.float32, ms.float64, ms.bfloat16)
-            and not np.isfinite(p.asnumpy().astype(np.float32)).all()]
-
-
-class Evaluator(nn.Cell):
-    """``(images, labels) -> (top-1 correct, top-5 correct, count)``, model in evaluation mode (top-5 is top-k with
-    k = min(5, classes))."""
-
-    def __init__(self, net, num_classes):
-        super().__init__(auto_prefix=False)
-        self.net = net
-        self.k = min(5, int(num_classes))
-
-    def construct(self, images, labels):
-        logits = self.net(images)
-        labels = labels.astype(ms.int32)
-        pred = ops.argmax(logits, dim=-1).astype(ms.int32)
-        correct = (pred == labels).astype(ms.float32).sum()
-        _, top = ops.topk(logits.astype(ms.float32), self.k)
-        correct5 = (top.astype(ms.int32) == labels.reshape(-1, 1)).astype(ms.float32).sum()
-        return correct, correct5, ops.ones_like(correct) * labels.shape[0]
-
-
-def _setup_context(args):
-    set_context(args)
-    if not args.distribute:
-        return 0, 1
+def _setup_context(options):
+    """The context of the run's device (the best available when none is set) and processes: ``(options with that
+    device, rank_id, rank_size)``."""
+    run = dataclasses.replace(options.run, device_target=usable_device(options.run.device_target))
+    options = dataclasses.replace(options, run=run)
+    set_context(run)
+    if not run.distribute:
+        return options, 0, 1
     from mindspore.communication import get_group_size, get_rank, init
     init()
     rank_id, rank_size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=rank_size)
-    return rank_id, rank_size
-
-
-def _epoch_args(args, epoch, no_mix=False):
-    epoch_args = copy.copy(args)
-    epoch_args.epoch = epoch
-    if no_mix:
-        epoch_args.mixup = epoch_args.cutmix = 0.0
-    return epoch_args
-
-
-def _check_model_name(name):
-    if not is_model(name):
-        close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
-        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown model '{name}'{hint}; SLAB models: {', '.join(list_models())}")
+    return options, rank_id, rank_size
 
 
 class Trainer:
-    """Builds everything from ``args``, then :meth:`run`. See the module docstring."""
+    """Builds everything from ``options`` (``TrainOptions``), then :meth:`run`. See the module docstring."""
 
-    def __init__(self, args):
+    def __init__(self, options):
         from ..data import create_loaders  # the data pipeline (MindCV dataset/transforms/loader)
-        _check_model_name(args.model)
-        self.args = args
+        check_model_name(options.model.model, ConfigError, what="model", any_mindcv_model=True)
+        self.model_name, self.ckpt_dir = options.model.model, options.run.ckpt_dir
         self.create_loaders = create_loaders
-        self.rank_id, self.rank_size = _setup_context(args)
+        options, self.rank_id, self.rank_size = _setup_context(options)
+        self.options = options
         self.log = functools.partial(print, flush=True) if self.rank_id == 0 else (lambda *a, **k: None)
-        self.lock, self.created_dir = None, False
-        if self.rank_id == 0:  # the only rank that writes: probe, lock, clean the folder before anything else
-            self.created_dir = check_writable_folder(args.ckpt_dir, "ckpt_dir")
-            self.lock = RunLock(args.ckpt_dir).acquire()  # a loser removes nothing: the folder is the winner's
-            for path in remove_stale_temporaries(args.ckpt_dir):
-                self.log(f"removed '{path}', a temporary file left by a killed run")
+        # the only rank that writes: probe, lock, clean the folder before anything else
+        self.folder = RunFolder(self.ckpt_dir, self.log) if self.rank_id == 0 else None
+        self.record = CheckpointRecord(self.ckpt_dir, self.model_name, writer=self.rank_id == 0)
         try:
-            self._build(args, create_loaders)
+            self._build(options, create_loaders)
         except BaseException:
             self.close(failed=True)
             raise
 
-    def _build(self, args, create_loaders):
-        ms.set_seed(args.seed)  # identical initial weights on every rank
+    def _build(self, options, create_loaders):
+        ms.set_seed(options.run.seed)  # identical initial weights on every rank
 
         self.loaders_epoch = 0
         self.train_loader, self.val_loader, num_classes, self.batches_per_epoch = create_loaders(
-            _epoch_args(args, 0), self.rank_id, self.rank_size)
-        if args.num_classes is not None and args.num_classes != num_classes:
-            raise ConfigError(f"num_classes {args.num_classes} but the dataset at '{args.data_dir}' has "
-                              f"{num_classes} classes")
-        self.accum = args.accumulate_steps
+            options.data, options.run.seed, 0, self.rank_id, self.rank_size)
+        if options.model.num_classes is not None and options.model.num_classes != num_classes:
+            raise ConfigError(f"num_classes {options.model.num_classes} but the dataset at '{options.data.data_dir}' "
+                              f"has {num_classes} classes")
+        self.accum = options.optim.accumulate_steps
         self.steps_per_epoch = self.batches_per_epoch // self.accum
         if self.steps_per_epoch < 1:
-            raise ConfigError(f"one epoch has {self.batches_per_epoch} batches of {args.batch_size} per device, fewer "
-                              f"than accumulate_steps={self.accum}: lower batch_size or accumulate_steps")
-        self.train_epochs = args.epochs + args.cooldown_epochs
+            raise ConfigError(f"one epoch has {self.batches_per_epoch} batches of {options.data.batch_size} per "
+                              f"device, fewer than accumulate_steps={self.accum}: lower batch_size or accumulate_steps")
+        self.train_epochs = options.optim.epochs + options.optim.cooldown_epochs
         self.total_steps = self.train_epochs * self.steps_per_epoch
-        self.images_per_step = args.batch_size * self.rank_size * self.accum
+        self.images_per_step = options.data.batch_size * self.rank_size * self.accum
 
-        self.net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
-                                drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
-                                checkpoint_path=args.ckpt_file, ema=args.ckpt_ema,
-                                checkpoint_exclude=args.ckpt_exclude, **args.model_kwargs)
-        check_image_size(self.net, args.image_size, ConfigError)  # before any graph is compiled
+        self.net = create_model(self.model_name, num_classes=num_classes, image_size=options.data.image_size,
+                                drop_rate=options.model.drop_rate, drop_path_rate=options.model.drop_path_rate,
+                                checkpoint_path=options.model.ckpt_file, ema=options.model.ckpt_ema,
+                                checkpoint_exclude=options.model.ckpt_exclude, **options.model.model_kwargs)
+        check_image_size(self.net, options.data.image_size, ConfigError)  # before any graph is compiled
         # (step, T, warm-up) at optimizer step 0: a new schedule, or the checkpoint's continued (prepbn_schedule)
-        self.schedule, schedule_note = start_prepbn_schedule(self.net, args, self.total_steps)
+        self.schedule, schedule_note = start_prepbn_schedule(self.net, options.model, self.total_steps)
         if self.schedule:
             PRepBNSchedule.require(self.net).set(*self.schedule)
         # MindCV's cell-wrapping AMP (MindSpore's own O1 rewrites construct code and loses module globals)
-        auto_mixed_precision(self.net, args.amp_level)
-        self.lrs = build_lr_schedule(args, self.steps_per_epoch, self.images_per_step)
-        self.optimizer = build_optimizer(self.net, args, self.lrs)
-        loss_fn = create_loss(args.loss, label_smoothing=args.label_smoothing)
+        auto_mixed_precision(self.net, options.optim.amp_level)
+        self.lrs = build_lr_schedule(options.optim, self.steps_per_epoch, self.images_per_step)
+        self.optimizer = build_optimizer(self.net, options.optim, self.lrs)
+        loss_fn = create_loss(options.optim.loss, label_smoothing=options.optim.label_smoothing)
+        optim = options.optim
         self.train_step = TrainStep(NetWithLoss(self.net, loss_fn), self.optimizer, self.net,
-                                    loss_scale=args.loss_scale, clip_grad=args.clip_grad,
-                                    accumulate_steps=self.accum, ema_decay=args.ema_decay if args.ema else None,
-                                    loss_scale_type=args.loss_scale_type,
-                                    drop_overflow_update=args.drop_overflow_update)
-        if args.ckpt_save_policy == "top_k" and self.val_loader is None:
-            raise ConfigError(f"ckpt_save_policy top_k ranks checkpoints by validation top-1, but '{args.data_dir}' "
-                              f"has no '{args.val_split}' split; use latest_k")
-        self.sink = args.dataset_sink_mode
-        self.sink_device = self.sink and args.device_target in ("Ascend", "GPU")
+                                    loss_scale=optim.loss_scale, clip_grad=optim.clip_grad,
+                                    accumulate_steps=self.accum, ema_decay=optim.ema_decay if optim.ema else None,
+                                    loss_scale_type=optim.loss_scale_type,
+                                    drop_overflow_update=optim.drop_overflow_update)
+        if options.run.ckpt_save_policy == "top_k" and self.val_loader is None:
+            raise ConfigError(f"ckpt_save_policy top_k ranks checkpoints by validation top-1, but "
+                              f"'{options.data.data_dir}' has no '{options.data.val_split}' split; use latest_k")
+        self.sink = options.optim.dataset_sink_mode
+        self.sink_device = self.sink and options.run.device_target in ("Ascend", "GPU")
         self.gamma_decay = GammaDecay(self.net, self.optimizer, self.total_steps, print_fn=self.log,
                                       start_step=self.schedule[0], in_graph=True) if self.schedule else None
         self.progress = ProgressLogger(self.total_steps, self.steps_per_epoch, self.images_per_step,
-                                       args.log_interval, self.lrs, print_fn=self.log)
-        self.evaluator = Evaluator(self.net, num_classes) if self.val_loader is not None else None
-        self.last_checkpoint = None  # the newest checkpoint whose weights gave a finite loss (or the run ended)
-        self.unconfirmed = []  # checkpoints (this run's, or the one it resumed from) no finite loss followed yet
+                                       options.run.log_interval, self.lrs, print_fn=self.log)
+        self.evaluator = (Evaluator(self.net, num_classes, options.data.val_batch_size or options.data.batch_size)
+                          if self.val_loader is not None else None)
         self.resumed_losses = []  # the losses of the resumed epoch's steps before the checkpoint
         self.epoch_num, self.step_num = self._resume()
-        if schedule_note and not self.unconfirmed:  # a resumed run logs where it resumed instead
+        if schedule_note and not self.record.pending:  # a resumed run logs where it resumed instead
             self.log(schedule_note)
 
     def close(self, failed=False):
-        """Release the run lock; after a failed start also remove the ckpt_dir this run created (if it holds
-        nothing but the lock file), while still holding the lock."""
-        if self.lock is not None:
-            if failed and self.created_dir:
-                self.lock.remove_folder()
-            else:
-                self.lock.release()
-            self.lock = None
+        """Release the checkpoint folder (``RunFolder.close``)."""
+        if self.folder is not None:
+            self.folder.close(failed)
 
     # ------------------------------------------------------------------ resume
     def _resume(self):
-        args = self.args
-        path = args.resume
-        if args.resume == "auto":
+        path = self.options.run.resume
+        if path == "auto":
             return self._resume_auto()
-        if not args.resume and (list_resumable(args.ckpt_dir, args.model) or os.path.exists(self.final_path)):
-            raise ConfigError(f"'{args.ckpt_dir}' already holds checkpoints of {args.model}; pass --resume auto to "
-                              "continue that run, or choose another --ckpt_dir (nothing is overwritten)")
+        if not path and (list_resumable(self.ckpt_dir, self.model_name) or os.path.exists(self.final_path)):
+            raise ConfigError(f"'{self.ckpt_dir}' already holds checkpoints of {self.model_name}; pass --resume auto "
+                              "to continue that run, or choose another --ckpt_dir (nothing is overwritten)")
         if not path:
             return 0, 0
         return self._resume_from(path)
 
     def _resume_auto(self):
         """The newest readable checkpoint of this model in ckpt_dir; unreadable (torn) newer ones are skipped."""
-        args = self.args
-        for _, _, path in reversed(list_resumable(args.ckpt_dir, args.model)):
+        for _, _, path in reversed(list_resumable(self.ckpt_dir, self.model_name)):
             try:
                 return self._resume_from(path)
             except UnreadableCheckpointError as err:
                 self.log(f"resume auto: warning: skipping '{path}': {err}")
-        self.log(f"resume auto: no readable checkpoint of {args.model} in '{args.ckpt_dir}', starting a new run")
+        self.log(f"resume auto: no readable checkpoint of {self.model_name} in '{self.ckpt_dir}', starting a new run")
         return 0, 0
 
     def _resume_from(self, path):
-        args = self.args
+        options = self.options
         epoch_num, step_num = load_train_checkpoint(path, self.net, self.optimizer, self.train_step)
         global_step = int(self.optimizer.global_step.asnumpy().reshape(()))
         skipped = self.train_step.loss_scale_state()[1]
         expected = min(epoch_num * self.steps_per_epoch + step_num, self.total_steps)
-        if global_step + skipped != expected or epoch_num > self.train_epochs + args.bn_recalib_epochs:
+        if global_step + skipped != expected or epoch_num > self.train_epochs + options.optim.bn_recalib_epochs:
             taken = f"{global_step} optimizer steps taken" + (f" and {skipped} skipped on overflow" if skipped else "")
             raise ConfigError(f"'{path}' is at epoch {epoch_num} step {step_num} with {taken}, which does not fit this run ({self.steps_per_epoch} optimizer steps per epoch, "
-                              f"{self.train_epochs} epochs + {args.bn_recalib_epochs} BN re-calibration epochs): "
+                              f"{self.train_epochs} epochs + {options.optim.bn_recalib_epochs} BN re-calibration "
+                              "epochs): "
                               "resume with the recipe, batch size, device count, accumulate_steps and data it was "
                               "written with")
         if self.schedule:  # γ step - global_step is the step the resumed run started from
@@ -248,7 +191,7 @@ class Trainer:
                                   f"step {s['step']} after {global_step} optimizer steps; this run computes T={decay}, "
                                   f"warm-up {warmup}, step {start + global_step}: resume with the same recipe "
                                   "(and the --ckpt_file / prepbn_schedule the run started with)")
-        self.unconfirmed = [path]
+        self.record.written(path)
         self.resumed_losses = read_epoch_losses(path) if step_num else []
         scale = ""
         if self.train_step.skip_overflow:
@@ -259,10 +202,10 @@ class Trainer:
 
     @property
     def final_path(self):
-        return os.path.join(self.args.ckpt_dir, f"{self.args.model}.ckpt")
+        return os.path.join(self.ckpt_dir, f"{self.model_name}.ckpt")
 
     def _output_path(self, what):
-        return os.path.join(self.args.ckpt_dir, f"{self.args.model}-{what}")
+        return run_output_path(self.ckpt_dir, self.model_name, what)
 
     def _start_outputs(self):
         """Rank 0: the resolved options, the metrics table cut back to the epochs already done, the top-k ranking
@@ -270,20 +213,20 @@ class Trainer:
         self.metrics = self.top1 = None
         if self.rank_id != 0:
             return
-        save_config(self._output_path("config.yaml"), self.args)
+        save_config(self._output_path("config.yaml"), self.options)
         self.metrics = MetricsLog(self._output_path("metrics.csv"))
         self.metrics.restart(min(self.epoch_num, self.train_epochs))
         self.top1 = {}
-        if self.args.ckpt_save_policy == "top_k":
-            for _, _, path in list_resumable(self.args.ckpt_dir, self.args.model):
+        if self.options.run.ckpt_save_policy == "top_k":
+            for _, _, path in list_resumable(self.ckpt_dir, self.model_name):
                 self.top1[path] = read_val_top1(path)
 
     # ------------------------------------------------------------------ data
     def _loaders(self, epoch, no_mix=False):
         if epoch == self.loaders_epoch and not no_mix:
             return self.train_loader, self.val_loader
-        train_loader, val_loader, _, batches = self.create_loaders(_epoch_args(self.args, epoch, no_mix),
-                                                                   self.rank_id, self.rank_size)
+        train_loader, val_loader, _, batches = self.create_loaders(self.options.data, self.options.run.seed, epoch,
+                                                                   self.rank_id, self.rank_size, mix=not no_mix)
         if batches != self.batches_per_epoch:
             raise RuntimeError(f"epoch {epoch} has {batches} batches, epoch 0 had {self.batches_per_epoch}")
         if not no_mix:
@@ -304,51 +247,31 @@ class Trainer:
     # ------------------------------------------------------------------ phases
     def _check_finite(self, where):
         """Refuse to save (or go on from) parameters holding NaN / inf."""
-        bad = _non_finite_names(list(self.net.get_parameters()) + self.train_step.ema_parameters())
+        bad = non_finite_names(list(self.net.get_parameters()) + self.train_step.ema_parameters())
         if bad:
             self._stop(f"non-finite parameters {where} ({len(bad)}, e.g. {bad[0]}): training stopped, not saved")
 
-    def _confirm(self):
-        """A finite loss was computed with the weights of the newest checkpoint: it is good."""
-        if self.unconfirmed:
-            self.last_checkpoint = self.unconfirmed[-1]
-            self.unconfirmed = []
-
     def _stop(self, reason, advice="Lower lr, set clip_grad, or (with amp_level O2/O3) lower loss_scale."):
-        """Raise NonFiniteLossError after moving aside (``*.nonfinite``) the checkpoints no finite loss followed;
-        the last good checkpoint it names is then the newest left, the one ``--resume auto`` takes."""
-        moved = []
-        if self.rank_id == 0:
-            for path in self.unconfirmed:
-                if os.path.isfile(path):
-                    os.replace(path, path + ".nonfinite")
-                    moved.append(path + ".nonfinite")
-        self.unconfirmed = []
-        aside = (f" Moved aside, as no finite loss followed their weights: {', '.join(moved)}." if moved else "")
-        last = self.last_checkpoint or find_latest(self.args.ckpt_dir, self.args.model)
-        raise NonFiniteLossError(f"{reason}; the last good checkpoint is "
-                                 f"{last or 'none (no checkpoint with finite weights and loss was written yet)'}."
-                                 f"{aside} {advice}")
+        self.record.stop(reason, advice)
 
     def _save(self, epoch_num, step_num, val_top1=None, epoch_losses=()):
         if self.rank_id != 0:
             return
         self._check_finite(f"after optimizer step {self.optimizer_step()}")
-        args = self.args
         with signals_deferred():  # a Ctrl-C while saving stops the run after the checkpoint is whole
-            path = save_train_checkpoint(args.ckpt_dir, args.model, self.net, self.optimizer, self.train_step,
+            path = save_train_checkpoint(self.ckpt_dir, self.model_name, self.net, self.optimizer, self.train_step,
                                          epoch_num, step_num, val_top1=val_top1, epoch_losses=epoch_losses)
             self.top1[path] = val_top1
             self._prune()
-        self.unconfirmed.append(path)
+        self.record.written(path)
         self.log(f"saved checkpoint {path}")
 
     def _prune(self):
         """Apply ckpt_save_policy; the last good checkpoint stays until a newer one is shown to be good."""
-        args = self.args
-        for deleted in prune_checkpoints(args.ckpt_dir, args.model, args.keep_checkpoint_max,
-                                         protect=[self.last_checkpoint] if self.last_checkpoint else [],
-                                         policy=args.ckpt_save_policy, top1=self.top1):
+        options = self.options
+        for deleted in prune_checkpoints(self.ckpt_dir, self.model_name, options.run.keep_checkpoint_max,
+                                         protect=self.record.protected(),
+                                         policy=options.run.ckpt_save_policy, top1=self.top1):
             self.top1.pop(deleted, None)
 
     def optimizer_step(self):
@@ -379,9 +302,9 @@ class Trainer:
         left = self.steps_per_epoch - step_in_epoch
         if not self.sink:
             return 1
-        events = [left, self.args.log_interval - global_step % self.args.log_interval]
-        if self.args.ckpt_interval:
-            events.append(self.args.ckpt_interval - global_step % self.args.ckpt_interval)
+        events = [left, self.options.run.log_interval - global_step % self.options.run.log_interval]
+        if self.options.run.ckpt_interval:
+            events.append(self.options.run.ckpt_interval - global_step % self.options.run.ckpt_interval)
         return max(min(events), 1)
 
     def _run_chunk(self, step, steps, epoch, global_step):
@@ -407,7 +330,7 @@ class Trainer:
             self._non_finite("loss" if bad_loss else "gradient norm", bad_loss[0] if bad_loss else grad_norm,
                              epoch, global_step + steps - 1)
         if finite_losses:  # also when an overflow in the scaled gradients skipped the step
-            self._confirm()
+            self.record.confirm()
         if skipped:
             where = f"optimizer step {global_step + 1}" if steps == 1 else f"steps {global_step + 1}-{global_step + steps}"
             self.log(f"epoch {epoch + 1} {where}: gradient overflow at loss scale {scale:g}, {skipped} optimizer "
@@ -416,14 +339,14 @@ class Trainer:
         return [v for v in losses if math.isfinite(v)], grad_norm, skipped
 
     def train_loop(self):
-        args = self.args
+        options = self.options
         self.train_step.set_train(True)
         global_step = min(self.epoch_num * self.steps_per_epoch + self.step_num, self.total_steps)
         if self.gamma_decay and self.epoch_num < self.train_epochs:
             self.gamma_decay.on_train_begin()
         if self.sink and self.epoch_num < self.train_epochs:
             how = ("through MindSpore's data channel" if self.sink_device else
-                   f"fed from the host (MindSpore cannot sink on {args.device_target}): one host read per chunk")
+                   f"fed from the host (MindSpore cannot sink on {options.run.device_target}): one host read per chunk")
             self.log(f"dataset_sink_mode: the optimizer steps between progress lines, checkpoints and epoch ends run "
                      f"as one sink, {how}")
         for epoch in range(self.epoch_num, self.train_epochs):
@@ -445,7 +368,7 @@ class Trainer:
                     gamma = self.gamma_decay.on_train_step_end() if self.gamma_decay else None
                     self.progress.step_end(global_step, float(np.mean(losses)) if losses else math.nan, grad_norm,
                                            gamma, lr=self._lr())
-                    if args.ckpt_interval and global_step % args.ckpt_interval == 0 \
+                    if options.run.ckpt_interval and global_step % options.run.ckpt_interval == 0 \
                             and step_in_epoch < self.steps_per_epoch:
                         self._save(epoch, step_in_epoch, epoch_losses=epoch_losses)
             finally:
@@ -466,25 +389,25 @@ class Trainer:
 
     def _end_epoch(self, epoch_num, loss, img_per_s):
         """Validation (val_interval), the metrics row, the epoch checkpoint (ckpt_save_interval, last epoch)."""
-        args = self.args
+        options = self.options
         top1 = top5 = None
-        if args.val_while_train and self.evaluator and epoch_num % args.val_interval == 0:
+        if options.run.val_while_train and self.evaluator and epoch_num % options.run.val_interval == 0:
             top1, top5 = self.validate()
             self.log(f"epoch {epoch_num}: validation top-1 {top1:.2%}, top-{self.evaluator.k} {top5:.2%}")
             self.train_step.set_train(True)
         if self.metrics is not None:
             gamma = PRepBNSchedule.require(self.net).gamma_value() if self.schedule else None
             self.metrics.append(epoch_num, loss, top1, top5, gamma, self._lr(), img_per_s)
-        if epoch_num % args.ckpt_save_interval == 0 or epoch_num == self.train_epochs:
+        if epoch_num % options.run.ckpt_save_interval == 0 or epoch_num == self.train_epochs:
             self._save(epoch_num, 0, val_top1=top1)
 
     def recalibrate_bn(self):
         """``bn_recalib_epochs`` passes re-estimating BN statistics with frozen weights."""
         first = max(self.epoch_num - self.train_epochs, 0)
-        if first >= self.args.bn_recalib_epochs:
+        if first >= self.options.optim.bn_recalib_epochs:
             return
         recalib = BNRecalibration(self.net)
-        for index in range(first, self.args.bn_recalib_epochs):
+        for index in range(first, self.options.optim.bn_recalib_epochs):
             start = time.time()
             epoch = self.train_epochs + index
             train_loader, _ = self._loaders(epoch, no_mix=True)
@@ -493,40 +416,39 @@ class Trainer:
                 recalib(images)
             if self.rank_size > 1:
                 average_bn_statistics(self.net)
-            self.log(f"BN re-calibration epoch {index + 1}/{self.args.bn_recalib_epochs} done in "
+            self.log(f"BN re-calibration epoch {index + 1}/{self.options.optim.bn_recalib_epochs} done in "
                      f"{format_seconds(time.time() - start)} (weights frozen, BN statistics re-estimated)")
             self._save(epoch + 1, 0)
 
     def validate(self):
         """``(top-1, top-5)`` on the val split (top-5: top-k with k = min(5, classes))."""
-        self.evaluator.set_train(False)
-        totals = np.zeros(3, np.float64)
-        for images, labels in self.val_loader.create_tuple_iterator(num_epochs=1):
-            totals += [float(v.asnumpy()) for v in self.evaluator(images, labels)]
+        totals = self.evaluator.totals(self.val_loader.create_tuple_iterator(num_epochs=1, output_numpy=True))
         if self.rank_size > 1:
             totals = ops.AllReduce()(ms.Tensor(totals.astype(np.float32))).asnumpy().astype(np.float64)
-        return totals[0] / max(totals[2], 1.0), totals[1] / max(totals[2], 1.0)
+        accuracy = Evaluator.accuracy(totals)
+        return accuracy.top1, accuracy.topk
 
     def run(self):
         start = time.time()
-        self.log(f"training {self.args.model}: {self.train_epochs} epochs × {self.steps_per_epoch} optimizer steps "
-                 f"({self.accum} × {self.args.batch_size} images per device × {self.rank_size} devices per step), "
-                 f"then {self.args.bn_recalib_epochs} BN re-calibration epochs")
+        self.log(f"training {self.model_name}: {self.train_epochs} epochs × {self.steps_per_epoch} optimizer steps "
+                 f"({self.accum} × {self.options.data.batch_size} images per device × {self.rank_size} devices per "
+                 "step), "
+                 f"then {self.options.optim.bn_recalib_epochs} BN re-calibration epochs")
         self._start_outputs()
         self.train_loop()
         self.recalibrate_bn()
-        self._confirm()  # the run ended: nothing showed the newest checkpoint's weights to be bad
+        self.record.confirm()  # the run ended: nothing showed the newest checkpoint's weights to be bad
         if self.rank_id == 0:
             self._prune()
-        result = {"checkpoint": self.last_checkpoint, "top1": None, "top5": None}
+        result = {"checkpoint": self.record.last_good, "top1": None, "top5": None}
         if self.evaluator:
             result["top1"], result["top5"] = self.validate()
             self.log(f"final validation top-1: {result['top1']:.2%}, top-{self.evaluator.k}: {result['top5']:.2%}")
         if self.rank_id == 0:
             self._check_finite("at the end of training")
             with signals_deferred():
-                result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step,
-                                                                   self.train_epochs + self.args.bn_recalib_epochs)
+                epochs = self.train_epochs + self.options.optim.bn_recalib_epochs
+                result["final_checkpoint"] = save_final_checkpoint(self.final_path, self.net, self.train_step, epochs)
             self.log(f"saved final weights {result['final_checkpoint']}")
         if self.rank_size > 1:
             self.check_ranks_agree()
@@ -547,9 +469,10 @@ class Trainer:
                  f"spread {spread:.1g}, relative)")
 
 
-def train(args):
-    """Train as ``args`` (from :func:`slab_ms.training.config.parse_args`) says; returns a summary dict."""
-    trainer = Trainer(args)
+def train(options):
+    """Train as ``options`` (``TrainOptions``, from :func:`slab_ms.training.config.parse_options`) say; returns a
+    summary dict."""
+    trainer = Trainer(options)
     try:
         return trainer.run()
     finally:

@@ -17,15 +17,19 @@ import yaml
 
 from ..utils import atomic_output, reporting_disk_full
 
-__all__ = ["save_config", "MetricsLog", "METRICS_COLUMNS"]
+__all__ = ["save_config", "run_output_path", "MetricsLog", "METRICS_COLUMNS"]
 
 METRICS_COLUMNS = ("epoch", "loss", "top1", "top5", "gamma", "lr", "img_per_s")
 
 
-def save_config(path, args):
-    """Write the options of ``args`` (an argparse Namespace) as a flat yaml recipe, atomically."""
-    options = {k: v for k, v in sorted(vars(args).items()) if k not in ("config", "epoch")}
-    text = yaml.safe_dump(options, sort_keys=True, allow_unicode=True)
+def run_output_path(ckpt_dir, model, what):
+    """``<ckpt_dir>/<model>-<what>``: where a run keeps its ``config.yaml`` and ``metrics.csv``."""
+    return os.path.join(ckpt_dir, f"{model}-{what}")
+
+
+def save_config(path, options):
+    """Write ``options`` (``TrainOptions``) as a flat yaml recipe, atomically."""
+    text = yaml.safe_dump(options.as_dict(), sort_keys=True, allow_unicode=True)
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
