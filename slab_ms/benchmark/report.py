@@ -99,9 +99,8 @@ def _torch_lines(result):
     meta = result["meta"]
     load = max(meta["load_average_start"][0], meta["load_average_end"][0])
     if load > meta["cpu_count"]:
-        lines.append(f"  load average {load:.1f} on {meta['cpu_count']} CPU(s): other processes held the CPUs; "
-                     "PyTorch's OpenMP threads wait on each other when the system deschedules one and lose far more "
-                     "than one thread does (--torch_threads best finds this), so compare on a quiet machine")
+        lines.append(f"  load average {load:.1f} on {meta['cpu_count']} CPU(s): other processes held the CPUs and "
+                     "hit the two frameworks' thread pools unequally, so compare on a quiet machine")
     return lines
 
 
