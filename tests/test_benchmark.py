@@ -248,7 +248,9 @@ def test_ours_over_pytorch_in_rows_table_and_csv(tmp_path):
     assert "PyTorch, SLAB, deploy form" in text and "ours ÷ PyTorch" in text
     assert "SLAB, deploy form       b=1: 0.50 [0.50-1.25]" in text
     assert "PVT-T    LayerNorm + softmax     b=1: —" in text
-    assert "25 RepBN folded" in text and "ours ÷ PyTorch 0.50" in text
+    assert "25 RepBN folded" in text and "ours ÷ PyTorch 0.50" in text and "quiet machine" not in text
+    result["meta"]["load_average_end"] = [2.0 * result["meta"]["cpu_count"] + 1, 0, 0]
+    assert "compare on a quiet machine" in report.table(result)  # a loaded host is named below the ratios
     report.write_csv(result, str(tmp_path / "t.csv"))
     report.write_json(result, str(tmp_path / "t.json"))
     with open(tmp_path / "t.csv", newline="") as f:

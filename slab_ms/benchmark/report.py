@@ -1,6 +1,7 @@
 """The results as a table, JSON, CSV and a plot."""
 import csv
 import json
+import textwrap
 
 import numpy as np
 
@@ -95,6 +96,12 @@ def _torch_lines(result):
                                 o["framework"] == "pytorch" and (o["family"], o["form"]) == (r["family"], r["form"]))
             lines.append(f"  counterpart of {r['family_name']} {r['form']}: {r['model']} (torch threads {threads}"
                          f"{fold})")
+    meta = result["meta"]
+    load = max(meta["load_average_start"][0], meta["load_average_end"][0])
+    if load > meta["cpu_count"]:
+        lines.append(f"  load average {load:.1f} on {meta['cpu_count']} CPU(s): other processes held the CPUs; "
+                     "PyTorch's OpenMP threads wait on each other when the system deschedules one and lose far more "
+                     "than one thread does (--torch_threads best finds this), so compare on a quiet machine")
     return lines
 
 
@@ -124,8 +131,8 @@ def plot(result, path):
     from ..utils import save_figure
     families = list(dict.fromkeys(r["family"] for r in result["results"]))
     batch_sizes = result["meta"]["batch_sizes"]
-    fig, axes = plt.subplots(len(batch_sizes), len(families), squeeze=False,
-                             figsize=(3.2 * len(families), 3.0 * len(batch_sizes)))
+    width = (5.6 if "torch" in result["meta"] else 3.2) * len(families)  # room for the counterparts' bars
+    fig, axes = plt.subplots(len(batch_sizes), len(families), squeeze=False, figsize=(width, 3.0 * len(batch_sizes)))
     for i, b in enumerate(batch_sizes):
         for j, family in enumerate(families):
             ax = axes[i][j]
@@ -156,6 +163,6 @@ def plot(result, path):
              "rounds; lower is faster")
     if "torch" in result["meta"]:
         title += "\nPyTorch counterparts in orange, above them ÷: our form's time / theirs in the same round"
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle("\n".join(textwrap.fill(line, int(16 * width)) for line in title.split("\n")), fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
