@@ -1,8 +1,10 @@
 """Transformer MLP: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+from functools import lru_cache
+
 import mindspore as ms
 from mindspore import nn, ops
 
-from .cpu_kernels import kernel
+from .cpu_kernels import kernel, library_path
 from .helpers import dense
 
 __all__ = ["Mlp", "GELU"]
@@ -54,7 +56,14 @@ def exact_gelu_of_sum_backward(x, bias, dy):
 
 def native_gelu(with_bias):
     """The native ``ExactGelu`` kernel, of ``x`` or (``with_bias``) of ``(x, bias)``, differentiated by the native
-    ``ExactGeluBackward``; None where native kernels are not used."""
+    ``ExactGeluBackward``; None where native kernels are not used; one per library, shared by every cell."""
+    return _gelu_kernel(library_path(), with_bias)
+
+
+@lru_cache(maxsize=None)
+def _gelu_kernel(path, with_bias):
+    if path is None:
+        return None
     if with_bias:
         backward = kernel("ExactGeluBackward", exact_gelu_of_sum_backward, out_shape=lambda x, b, _: (x, b),
                           out_dtype=lambda x, *_: (x, x))

@@ -14,13 +14,13 @@ For token sequences with padding (language models), :class:`MaskedRepBN` / :clas
 reference LLaMA code: they receive ``x + η·x``); evaluation uses the running statistics for every token.
 Their LayerNorm side is an :class:`RMSNorm` (LLaMA's norm), and one epsilon serves both sides.
 """
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .cpu_kernels import kernel
+from .cpu_kernels import kernel, library_path
 from .prepbn_schedule import PRepBNSchedule, gamma
 
 __all__ = ["LayerNorm", "TokenBatchNorm", "RepBN", "PRepBN", "RMSNorm", "MaskedRepBN", "MaskedPRepBN", "get_norm_layer",
@@ -43,7 +43,14 @@ def layer_norm_backward(x, weight, stats, dy):
 
 def _native_layer_norm():
     """The native LayerNorm ``(x, γ, β, ε) -> (y, stats)`` (stats: per-row mean and 1/σ) with its native backward, or
-    None where native kernels are not used."""
+    None where native kernels are not used; one per library, shared by every cell (the kernels are stateless)."""
+    return _layer_norm_kernel(library_path())
+
+
+@lru_cache(maxsize=None)
+def _layer_norm_kernel(path):
+    if path is None:
+        return None
     backward = kernel("LayerNormBackward", layer_norm_backward, out_shape=lambda x, w, *_: (x, w, w),
                       out_dtype=lambda x, *_: (x, x, x))
     if backward is None:
@@ -90,7 +97,15 @@ def rep_batch_norm_backward(x, weight, alpha, stats, dy):
 
 def _native_rep_batch_norm():
     """The native training RepBN ``(x, γ, β, α, ε) -> (BN(x) + α·x, stats)`` over the last axis (stats: per-channel
-    mean, 1/σ and unbiased variance) with its native backward, or None where native kernels are not used."""
+    mean, 1/σ and unbiased variance) with its native backward, or None where native kernels are not used; one per
+    library, shared by every cell."""
+    return _rep_batch_norm_kernel(library_path())
+
+
+@lru_cache(maxsize=None)
+def _rep_batch_norm_kernel(path):
+    if path is None:
+        return None
     backward_grad = ops.GradOperation(get_all=True, sens_param=True)(rep_batch_norm_backward)
 
     def second_order(x, weight, alpha, stats, dy, out, dout):
