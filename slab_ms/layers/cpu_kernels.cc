@@ -1,9 +1,10 @@
-// Native CPU kernels for eval-mode forwards, loaded through mindspore.ops.Custom(func_type="aot").
+// Native CPU kernels (forwards and the backwards of the training path), loaded through mindspore.ops.Custom(func_type="aot").
 // Each function has the aot signature (nparam, params, ndims, shapes, dtypes, stream, extra): the inputs'
 // pointers, then the output's; it returns 0 on success, anything else makes MindSpore raise. A kernel splits its
 // work over SLAB_MS_NATIVE_THREADS threads (default: one per CPU), MindSpore's own op threads being idle while it
 // runs; small calls stay on the calling thread.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <vector>
 
 typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 
 static int64_t native_threads() {
   static const int64_t threads = [] {
@@ -462,9 +464,6 @@ extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes
 
 // ----- softmax attention (non-causal, no mask) on the packed qkv projection, forward and backward
 
-#include <cmath>
-
-typedef int32_t v8i __attribute__((vector_size(32)));
 
 // e^x of 8 floats, x clamped to [−87.3, 88.3]: 2^n · e^r with n = round(x·log2 e) and |r| ≤ ln 2 / 2, e^r by
 // Cephes' degree-6 polynomial (within about 1 ulp of expf).
@@ -825,34 +824,11 @@ extern "C" int SimplifiedLinearAttentionQKVGrad(int nparam, void **params, int *
 // of a multiply-add per value, so a DeiT-T batch of 8 stays on one thread (a thread costs more than it saves there).
 constexpr int64_t kSumRows = 64;
 
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-// e^x for x ≤ 0 down to −87 (smaller x give 0): Cephes' expf polynomial on the remainder after powers of 2, within
-// 2 float32 ulps.
-static inline v8f exp_nonpositive(v8f x) {
-  const v8f lo = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f}, zero = {};
-  const v8f clamped = x < lo ? lo : x;
-  const float magic = 12582912.0f;  // 1.5·2^23: adding and subtracting it rounds to an integer
-  const v8f n = (clamped * 1.44269504088896341f + magic) - magic;
-  v8f r = clamped - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  v8f p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  v8f scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < lo ? zero : p * scale;
-}
-
 // dGELU(v)/dv = (1 + erf(v/√2))/2 + v·e^(−v²/2)/√(2π), 8 values (erf as in the forward pass).
 static inline v8f gelu_slope(v8f v) {
   const v8f lo = {-4, -4, -4, -4, -4, -4, -4, -4}, hi = -lo;
   const float sqrt_half = 0.70710678118654752f, inv_sqrt_2pi = 0.39894228040143268f;
-  return 0.5f * (1.0f + erf_rational(v * sqrt_half, lo, hi)) + v * inv_sqrt_2pi * exp_nonpositive(-0.5f * v * v);
+  return 0.5f * (1.0f + erf_rational(v * sqrt_half, lo, hi)) + v * inv_sqrt_2pi * exp8(-0.5f * v * v);
 }
 
 static inline float gelu_slope(float v) {

@@ -1,13 +1,15 @@
-"""Native CPU kernels for eval-mode forwards: simplified linear attention, depth-wise convs and the exact GELU.
+"""Native CPU kernels: simplified linear attention, the DeiT softmax attention core, depth-wise convs, LayerNorm,
+RepBN / the token BatchNorm and the exact GELU, with native backwards for those that run in training.
 
 ``cpu_kernels.cc`` is compiled with the machine's ``g++`` (``-O3 -march=native``) on first use and cached
 under ``$XDG_CACHE_HOME/slab_ms`` (default ``~/.cache/slab_ms``; if that is not writable, a per-user folder in
-the temporary directory), one library per source and CPU; the kernels run through
-``ops.Custom(func_type="aot")`` and differentiate as the same function in standard ops. Cells use them only
-in eval mode on float32 CPU tensors; training, other dtypes and devices, a machine without ``g++`` and
-``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops; both agree to float32 tolerance (the conv to
-rounding, the GELU's erf within 4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)``
-switches a network back, and the export tool calls it before writing MindIR or ONNX.
+the temporary directory), one library per source and CPU; the kernels run through ``ops.Custom(func_type="aot")``
+and differentiate through their native backward kernel or, without one, as the same function in standard ops.
+Cells use them on float32 CPU tensors only: SLA on the packed qkv projection, the softmax attention core, LayerNorm
+and the GELU in training and eval mode, RepBN's batch-statistics pass in training, SLA on separate q, k, v and
+CSwin's LePE in eval mode; other dtypes and devices, a machine without ``g++`` and ``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops;
+both agree to float32 tolerance (the conv to rounding, the GELU's erf within 4.3e-7). Exported graphs never contain
+them: ``use_standard_ops(net)`` switches a network back, and the export tool calls it before writing MindIR or ONNX.
 """
 import hashlib
 import inspect

@@ -7,7 +7,7 @@ from mindspore import nn, ops
 from .cpu_kernels import kernel, library_path
 from .helpers import dense
 
-__all__ = ["Mlp", "GELU"]
+__all__ = ["Mlp", "GELU", "ErfFreeGELU"]
 
 SQRT_HALF = 0.7071067811865476
 INV_SQRT_2PI = 0.3989422804014327
