@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["mindspore>=2.3,<2.11", "mindcv==0.3.0", "numpy>=1.26.4,<2", "pyyaml", "pillow"],
     extras_require={
-        "test": ["pytest", "scikit-learn", "onnxruntime", "safetensors", "matplotlib"],
+        "test": ["pytest", "ruff", "scikit-learn", "onnxruntime", "safetensors", "matplotlib"],
         "demo": ["scikit-learn", "matplotlib"],
         "onnx": ["onnxruntime"],
         "safetensors": ["safetensors"],

@@ -30,7 +30,8 @@ def parse_args(argv=None):
     # Earlier spellings of this tool.
     group.add_argument("--num-classes", dest="num_classes", type=cli.optional(int), help=argparse.SUPPRESS)
     group.add_argument("--model-kwargs", dest="model_kwargs", type=cli.json_dict, help=argparse.SUPPRESS)
-    cli.add_checkpoint_args(parser, "official .pth (or .safetensors / .npz) file", aliases=("--src",), ema_aliases=("--ema",))
+    cli.add_checkpoint_args(parser, "official .pth (or .safetensors / .npz) file", aliases=("--src",),
+                            ema_aliases=("--ema",))
     group = parser.add_argument_group("output")
     group.add_argument("--file_name", "--dst", dest="file_name", default="", help="output .ckpt file")
     group.add_argument("--overwrite", type=cli.str2bool, nargs="?", const=True, default=False,

@@ -17,8 +17,8 @@ import logging
 from mindspore import nn
 from mindcv.models import pvt, pvtv2, swintransformer, vit
 
-from .layers.fold import (can_absorb, fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer, keep_as_affine,
-                          register_fold, replace_cell)
+from .layers.fold import (can_absorb, fold_final_norm, fold_norm_into_consumers, fold_norm_into_producer,
+                          keep_as_affine, register_fold, replace_cell)
 from .layers.norm import PRepBN, attach_prepbn_schedule
 from .layers.prepbn_schedule import PRepBNSchedule
 

@@ -54,8 +54,8 @@ def official_cswin_keys():
     keys.update(official_norm_keys("stage1_conv_embed.2", 64))
     for s in range(1, 5):
         c = dims[s - 1]
-        for l in range(depths[s - 1]):
-            p = f"stage{s}.{l}"
+        for layer in range(depths[s - 1]):
+            p = f"stage{s}.{layer}"
             keys.update(official_layer_keys(p + ".qkv", 3 * c, c))
             keys.update(official_norm_keys(p + ".norm1", c))
             keys.update(official_layer_keys(p + ".proj", c, c))

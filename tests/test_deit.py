@@ -112,7 +112,8 @@ def small_deit_s():
 def test_convert_cli_round_trip_through_mindcv_create_model(small_deit_s, tmp_path):
     _, data = small_deit_s
     dst = tmp_path / "deit.ckpt"
-    rc = convert_main(["--model", "deit_small_prepbn", "--ckpt_file", os.path.join(FIXTURES, "official_small_deit_prepbn.pth"),
+    rc = convert_main(["--model", "deit_small_prepbn",
+                       "--ckpt_file", os.path.join(FIXTURES, "official_small_deit_prepbn.pth"),
                        "--file_name", str(dst), "--num_classes", "10",
                        "--model_kwargs", '{"image_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3}'])
     assert rc == 0 and dst.is_file()

@@ -214,7 +214,8 @@ def test_family_readme_commands_are_accepted_by_their_tools(readme, tmp_path, mo
             assert run(args).returncode == 0, command
             continue
         module = args[2] if args[1] == "-m" else "slab_ms." + args[1][:-len(".py")]
-        argv = [a.replace("configs/", os.path.join(ROOT, "configs") + "/") for a in args[(3 if args[1] == "-m" else 2):]]
+        first = 3 if args[1] == "-m" else 2
+        argv = [a.replace("configs/", os.path.join(ROOT, "configs") + "/") for a in args[first:]]
         for value in argv[argv.index("--ckpt_file") + 1:argv.index("--ckpt_file") + 2]:
             open(value, "wb").close()  # the checkpoint the command reads
         parsed = importlib.import_module(module).parse_args(argv)

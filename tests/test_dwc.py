@@ -89,8 +89,8 @@ def test_matmul_form_shares_the_filters_between_channel_blocks():
     """Tokens with g·c channels and c filters: block i of the channels is convolved with the same c filters."""
     conv = random_conv(4, 5, seed=8)
     tokens = Tensor(np.random.default_rng(9).standard_normal((2, 35, 12), dtype=np.float32))
-    np.testing.assert_allclose(matmuls_on_tokens(conv, tokens, (5, 7)).asnumpy(), conv_per_head(conv, tokens, (5, 7), 3),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(matmuls_on_tokens(conv, tokens, (5, 7)).asnumpy(),
+                               conv_per_head(conv, tokens, (5, 7), 3), rtol=0, atol=1e-5)
 
 
 def test_attention_checkpoint_names_are_unchanged():

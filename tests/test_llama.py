@@ -321,13 +321,13 @@ def test_demo_quick_runs_and_reports():
     out = result.stdout
     summary = out[out.index("summary:"):]
     for norm in ("rmsnorm", "prepbn"):
-        line = next(l for l in summary.splitlines() if l.strip().startswith(norm))
+        line = next(row for row in summary.splitlines() if row.strip().startswith(norm))
         assert "validation perplexity" in line and "tokens/s" in line
         ppl = float(line.split("validation perplexity ")[1].split(";")[0].split(",")[0])
         assert 1.0 < ppl < 259.0 * 4, line
     assert "folded (no norm cell left)" in out and "γ schedule finished" in out
     assert "step 24/24" in out and "PRepBN vs RMSNorm" in out
-    comparison = next(l for l in summary.splitlines() if "PRepBN vs RMSNorm" in l)
+    comparison = next(row for row in summary.splitlines() if "PRepBN vs RMSNorm" in row)
     assert comparison.endswith("(--quick: 24 steps of a tiny model test that the demo runs; these numbers say nothing "
                                "about quality or speed)")
 

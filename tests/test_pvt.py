@@ -63,8 +63,8 @@ def official_pvt_shapes(attn_type, depths=(2, 2, 2, 2)):
         shapes[f"pos_embed{s}"] = (1, n, c)
         shapes.update(official_layer_keys(f"patch_embed{s}.proj", c, cin, p, p))
         shapes.update(official_norm_keys(f"patch_embed{s}.norm", c))
-        for l in range(depths[s - 1]):
-            blk = f"block{s}.{l}"
+        for layer in range(depths[s - 1]):
+            blk = f"block{s}.{layer}"
             shapes.update(official_norm_keys(f"{blk}.norm1", c))
             if attn_type == "LLLL":
                 shapes[f"{blk}.attn.positional_encoding"] = (1, n, c)

@@ -57,8 +57,8 @@ def official_swin_t_keys(slab):
     keys.update(group("patch_embed.norm", 96))
     for s, (depth, heads) in enumerate(zip((2, 2, 6, 2), (3, 6, 12, 24))):
         c, res = 96 * 2 ** s, 56 // 2 ** s
-        for l in range(depth):
-            p = f"layers.{s}.blocks.{l}"
+        for layer in range(depth):
+            p = f"layers.{s}.blocks.{layer}"
             keys.update(group(p + ".norm1", c))
             keys.update(group(p + ".norm2", c))
             for name, shape in (("attn.qkv", (3 * c, c)), ("attn.proj", (c, c)), ("mlp.fc1", (4 * c, c)),
@@ -70,7 +70,7 @@ def official_swin_t_keys(slab):
             else:
                 keys.update({p + ".attn.relative_position_bias_table": (169, heads),
                              p + ".attn.relative_position_index": (49, 49)})
-                if l % 2 and s < 3:
+                if layer % 2 and s < 3:
                     keys[p + ".attn_mask"] = ((res // 7) ** 2, 49, 49)
         if s < 3:
             keys.update(group(f"layers.{s}.downsample.norm", 4 * c))
@@ -155,7 +155,8 @@ def test_a_classifier_runs_other_input_sizes_in_graph_mode_as_its_backbone_form(
     backbone = SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2),
                                window_size=4, attn="sla", attn_type="LS", norm="repbn", features_only=True,
                                out_indices=(1,), out_norm="none")
-    ms.load_param_into_net(backbone, {p.name: p for p in net.get_parameters() if not p.name.startswith(("head", "norm."))})
+    ms.load_param_into_net(backbone, {p.name: p for p in net.get_parameters()
+                                      if not p.name.startswith(("head", "norm."))})
     backbone.set_train(False)
     x = Tensor(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
     logits = net(x).asnumpy()

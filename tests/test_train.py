@@ -98,7 +98,7 @@ def reference(recipe):
 
 def test_uninterrupted_run_logs_and_ends_with_gamma_zero(reference):
     ckpt_dir, stdout = reference
-    lines = [l for l in stdout.splitlines() if l.startswith("epoch 3 step 4/4")]
+    lines = [line for line in stdout.splitlines() if line.startswith("epoch 3 step 4/4")]
     assert lines and all(k in lines[0] for k in ("loss", "γ 0.0000", "lr", "img/s", "ETA"))
     assert "γ schedule finished: step 12, γ = 0" in stdout
     assert "BN re-calibration epoch 1/1 done" in stdout and "final validation top-1:" in stdout
@@ -267,8 +267,10 @@ def _released_decay_steps(model):
 
 def test_recipe_numbers_follow_the_reference():
     """A few rows of the paper recipes and the released T."""
-    expect = {"deit/deit_tiny_prepbn": (128, 0, 20, 5.0, 0.0, None), "pvt/pvt_medium_prepbn": (128, 10, 5, 1.0, 0.3, 300000),
-              "pvt/pvt_small_prepbn": (64, 10, 5, None, 0.1, 300000), "swin/slab_swin_small": (128, 0, 20, 5.0, 0.3, 60000),
+    expect = {"deit/deit_tiny_prepbn": (128, 0, 20, 5.0, 0.0, None),
+              "pvt/pvt_medium_prepbn": (128, 10, 5, 1.0, 0.3, 300000),
+              "pvt/pvt_small_prepbn": (64, 10, 5, None, 0.1, 300000),
+              "swin/slab_swin_small": (128, 0, 20, 5.0, 0.3, 60000),
               "cswin/slab_cswin_tiny": (256, 10, 20, None, 0.1, 120000)}
     for name, row in expect.items():
         args = parse_args(["-c", os.path.join(ROOT, "configs", f"{name}.yaml")])

@@ -14,7 +14,8 @@ DEMO_IMAGE_SIZE = 32
 DEMO_VAL_EVERY = 5  # every 5th image of each digit (in load_digits() order) is validation: 364 val, 1433 train
 _DEMO_MARKER = "digits_demo.txt"
 _DEMO_DESCRIPTION = (f"scikit-learn load_digits(): 1797 images, 10 classes, 8x8 upsampled to "
-                     f"{DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} RGB PNG; val = every {DEMO_VAL_EVERY}th image of each digit\n")
+                     f"{DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} RGB PNG; "
+                     f"val = every {DEMO_VAL_EVERY}th image of each digit\n")
 
 
 class DemoFolderError(FileExistsError, ValueError):

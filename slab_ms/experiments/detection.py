@@ -282,8 +282,8 @@ def train(args, detector, scenes):
 
     images = scene_arrays(scenes)
     out_hw = (args.image_size // detector.stride, args.image_size // detector.stride)
-    targets = np.stack([centernet_targets(b, l, NUM_CLASSES, out_hw, detector.stride)
-                        for b, l in zip(scenes.boxes, scenes.labels)])
+    targets = np.stack([centernet_targets(boxes, labels, NUM_CLASSES, out_hw, detector.stride)
+                        for boxes, labels in zip(scenes.boxes, scenes.labels)])
     per_epoch = len(images) // args.batch_size
     lrs = warmup_cosine_lr(per_epoch * args.epochs, args.lr)
     optimizer = nn.AdamWeightDecay(param_groups(detector, 0.05), learning_rate=Tensor(lrs))

@@ -26,7 +26,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     base = ablation.parse_args(["--quick"] if args.quick else [])
     base.epochs = args.epochs or base.epochs
-    base.variants, base.seeds, base.csv, base.plot, base.overwrite = "prepbn", 1, args.csv or "", args.plot, args.overwrite
+    base.variants, base.seeds = "prepbn", 1
+    base.csv, base.plot, base.overwrite = args.csv or "", args.plot, args.overwrite
     return args, base
 
 
@@ -64,8 +65,8 @@ def plot(rows, path, decay_steps, title):
 
     step, gamma, eta, eta_min, eta_max, loss = (np.array(c) for c in zip(*rows))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=72)
-    axes[0].stackplot(step, gamma, 1 - gamma, labels=("γ · LayerNorm", "(1 − γ) · RepBN"), colors=("#4c72b0", "#dd8452"),
-                      alpha=0.8)
+    axes[0].stackplot(step, gamma, 1 - gamma, labels=("γ · LayerNorm", "(1 − γ) · RepBN"),
+                      colors=("#4c72b0", "#dd8452"), alpha=0.8)
     axes[0].axvline(decay_steps, color="black", lw=0.8, ls="--")
     axes[0].set_title("the mixture each PRepBN computes in training", fontsize=10)
     axes[0].legend(fontsize=8, loc="center right")

@@ -49,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--bn_init", choices=("ones", "zeros"), default="ones",
                         help="RepBN start: 'ones' (η = 1, BN weight 1, as the vision models) or 'zeros' (η, weight and "
                              "bias 0, as the reference LLaMA, which trained for 28,000 steps)")
-    parser.add_argument("--norms", default="rmsnorm,prepbn", help="comma-separated norms to train (rmsnorm, repbn, prepbn)")
+    parser.add_argument("--norms", default="rmsnorm,prepbn",
+                        help="comma-separated norms to train (rmsnorm, repbn, prepbn)")
     args = parser.parse_args(argv)
     return cli.apply_budget(args, FULL, QUICK)
 
@@ -129,7 +130,8 @@ def eval_windows(ids, batch_size, seq_len, max_batches):
 def build(args, norm, vocab_size):
     from ..models import create_llama
     warmup, decay = args.steps // 10, (args.steps * 7) // 10
-    return create_llama("llama_demo", vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
+    return create_llama("llama_demo", vocab_size=vocab_size, hidden_size=args.hidden,
+                        intermediate_size=args.intermediate,
                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
                         max_position_embeddings=max(args.seq_len, PROMPT_BYTES + args.gen_tokens), norm=norm,
                         prepbn_decay_steps=decay, prepbn_warmup_steps=warmup, bn_zero_init=args.bn_init == "zeros")
@@ -200,7 +202,8 @@ def _demo(argv):
     val_batches = eval_windows(val_ids, args.batch_size, args.seq_len, args.eval_batches)
     vocab = 259
     print_now(f"corpus: {source}: {len(ids):,} bytes ({len(train_ids):,} train, {len(val_ids):,} validation; "
-              f"{len(val_batches) * args.batch_size * args.seq_len:,} validation tokens used); byte-level vocab {vocab}; "
+              f"{len(val_batches) * args.batch_size * args.seq_len:,} validation tokens used); "
+              f"byte-level vocab {vocab}; "
               f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     prompt = prompt_from(data[split:], PROMPT_BYTES)
     results = {}
@@ -231,7 +234,8 @@ def _demo(argv):
     print_now("summary:")
     for norm, e in results.items():
         extra = f", folded {e['deploy_ppl']:.3f}" if "deploy_ppl" in e else ""
-        print_now(f"  {norm:8s} validation perplexity {e['ppl']:.3f}{extra}; generation {e['tokens_per_s']:.1f} tokens/s"
+        print_now(f"  {norm:8s} validation perplexity {e['ppl']:.3f}{extra}; "
+                  f"generation {e['tokens_per_s']:.1f} tokens/s"
                   f"{' (folded)' if 'deploy_ppl' in e else ''}; train {e['train_seconds']:.0f} s, total "
                   f"{e['wall_seconds']:.0f} s")
     if "rmsnorm" in results and "prepbn" in results:

@@ -7,9 +7,10 @@ the temporary directory), one library per source and CPU; the kernels run throug
 and differentiate through their native backward kernel or, without one, as the same function in standard ops.
 Cells use them on float32 CPU tensors only: SLA on the packed qkv projection, the softmax attention core, LayerNorm
 and the GELU in training and eval mode, RepBN's batch-statistics pass in training, SLA on separate q, k, v and
-CSwin's LePE in eval mode; other dtypes and devices, a machine without ``g++`` and ``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops;
-both agree to float32 tolerance (the conv to rounding, the GELU's erf within 4.3e-7). Exported graphs never contain
-them: ``use_standard_ops(net)`` switches a network back, and the export tool calls it before writing MindIR or ONNX.
+CSwin's LePE in eval mode; other dtypes and devices, a machine without ``g++`` and ``SLAB_MS_NATIVE_KERNELS=0``
+use the standard MindSpore ops; both agree to float32 tolerance (the conv to rounding, the GELU's erf within
+4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)`` switches a network back, and the export tool
+calls it before writing MindIR or ONNX.
 """
 import hashlib
 import inspect

@@ -32,7 +32,8 @@ from ..layers.fold import fold_final_norm, keep_as_affine
 from ..layers.norm import RepBN, TokenBatchNorm
 from ..layers.prepbn_schedule import advance_in_training
 
-__all__ = ["BackboneMixin", "BackboneOptions", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms", "fold_head_or_output_norms"]
+__all__ = ["BackboneMixin", "BackboneOptions", "tokens_to_map", "pad_grid", "crop_tokens", "fold_output_norms",
+           "fold_head_or_output_norms"]
 
 
 def tokens_to_map(x, hw):

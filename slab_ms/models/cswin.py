@@ -280,12 +280,12 @@ def _parse_splits(value):
 class CSWinTransformer(BackboneMixin, nn.Cell):
     """CSWin backbone in SLAB form.
 
-    Args (official names): img_size, patch_size (must be 4: the stem is a 7×7 stride-4 conv), num_classes, embed_dim, depth, split_size (stripe widths of 'S'
-        stages), num_heads, mlp_ratio, qkv_bias, drop_rate, drop_path_rate, la_split_size (window
-        sizes of 'L' stages, "56-28-14-7" or a list; default: each stage's whole map at img_size,
-        which is "56-28-14-7" at 224), attn_type (one 'L'/'S' per stage; default
-        "LLSS" for attn="sla", "SSSS" for attn="softmax"), kernel_size (SLA depth-wise conv),
-        focusing_factor (accepted for compatibility; the reference never uses it either);
+    Args (official names): img_size, patch_size (must be 4: the stem is a 7×7 stride-4 conv), num_classes,
+        embed_dim, depth, split_size (stripe widths of 'S' stages), num_heads, mlp_ratio, qkv_bias, drop_rate,
+        drop_path_rate, la_split_size (window sizes of 'L' stages, "56-28-14-7" or a list; default: each stage's
+        whole map at img_size, which is "56-28-14-7" at 224), attn_type (one 'L'/'S' per stage; default "LLSS" for
+        attn="sla", "SSSS" for attn="softmax"), kernel_size (SLA depth-wise conv), focusing_factor (accepted for
+        compatibility; the reference never uses it either);
         (MindCV names) in_channels; norm: "ln" | "bn" | "repbn" | "prepbn"; attn: "sla" | "softmax";
         prepbn_decay_steps: T of the PRepBN schedule; ln_eps: LayerNorm epsilon;
         ``**backbone``: the backbone form (``slab_ms.models.backbone.BackboneOptions``).

@@ -28,8 +28,8 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ..layers import (DropPath, Mlp, PatchConv2d, PatchEmbed, SimplifiedLinearAttention, attach_prepbn_schedule,
-                      check_input, dense, float32_softmax, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
-                      merge_heads, register_fold, resize_token_grid, split_heads, to_2tuple)
+                      check_input, dense, float32_softmax, fold_norm_into_consumers, fold_norm_into_producer,
+                      get_norm_layer, merge_heads, register_fold, resize_token_grid, split_heads, to_2tuple)
 from ..layers.flops import register_flops, softmax_flops
 from ..layers.patch_embed import patch_tokens
 from .backbone import BackboneMixin, fold_output_norms

@@ -12,8 +12,9 @@ from the seed after a resume, so with ``drop_path_rate > 0`` a resumed run is st
 bitwise, the same as an uninterrupted one.
 
 Safety of the checkpoint folder (lock, cleanup, which checkpoints are good) is ``run_safety.py``'s.
-``--resume auto`` skips an unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k`` the ranking comes from
-the ``val_top1`` each epoch checkpoint holds, so it is rebuilt from the folder after a resume.
+``--resume auto`` skips an unreadable (torn) newest checkpoint with a warning. Under ``ckpt_save_policy top_k``
+the ranking comes from the ``val_top1`` each epoch checkpoint holds, so it is rebuilt from the folder after a
+resume.
 
 Dataset sinking (``dataset_sink_mode``): the optimizer steps between two host events (a progress line, a
 checkpoint, the epoch end) run as one chunk whose inputs come through MindSpore's data channel
@@ -178,9 +179,9 @@ class Trainer:
         expected = min(epoch_num * self.steps_per_epoch + step_num, self.total_steps)
         if global_step + skipped != expected or epoch_num > self.train_epochs + options.optim.bn_recalib_epochs:
             taken = f"{global_step} optimizer steps taken" + (f" and {skipped} skipped on overflow" if skipped else "")
-            raise ConfigError(f"'{path}' is at epoch {epoch_num} step {step_num} with {taken}, which does not fit this run ({self.steps_per_epoch} optimizer steps per epoch, "
-                              f"{self.train_epochs} epochs + {options.optim.bn_recalib_epochs} BN re-calibration "
-                              "epochs): "
+            raise ConfigError(f"'{path}' is at epoch {epoch_num} step {step_num} with {taken}, which does not fit "
+                              f"this run ({self.steps_per_epoch} optimizer steps per epoch, {self.train_epochs} "
+                              f"epochs + {options.optim.bn_recalib_epochs} BN re-calibration epochs): "
                               "resume with the recipe, batch size, device count, accumulate_steps and data it was "
                               "written with")
         if self.schedule:  # γ step - global_step is the step the resumed run started from
@@ -332,7 +333,8 @@ class Trainer:
         if finite_losses:  # also when an overflow in the scaled gradients skipped the step
             self.record.confirm()
         if skipped:
-            where = f"optimizer step {global_step + 1}" if steps == 1 else f"steps {global_step + 1}-{global_step + steps}"
+            where = (f"optimizer step {global_step + 1}" if steps == 1
+                     else f"steps {global_step + 1}-{global_step + steps}")
             self.log(f"epoch {epoch + 1} {where}: gradient overflow at loss scale {scale:g}, {skipped} optimizer "
                      f"step{'s' if skipped > 1 else ''} skipped (optimizer, lr, γ and EMA did not advance); loss scale "
                      f"now {self.train_step.loss_scale_state()[0]:g}")
