@@ -166,17 +166,25 @@ extern "C" int DepthwiseConvTokens(int nparam, void **params, int *ndims, int64_
   return 0;
 }
 
-// out[t·ldo + 8u + 0..7] += scale[t] · Σ_{i < depth} a[t·a_row + i·a_depth] · m[i·ldm + 8u + 0..7] for t < R, u < V:
-// R rows of a (rows a_row floats apart, depth steps a_depth) times an 8V-column slice of m, in R·V vector registers.
-// Both SLA products: Kᵀ V (the rows of Kᵀ are columns of the packed K block) and Q (Kᵀ V).
-template <int R, int V>
+#if defined(__AVX512F__)
+typedef float v16f __attribute__((vector_size(64)));
+
+static inline void in_register(v16f &v) { asm("" : "+v"(v)); }
+#endif
+
+// out[t·ldo + Lu + 0..L−1] += scale[t] · Σ_{i < depth} a[t·a_row + i·a_depth] · m[i·ldm + Lu + 0..L−1] for t < R,
+// u < V, with L the floats of a Vec (8: AVX2, 16: AVX-512): R rows of a (rows a_row floats apart, depth steps
+// a_depth) times an L·V-column slice of m, in R·V vector registers. The SLA products: Kᵀ V (the rows of Kᵀ are
+// columns of the packed K block) and Q (Kᵀ V); the softmax attention's QKᵀ and P V.
+template <typename Vec, int R, int V>
 static inline void block_product(const float *a, int64_t a_row, int64_t a_depth, const float *m, int64_t ldm,
                                  int64_t depth, const float *scale, float *out, int64_t ldo) {
-  v8f acc[R][V] = {};
+  constexpr int L = sizeof(Vec) / sizeof(float);
+  Vec acc[R][V] = {};
   for (int64_t i = 0; i < depth; ++i) {
-    v8f col[V];
+    Vec col[V];
     for (int u = 0; u < V; ++u) {
-      col[u] = load8(m + i * ldm + 8 * u);
+      std::memcpy(&col[u], m + i * ldm + L * u, sizeof(Vec));
       in_register(col[u]);
     }
     for (int t = 0; t < R; ++t) {
@@ -186,24 +194,28 @@ static inline void block_product(const float *a, int64_t a_row, int64_t a_depth,
   }
   for (int t = 0; t < R; ++t)
     for (int u = 0; u < V; ++u) {
-      float *o = out + t * ldo + 8 * u;
-      store8(o, load8(o) + acc[t][u] * scale[t]);
+      float *o = out + t * ldo + L * u;
+      Vec sum;
+      std::memcpy(&sum, o, sizeof(Vec));
+      sum += acc[t][u] * scale[t];
+      std::memcpy(o, &sum, sizeof(Vec));
     }
 }
 
-// block_product over `rows` rows of a (6 at a time, then 4, 2, 1) times one 16-column slice of m: the two SLA
-// products with 6 × 2 vector accumulators, two columns and a broadcast in AVX2's 16 registers.
+// block_product over `rows` rows of a (Tall at a time, then 4, 2, 1) times one 2L-column slice of m: with AVX2's
+// 16 registers 6 × 2 accumulators, two columns and a broadcast (Tall 6); with AVX-512's 32, 12 × 2 (Tall 12).
+template <typename Vec, int Tall>
 static void strip_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m, int64_t ldm,
                           int64_t depth, const float *scale, float *out, int64_t ldo) {
   int64_t t = 0;
-  auto rows_from_t = [&](auto product, int r) {  // one block_product<r, 2> of rows t .. t + r − 1
+  auto rows_from_t = [&](auto product, int r) {  // one block_product<Vec, r, 2> of rows t .. t + r − 1
     product(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
     t += r;
   };
-  while (t + 6 <= rows) rows_from_t(block_product<6, 2>, 6);
-  if (t + 4 <= rows) rows_from_t(block_product<4, 2>, 4);
-  if (t + 2 <= rows) rows_from_t(block_product<2, 2>, 2);
-  if (t < rows) rows_from_t(block_product<1, 2>, 1);
+  while (t + Tall <= rows) rows_from_t(block_product<Vec, Tall, 2>, Tall);
+  while (t + 4 <= rows) rows_from_t(block_product<Vec, 4, 2>, 4);
+  if (t + 2 <= rows) rows_from_t(block_product<Vec, 2, 2>, 2);
+  if (t < rows) rows_from_t(block_product<Vec, 1, 2>, 1);
 }
 
 constexpr int64_t kTokenBlock = 128;   // about this many tokens (whole image rows) are packed at a time
@@ -251,7 +263,8 @@ static void sla_chunk_sums(const SlaProblem &s, const float *k, const float *v, 
       float *kvg = kv + g * D * D;
       const float *bg = block + g * D, *vg = vb + g * D;
       if (D % 16 == 0) {  // kv_g[:, j..j+15] += block_gᵀ · v_g[:, j..j+15]
-        for (int64_t j = 0; j < D; j += 16) strip_product(bg, 1, GD, D, vg + j, s.ld, rows, ones.data(), kvg + j, D);
+        for (int64_t j = 0; j < D; j += 16)
+          strip_product<v8f, 6>(bg, 1, GD, D, vg + j, s.ld, rows, ones.data(), kvg + j, D);
       } else {
         for (int64_t n = 0; n < rows; ++n)
           for (int64_t i = 0; i < D; ++i)
@@ -292,7 +305,7 @@ static void sla_block_output(const SlaProblem &s, const float *q, const float *v
     const float *ag = qr + g * D, *kvg = kv + g * D * D, *zg = z + g * rows;
     float *og = ob + g * D;
     if (D % 16 == 0) {
-      for (int64_t j = 0; j < D; j += 16) strip_product(ag, GD, 1, rows, kvg + j, D, D, zg, og + j, GD);
+      for (int64_t j = 0; j < D; j += 16) strip_product<v8f, 6>(ag, GD, 1, rows, kvg + j, D, D, zg, og + j, GD);
     } else {
       for (int64_t t = 0; t < rows; ++t)
         for (int64_t j = 0; j < D; ++j) {
@@ -489,63 +502,17 @@ static inline v8f exp8(v8f x) {
   return y * two_n;
 }
 
-#if defined(__AVX512F__)
-typedef float v16f __attribute__((vector_size(64)));
-
-static inline v16f load16(const float *p) {
-  v16f v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-// block_product with 16-float vectors: R rows times a 16V-column slice of m in R·V of AVX-512's 32 registers.
-template <int R, int V>
-static inline void wide_block_product(const float *a, int64_t a_row, int64_t a_depth, const float *m, int64_t ldm,
-                                      int64_t depth, const float *scale, float *out, int64_t ldo) {
-  v16f acc[R][V] = {};
-  for (int64_t i = 0; i < depth; ++i) {
-    v16f col[V];
-    for (int u = 0; u < V; ++u) {
-      col[u] = load16(m + i * ldm + 16 * u);
-      asm("" : "+v"(col[u]));  // kept in a register (see in_register)
-    }
-    for (int t = 0; t < R; ++t) {
-      const float s = a[t * a_row + i * a_depth];
-      for (int u = 0; u < V; ++u) acc[t][u] += s * col[u];
-    }
-  }
-  for (int t = 0; t < R; ++t)
-    for (int u = 0; u < V; ++u) {
-      float *o = out + t * ldo + 16 * u;
-      const v16f sum = load16(o) + acc[t][u] * scale[t];
-      std::memcpy(o, &sum, sizeof(sum));
-    }
-}
-
-// strip_product of a 32-column slice of m with 12 × 2 accumulators (then 4, 2, 1 rows).
-static void wide_strip_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m,
-                               int64_t ldm, int64_t depth, const float *scale, float *out, int64_t ldo) {
-  int64_t t = 0;
-  auto rows_from_t = [&](auto product, int r) {
-    product(a + t * a_row, a_row, a_depth, m, ldm, depth, scale + t, out + t * ldo, ldo);
-    t += r;
-  };
-  while (t + 12 <= rows) rows_from_t(wide_block_product<12, 2>, 12);
-  while (t + 4 <= rows) rows_from_t(wide_block_product<4, 2>, 4);
-  if (t + 2 <= rows) rows_from_t(wide_block_product<2, 2>, 2);
-  if (t < rows) rows_from_t(wide_block_product<1, 2>, 1);
-}
-#endif
-
 // out[t·ldo + j] += scale[t] · Σ_{i < depth} a[t·a_row + i·a_depth] · m[i·ldm + j] for t < rows, j < cols:
 // 32-column slices of m with AVX-512, 16-column ones (strip_product), a plain loop over the columns left.
 static void scaled_product(const float *a, int64_t a_row, int64_t a_depth, int64_t rows, const float *m, int64_t ldm,
                            int64_t cols, int64_t depth, const float *scale, float *out, int64_t ldo) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  for (; j + 32 <= cols; j += 32) wide_strip_product(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
+  for (; j + 32 <= cols; j += 32)
+    strip_product<v16f, 12>(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
 #endif
-  for (; j + 16 <= cols; j += 16) strip_product(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
+  for (; j + 16 <= cols; j += 16)
+    strip_product<v8f, 6>(a, a_row, a_depth, rows, m + j, ldm, depth, scale, out + j, ldo);
   for (; j < cols; ++j)
     for (int64_t t = 0; t < rows; ++t) {
       float acc = 0.0f;
