@@ -13,3 +13,11 @@ def graph_mode():
     """Every test starts in GRAPH_MODE (parity helpers switch to PyNative for hooks and back)."""
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
+
+
+@pytest.fixture
+def pynative():
+    """PyNative mode for one test (the files that compare cells op by op mark every test with it)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.GRAPH_MODE)

@@ -1,5 +1,10 @@
 """Helpers shared by the test files (a test file imports these, never another test file): tiny models and their
 inputs, random weights, the norms left in a network, the relative error of logits, the γ probe."""
+import csv
+import json
+import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -104,3 +109,28 @@ def observed_gammas(step, x, micro_batches, a, b):
         loss, _ = step(Tensor(x), labels)
         gammas.append((float(loss.asnumpy()) - b) / (a - b))
     return gammas
+
+
+def outputs_on_thread_counts(script, folder, tag, thread_counts):
+    """The .npz that ``python -c script PATH tag`` writes with SLAB_MS_NATIVE_THREADS set to each of
+    ``thread_counts``, in order (a fresh process each: the kernels read the count when their library loads)."""
+    outputs = []
+    for threads in thread_counts:
+        env = dict(os.environ, SLAB_MS_NATIVE_THREADS=threads, PYTHONPATH=os.pathsep.join(sys.path))
+        path = folder / f"threads{threads}_{tag}.npz"
+        subprocess.run([sys.executable, "-c", script, str(path), tag], env=env, check=True, capture_output=True,
+                       timeout=300)
+        outputs.append(np.load(path))
+    return outputs
+
+
+def run_benchmark(folder, argv):
+    """``slab_ms.benchmark.main(argv + --json/--csv into folder)``, asserted to exit 0 (what the console script exits
+    with after a run); returns the JSON and the CSV rows it wrote."""
+    from slab_ms import benchmark
+    paths = {"json": str(folder / "out.json"), "csv": str(folder / "out.csv")}
+    assert benchmark.main([*argv, "--json", paths["json"], "--csv", paths["csv"]]) == 0
+    with open(paths["json"]) as f:
+        result = json.load(f)
+    with open(paths["csv"], newline="") as f:
+        return result, list(csv.DictReader(f))

@@ -11,19 +11,13 @@ from slab_ms.benchmark.families import GEMM
 from slab_ms.layers.flops import count_flops
 from mindcv.utils.amp import auto_mixed_precision
 
+from helpers import run_benchmark
+
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench")
-    paths = {"json": str(folder / "out.json"), "csv": str(folder / "out.csv")}
-    # 0 is what the console script (sys.exit(main())) exits with after a successful run
-    assert benchmark.main(["--quick", "--families", "deit", "--batch_sizes", "1", "--repeats", "1",
-                           "--json", paths["json"], "--csv", paths["csv"]]) == 0
-    with open(paths["json"]) as f:
-        result = json.load(f)
-    with open(paths["csv"], newline="") as f:
-        rows = list(csv.DictReader(f))
-    return result, rows
+    return run_benchmark(tmp_path_factory.mktemp("bench"),
+                         ["--quick", "--families", "deit", "--batch_sizes", "1", "--repeats", "1"])
 
 
 def test_json_has_every_form_with_positive_numbers(quick_run):

@@ -1,26 +1,18 @@
 """The benchmark's language-model rows (``--lm``) run end to end in --quick mode (llama_tiny, no torch) and write
 the documented JSON / CSV; no timing assertions."""
 import argparse
-import csv
-import json
 
 import pytest
 
 from slab_ms import benchmark
 from slab_ms.benchmark import lm
 
+from helpers import run_benchmark
+
 
 @pytest.fixture(scope="module")
 def quick_lm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench_lm")
-    paths = {"json": str(folder / "lm.json"), "csv": str(folder / "lm.csv")}
-    assert benchmark.main(["--lm", "--quick", "--repeats", "2", "--warmup", "1", "--json", paths["json"],
-                           "--csv", paths["csv"]]) == 0
-    with open(paths["json"]) as f:
-        result = json.load(f)
-    with open(paths["csv"], newline="") as f:
-        rows = list(csv.DictReader(f))
-    return result, rows
+    return run_benchmark(tmp_path_factory.mktemp("bench_lm"), ["--lm", "--quick", "--repeats", "2", "--warmup", "1"])
 
 
 def test_lm_rows_have_prefill_decode_and_peak_memory_for_both_forms(quick_lm):

@@ -7,12 +7,7 @@ from mindspore import Tensor, nn
 from slab_ms.layers import SimplifiedLinearAttention
 from slab_ms.layers.attention import banded_column_index, depthwise_conv_as_matmuls, row_shift_matrix
 
-
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=ms.GRAPH_MODE)
+pytestmark = pytest.mark.usefixtures("pynative")
 
 
 def random_conv(channels, kernel_size, seed):

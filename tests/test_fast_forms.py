@@ -1,9 +1,6 @@
 """The faster formulations equal the straightforward ones they replace (numpy references or MindSpore ops)."""
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import mindspore as ms
@@ -18,14 +15,10 @@ from slab_ms.layers.patch_embed import PatchConv2d
 from slab_ms.models.cswin import LePEConv, grid_to_tokens, tokens_to_grid
 from slab_ms.models.swin import cyclic_shift, window_order, window_partition, window_reverse
 
+from helpers import outputs_on_thread_counts
+
+pytestmark = pytest.mark.usefixtures("pynative")
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=ms.GRAPH_MODE)
 
 
 def test_gelu_is_the_exact_erf_gelu():
@@ -202,6 +195,7 @@ from mindspore import Tensor
 from slab_ms.layers import SimplifiedLinearAttention
 from slab_ms.layers.mlp import GELU
 from slab_ms.models.cswin import LePEConv
+
 ms.set_context(mode=ms.PYNATIVE_MODE)
 rng = np.random.default_rng(0)
 cells = [SimplifiedLinearAttention(32, 2, (24, 24)), GELU(), LePEConv(32)]
@@ -222,13 +216,7 @@ def test_native_kernels_give_the_same_numbers_on_any_number_of_threads(tmp_path)
     computed the same way on any thread, so the outputs are bitwise equal. Four images give the SLA kernel's
     image-per-thread path on 3 threads, two images its shared-image path (the 576 tokens make two Kᵀ V chunks)."""
     for images in ("4", "2"):
-        outputs = []
-        for threads in ("1", "3"):
-            env = dict(os.environ, SLAB_MS_NATIVE_THREADS=threads, PYTHONPATH=os.pathsep.join(sys.path))
-            path = tmp_path / f"threads{threads}_{images}.npz"
-            subprocess.run([sys.executable, "-c", _THREADED_RUN, str(path), images], env=env, check=True,
-                           capture_output=True, timeout=300)
-            outputs.append(np.load(path))
+        outputs = outputs_on_thread_counts(_THREADED_RUN, tmp_path, images, ("1", "3"))
         for name in ("sla", "gelu", "lepe"):
             assert np.abs(outputs[0][name]).max() > 0.1
             np.testing.assert_array_equal(outputs[0][name], outputs[1][name])

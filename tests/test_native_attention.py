@@ -1,8 +1,5 @@
 """The native attention kernels' backward passes (and the softmax attention's forward) equal the standard ops."""
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import mindspore as ms
@@ -14,15 +11,11 @@ from slab_ms.layers import SimplifiedLinearAttention, cpu_kernels
 from slab_ms.layers.attention import (Attention, simplified_linear_attention_qkv, sla_qkv_kernel,
                                       softmax_attention_kernel, softmax_attention_qkv)
 
+from helpers import outputs_on_thread_counts
+
 RNG = np.random.default_rng(0)
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels need g++")
-
-
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=ms.GRAPH_MODE)
+pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels need g++"),
+              pytest.mark.usefixtures("pynative")]
 
 
 def _randomise(cell, scale=0.5, seed=0):
@@ -175,13 +168,7 @@ def test_native_attention_gives_the_same_numbers_on_any_number_of_threads(tmp_pa
     """Softmax attention of one image (three heads of two query blocks) and of three images, SLA's backward of three
     images (per-image parameter gradients added in order): on 1 and 2 threads, bitwise equal numbers."""
     for images in ("1", "3"):
-        outputs = []
-        for threads in ("1", "2"):
-            env = dict(os.environ, SLAB_MS_NATIVE_THREADS=threads, PYTHONPATH=os.pathsep.join(sys.path))
-            path = tmp_path / f"threads{threads}_{images}.npz"
-            subprocess.run([sys.executable, "-c", _THREADED_RUN, str(path), images], env=env, check=True,
-                           capture_output=True, timeout=300)
-            outputs.append(np.load(path))
+        outputs = outputs_on_thread_counts(_THREADED_RUN, tmp_path, images, ("1", "2"))
         for name in ("out", "grad", "sla0", "sla1", "sla2", "sla3"):
             assert np.abs(outputs[0][name]).max() > 0.1
             np.testing.assert_array_equal(outputs[0][name], outputs[1][name])

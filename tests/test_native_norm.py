@@ -14,15 +14,9 @@ from slab_ms.layers import cpu_kernels
 from slab_ms.layers.mlp import GELU, Mlp, exact_gelu_backward, exact_gelu_of_sum_backward, native_gelu
 from slab_ms.layers.norm import LayerNorm, PRepBN, RepBN, TokenBatchNorm, get_norm_layer
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels need g++")
+pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels need g++"),
+              pytest.mark.usefixtures("pynative")]
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=ms.GRAPH_MODE)
 
 
 class _Weighted(nn.Cell):
