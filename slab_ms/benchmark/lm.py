@@ -51,11 +51,11 @@ def check_arguments(parser, args):
         return
     if args.torch_threads == "best":
         parser.error("--torch_threads best searches per vision form; with --lm give a count")
-    from ..models.llama import CONFIGS
+    from ..models.llama import CONFIGS, LlamaConfig
     if args.lm_prompt < 1 or args.lm_new_tokens < 3:
         parser.error(f"--lm_prompt must be >= 1 and --lm_new_tokens >= 3 (the decode rate skips the first two), "
                      f"got {args.lm_prompt} and {args.lm_new_tokens}")
-    limit = CONFIGS[LM_MODEL]["max_position_embeddings"]
+    limit = LlamaConfig.from_dict(CONFIGS[LM_MODEL]).max_position_embeddings
     if not args.quick and args.lm_prompt + args.lm_new_tokens > limit:
         parser.error(f"--lm_prompt + --lm_new_tokens must be <= {limit} ({LM_MODEL}'s max_position_embeddings), "
                      f"got {args.lm_prompt + args.lm_new_tokens}")
