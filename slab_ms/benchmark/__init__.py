@@ -51,7 +51,7 @@ import sys
 import time
 
 from . import lm
-from .children import Child
+from .children import Child, stop_all
 from .families import FAMILIES, FORMS, GEMM, TRAINING_FORMS, torch_counterpart
 from .report import plot, table, write_csv, write_json
 from .stats import summarise
@@ -281,11 +281,7 @@ def run(args):
                         if member != GEMM and member[-1] != "torch" and member not in profiles:
                             profiles[member] = child.ask("profile", args.batch_sizes[-1])
             finally:
-                for child in children.values():
-                    try:
-                        child.stop()
-                    except (OSError, RuntimeError, ValueError):
-                        child.kill()
+                stop_all(children.values())
     progress.close()
     measured = {"samples": samples, "train_samples": train_samples, "peaks": peaks, "flops": flops,
                 "profiles": profiles, "threads": threads, "counterparts": counterparts, "torch_ready": torch_ready,

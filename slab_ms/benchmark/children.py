@@ -61,6 +61,16 @@ class Child:
         self.process.wait()
 
 
+def stop_all(children):
+    """Ends every child of ``children``; one that can no longer answer (a closed pipe, an unreadable line) is
+    killed instead."""
+    for child in children:
+        try:
+            child.stop()
+        except (EOFError, OSError, RuntimeError, ValueError):
+            child.kill()
+
+
 def serve(build):
     """The child's loop. ``build()`` returns (the "ready" value, ``answer(kind, batch_size) -> (kind, value)``);
     "peak" is answered here; the loop ends when the parent closes stdin. The answers go to the original stdout,

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .children import Child
+from .children import Child, stop_all
 
 LM_FORMS = ("rmsnorm", "prepbn_deploy")
 LM_LABELS = {"rmsnorm": "RMSNorm", "prepbn_deploy": "PRepBN, folded", "torch": "transformers (torch), RMSNorm"}
@@ -114,11 +114,7 @@ def run(args, use_torch, torch_env=None):
         for form, child in children.items():
             peaks[form] = child.ask("peak")
     finally:
-        for child in children.values():
-            try:
-                child.stop()
-            except (EOFError, OSError, RuntimeError):
-                child.kill()
+        stop_all(children.values())
         print(file=sys.stderr, flush=True)
     return summarise(args, name, prompt, new_tokens, samples, peaks, ready, load_start, os.getloadavg())
 

@@ -875,15 +875,25 @@ static inline float row_sum(const float *x, int64_t len) {
   return s;
 }
 
+// C, the last axis of input 0, and n, its element count, where inputs 1 .. vectors are per-channel vectors of
+// length C (γ, β); false if they are not, or C is 0.
+static bool channel_shapes(const int *ndims, int64_t **shapes, int vectors, int64_t &C, int64_t &n) {
+  C = shapes[0][ndims[0] - 1];
+  if (C == 0) return false;
+  for (int i = 1; i <= vectors; ++i)
+    if (ndims[i] != 1 || shapes[i][0] != C) return false;
+  n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  return true;
+}
+
 // LayerNorm over the last axis of x (rows, C): y = (x − μ)·ρ·γ + β with ρ = 1/√(var + ε) (biased variance, two
 // passes); stats (rows, 2) keeps μ and ρ for the backward pass.
 extern "C" int LayerNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                          void *) {
   if (nparam != 6 || !all_float32(6, dtypes)) return 1;
-  const int64_t C = shapes[0][ndims[0] - 1];
-  if (ndims[1] != 1 || ndims[2] != 1 || shapes[1][0] != C || shapes[2][0] != C || C == 0) return 1;
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  int64_t C, n;
+  if (!channel_shapes(ndims, shapes, 2, C, n)) return 1;
   const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
   const float *beta = static_cast<const float *>(params[2]), eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]), *stats = static_cast<float *>(params[5]);
@@ -910,10 +920,8 @@ extern "C" int LayerNorm(int nparam, void **params, int *ndims, int64_t **shapes
 extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                                  void *) {
   if (nparam != 7 || !all_float32(7, dtypes)) return 1;
-  const int64_t C = shapes[0][ndims[0] - 1];
-  if (ndims[1] != 1 || shapes[1][0] != C || C == 0) return 1;
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  int64_t C, n;
+  if (!channel_shapes(ndims, shapes, 1, C, n)) return 1;
   const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
   const float *stats = static_cast<const float *>(params[2]), *dy = static_cast<const float *>(params[3]);
   float *dx = static_cast<float *>(params[4]), *dgamma = static_cast<float *>(params[5]);
@@ -968,10 +976,8 @@ static void column_sums(int64_t rows, int64_t C, double work, F f, float *out) {
 extern "C" int RepBatchNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                             void *) {
   if (nparam != 7 || !all_float32(7, dtypes)) return 1;
-  const int64_t C = shapes[0][ndims[0] - 1];
-  if (ndims[1] != 1 || ndims[2] != 1 || shapes[1][0] != C || shapes[2][0] != C || C == 0) return 1;
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  int64_t C, n;
+  if (!channel_shapes(ndims, shapes, 2, C, n)) return 1;
   const int64_t rows = n / C;
   if (rows < 2) return 1;  // the unbiased variance needs two samples
   const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
@@ -1008,10 +1014,8 @@ extern "C" int RepBatchNorm(int nparam, void **params, int *ndims, int64_t **sha
 extern "C" int RepBatchNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                     void *, void *) {
   if (nparam != 9 || !all_float32(9, dtypes)) return 1;
-  const int64_t C = shapes[0][ndims[0] - 1];
-  if (ndims[1] != 1 || shapes[1][0] != C || C == 0) return 1;
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  int64_t C, n;
+  if (!channel_shapes(ndims, shapes, 1, C, n)) return 1;
   const int64_t rows = n / C;
   const float *x = static_cast<const float *>(params[0]), *gamma = static_cast<const float *>(params[1]);
   const float alpha = *static_cast<const float *>(params[2]);
