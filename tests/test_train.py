@@ -421,6 +421,29 @@ def test_metrics_csv_keeps_each_epoch_once_across_a_resume(tmp_path):
     assert open(log.path, encoding="utf-8").read().startswith("epoch,loss,top1,top5,gamma,lr,img_per_s\n")
 
 
+def test_cpu_graphs_run_on_the_calling_thread_and_pynative_keeps_mindspore_s_pipeline():
+    # the caller's busy-wait on MindSpore's pipeline thread takes a core from a CPU run (cli.run_graphs_on_caller)
+    from mindspore.common.api import _pynative_executor as executor
+    from slab_ms import cli
+
+    def pipeline_was_off():  # disabling answers whether it already was
+        was_off = executor.disable_frontend_and_bprop_pipeline()
+        executor.enable_frontend_and_bprop_pipeline()
+        return was_off
+
+    try:
+        assert not pipeline_was_off()
+        cli.set_context(types.SimpleNamespace(device_target="CPU", mode=1, runtime_num_threads=None))
+        assert not pipeline_was_off()
+        cli.set_context(types.SimpleNamespace(device_target="CPU", mode=0, runtime_num_threads=None))
+        assert pipeline_was_off()
+        cli.cpu_graph_mode()
+        assert pipeline_was_off() and ms.get_context("mode") == ms.GRAPH_MODE
+    finally:
+        executor.enable_frontend_and_bprop_pipeline()
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+
 def test_device_target_defaults_to_the_best_available_and_an_unusable_one_is_one_error(recipe, tmp_path, capsys):
     from slab_ms import cli
     from slab_ms.train import main as train_main

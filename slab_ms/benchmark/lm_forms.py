@@ -32,8 +32,7 @@ def prompt_ids(batch_size, length, vocab_size):
 def start(spec):
     """Build ``spec["form"]`` of ``spec["model"]`` with ``spec["threads"]`` op threads; answers "generate" with
     [prefill seconds, decode seconds per token]."""
-    ms.set_context(mode=ms.GRAPH_MODE)
-    cli.set_cpu_threads(spec["threads"])
+    cli.cpu_graph_mode(spec["threads"])
     net = build(spec["model"], spec["form"])
     generator = GreedyGenerator(net)
 

@@ -99,10 +99,9 @@ def start(spec):
     """Build the member of ``spec`` (keys member, threads, jit_level, quick, flops); returns ``serve``'s pair.
     The "ready" value is the FLOPs per image, counted here when ``spec["flops"]`` is None."""
     member = spec["member"] if spec["member"] == GEMM else tuple(spec["member"])
-    ms.set_context(mode=ms.GRAPH_MODE)
+    cli.cpu_graph_mode(spec["threads"])
     if spec["jit_level"]:
         ms.set_context(jit_config={"jit_level": spec["jit_level"]})
-    cli.set_cpu_threads(spec["threads"])
     net, image_size, counted = build(member, spec["quick"], spec["flops"] is None)
     inputs, steps = {}, {}
 

@@ -350,12 +350,10 @@ def plot(rows, summary, path, title):
 def _ablation(argv):
     args = parse_args(argv)
     check_args(args)
-    import mindspore as ms
     from ..training.callbacks import format_seconds
     from ..utils import atomic_output, new_run_folder
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    cli.set_cpu_threads(args.threads)
+    cli.cpu_graph_mode(args.threads)
     if args.csv is None:
         args.csv = os.path.join(new_run_folder(os.path.join("output", "ablation")), "ablation.csv")
         args.plot = args.plot or os.path.splitext(args.csv)[0] + ".png"

@@ -182,13 +182,10 @@ def generation(net, prompt, n_tokens, label):
 def _demo(argv):
     args = parse_args(argv)
     check_args(args)
-    import mindspore as ms
     from .. import reparameterize_model
     from ..reparam import remaining_norms
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    if args.threads:
-        cli.set_cpu_threads(args.threads)
+    cli.cpu_graph_mode(args.threads)
     wall = time.perf_counter()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     data, source = load_corpus(args.corpus)
