@@ -269,7 +269,10 @@ def run_graphs_on_caller():
     ends. On a CPU that spin takes a core from the op threads for the whole backward pass: a DeiT-T training step
     at batch 8 on 2 cores takes 2.2x as long with it. Kernels on Ascend / GPU do not share the host's cores, so
     only CPU runs call this. A MindSpore without the switch keeps its default."""
-    from mindspore.common.api import _pynative_executor  # pylint: disable=import-outside-toplevel
+    try:
+        from mindspore.graph.api import _pynative_executor  # pylint: disable=import-outside-toplevel
+    except ImportError:  # MindSpore before 2.9
+        from mindspore.common.api import _pynative_executor  # pylint: disable=import-outside-toplevel
     disable = getattr(_pynative_executor, "disable_frontend_and_bprop_pipeline", None)
     if disable is not None:
         disable()

@@ -423,24 +423,28 @@ def test_metrics_csv_keeps_each_epoch_once_across_a_resume(tmp_path):
 
 def test_cpu_graphs_run_on_the_calling_thread_and_pynative_keeps_mindspore_s_pipeline():
     # the caller's busy-wait on MindSpore's pipeline thread takes a core from a CPU run (cli.run_graphs_on_caller)
-    from mindspore.common.api import _pynative_executor as executor
+    from mindspore.graph.api import _pynative_executor as executor
     from slab_ms import cli
 
-    def pipeline_was_off():  # disabling answers whether it already was
+    def pipeline_off():  # disabling answers whether it already was; the state is then put back
         was_off = executor.disable_frontend_and_bprop_pipeline()
-        executor.enable_frontend_and_bprop_pipeline()
+        if not was_off:
+            executor.enable_frontend_and_bprop_pipeline()
         return was_off
 
+    off_before = pipeline_off()  # an earlier test of this process may have run a tool's set_context
+    executor.enable_frontend_and_bprop_pipeline()
     try:
-        assert not pipeline_was_off()
         cli.set_context(types.SimpleNamespace(device_target="CPU", mode=1, runtime_num_threads=None))
-        assert not pipeline_was_off()
+        assert not pipeline_off()
         cli.set_context(types.SimpleNamespace(device_target="CPU", mode=0, runtime_num_threads=None))
-        assert pipeline_was_off()
-        cli.cpu_graph_mode()
-        assert pipeline_was_off() and ms.get_context("mode") == ms.GRAPH_MODE
-    finally:
+        assert pipeline_off()
         executor.enable_frontend_and_bprop_pipeline()
+        cli.cpu_graph_mode()
+        assert pipeline_off() and ms.get_context("mode") == ms.GRAPH_MODE
+    finally:
+        if not off_before:
+            executor.enable_frontend_and_bprop_pipeline()
         ms.set_context(mode=ms.GRAPH_MODE)
 
 
