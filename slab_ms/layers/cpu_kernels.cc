@@ -413,6 +413,24 @@ extern "C" int SimplifiedLinearAttentionQKV(int nparam, void **params, int *ndim
   return 0;
 }
 
+// The element count of input i.
+static int64_t element_count(const int *ndims, int64_t **shapes, int i) {
+  int64_t n = 1;
+  for (int d = 0; d < ndims[i]; ++d) n *= shapes[i][d];
+  return n;
+}
+
+// C, the last axis of input 0, and n, its element count, where inputs 1 .. vectors are per-channel vectors of
+// length C (γ, β, a bias); false if they are not, or C is 0.
+static bool channel_shapes(const int *ndims, int64_t **shapes, int vectors, int64_t &C, int64_t &n) {
+  C = shapes[0][ndims[0] - 1];
+  if (C == 0) return false;
+  for (int i = 1; i <= vectors; ++i)
+    if (ndims[i] != 1 || shapes[i][0] != C) return false;
+  n = element_count(ndims, shapes, 0);
+  return true;
+}
+
 // erf(x) = x·P(x²)/Q(x²) on [-4, 4], ±1 beyond (exact in float32 there): the rational approximation of
 // Eigen and XLA, within 4.3e-7 of the true erf (a few float32 ulps of 1).
 template <typename T>
@@ -454,13 +472,12 @@ static void gelu_span(const float *__restrict x, const float *__restrict bias, f
 extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                          void *) {
   if ((nparam != 2 && nparam != 3) || !all_float32(nparam, dtypes)) return 1;
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  int64_t n = element_count(ndims, shapes, 0);
   const float *x = static_cast<const float *>(params[0]);
   float *out = static_cast<float *>(params[nparam - 1]);
   if (nparam == 3) {
-    const int64_t width = shapes[0][ndims[0] - 1];
-    if (ndims[1] != 1 || shapes[1][0] != width) return 1;
+    int64_t width;
+    if (!channel_shapes(ndims, shapes, 1, width, n)) return 1;
     const float *bias = static_cast<const float *>(params[1]);
     parallel_for(n / width, 16.0 * n, [&](int64_t first, int64_t last) {
       for (int64_t row = first; row < last; ++row) gelu_span(x + row * width, bias, out + row * width, width);
@@ -832,8 +849,7 @@ static void add_blocks(const float *partial, int64_t blocks, int64_t len, float 
 extern "C" int ExactGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                                  void *) {
   if ((nparam != 3 && nparam != 5) || !all_float32(nparam, dtypes)) return 1;
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  int64_t n = element_count(ndims, shapes, 0);
   const float *x = static_cast<const float *>(params[0]);
   if (nparam == 3) {
     const float *dy = static_cast<const float *>(params[1]);
@@ -845,8 +861,8 @@ extern "C" int ExactGeluBackward(int nparam, void **params, int *ndims, int64_t 
     });
     return 0;
   }
-  const int64_t width = shapes[0][ndims[0] - 1];
-  if (ndims[1] != 1 || shapes[1][0] != width || width == 0) return 1;
+  int64_t width;
+  if (!channel_shapes(ndims, shapes, 1, width, n)) return 1;
   const float *bias = static_cast<const float *>(params[1]), *dy = static_cast<const float *>(params[2]);
   float *dx = static_cast<float *>(params[3]), *dbias = static_cast<float *>(params[4]);
   const int64_t rows = n / width, blocks = (rows + kSumRows - 1) / kSumRows;
@@ -873,18 +889,6 @@ static inline float row_sum(const float *x, int64_t len) {
   for (int u = 0; u < 8; ++u) s += acc[u];
   for (; i < len; ++i) s += x[i];
   return s;
-}
-
-// C, the last axis of input 0, and n, its element count, where inputs 1 .. vectors are per-channel vectors of
-// length C (γ, β); false if they are not, or C is 0.
-static bool channel_shapes(const int *ndims, int64_t **shapes, int vectors, int64_t &C, int64_t &n) {
-  C = shapes[0][ndims[0] - 1];
-  if (C == 0) return false;
-  for (int i = 1; i <= vectors; ++i)
-    if (ndims[i] != 1 || shapes[i][0] != C) return false;
-  n = 1;
-  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
-  return true;
 }
 
 // LayerNorm over the last axis of x (rows, C): y = (x − μ)·ρ·γ + β with ρ = 1/√(var + ε) (biased variance, two
