@@ -267,8 +267,9 @@ def run_graphs_on_caller():
     """Run each compiled graph on the thread that calls it. MindSpore 2.10 otherwise hands the run to a pipeline
     thread and returns; the caller, once it reads a result, busy-waits (``Pipeline::WaitAll`` spins) until the run
     ends. On a CPU that spin takes a core from the op threads for the whole backward pass: a DeiT-T training step
-    at batch 8 on 2 cores takes 2.2x as long with it. Kernels on Ascend / GPU do not share the host's cores, so
-    only CPU runs call this. A MindSpore without the switch keeps its default."""
+    at batch 8 on 2 cores takes about twice as long with it (705 vs 364 ms in the benchmark). Kernels on Ascend /
+    GPU do not share the host's cores, so only CPU runs call this. A MindSpore without the switch keeps its
+    default."""
     try:
         from mindspore.graph.api import _pynative_executor  # pylint: disable=import-outside-toplevel
     except ImportError:  # MindSpore before 2.9
