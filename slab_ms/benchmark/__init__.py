@@ -14,9 +14,9 @@ baseline), ``prepbn`` PRepBN in training form (eval: RepBN with its statistics),
 Method. Every model runs in its own child process (which also gives its peak memory: the child's
 own maximum resident set, VmHWM, including MindSpore's runtime, so compare models, not absolute numbers with
 other tools). Per family and batch size the baseline, two other forms and a GEMM reference (a
-chain of 24 (1568×192)·(192×768) matmuls in one graph) are alive together and, after ``--warmup``
-untimed rounds, timed in interleaved rounds (each round runs each of them once), so a change in machine
-load hits all of them alike;
+chain of 24 (1568×192)·(192×768) products in one graph, run as the models' dense layers) are alive together and,
+after ``--warmup`` untimed rounds, timed in interleaved rounds (each round runs each of them once), so a change in
+machine load hits all of them alike;
 the baseline takes part in every group, and each speed-up is taken against the baseline of its own
 group. The table reports medians with min–max, and below it each form's paired time ratio: its time over
 the baseline's in the same round, median and quartiles over the rounds (the host's slow phases hit both

@@ -11,27 +11,31 @@ import time
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
 from .. import cli, create_model, reparameterize_model
+from ..layers import Dense
 from ..layers.flops import count_flops
 from .children import serve
 from .families import FAMILIES, GEMM, GEMM_DEPTH, GEMM_SHAPE, QUICK, gemm_flops
 
 
 class GemmChain(nn.Cell):
-    """The GEMM reference: ``GEMM_DEPTH`` chained (1568×192)·(192×768) and (1568×768)·(768×192) matmuls."""
+    """The GEMM reference: ``GEMM_DEPTH`` chained (1568×192)·(192×768) and (1568×768)·(768×192) products, run as the
+    models' dense layers run (``layers.Dense``: the native sgemm on a float32 CPU)."""
 
     def __init__(self):
         super().__init__()
         _, k, n = GEMM_SHAPE
         rng = np.random.default_rng(0)
-        self.up = ms.Tensor(rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k))
-        self.down = ms.Tensor(rng.standard_normal((n, k), dtype=np.float32) / np.sqrt(n))
+        self.up = Dense(k, n, weight_init=ms.Tensor(rng.standard_normal((n, k), dtype=np.float32) / np.sqrt(k)),
+                        has_bias=False)
+        self.down = Dense(n, k, weight_init=ms.Tensor(rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(n)),
+                          has_bias=False)
 
     def construct(self, x):
         for i in range(GEMM_DEPTH):
-            x = ops.matmul(x, self.up) if i % 2 == 0 else ops.matmul(x, self.down)
+            x = self.up(x) if i % 2 == 0 else self.down(x)
         return x
 
 

@@ -27,7 +27,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .cpu_kernels import kernel
-from .helpers import dense, float32_softmax, to_2tuple
+from .dense import dense
+from .helpers import float32_softmax, to_2tuple
 
 __all__ = ["Attention", "SimplifiedLinearAttention", "split_heads", "merge_heads", "resize_token_grid",
            "banded_column_index", "row_shift_matrix", "depthwise_conv_as_matmuls", "head_block_mask",

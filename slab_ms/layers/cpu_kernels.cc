@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <dlfcn.h>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -1112,3 +1113,100 @@ extern "C" int RepBatchNormBackward(int nparam, void **params, int *ndims, int64
   return 0;
 }
 
+// ----- Dense layers, y = x·Wᵀ + b, forward and backward, through oneDNN's row-major sgemm (dnnl_sgemm) from the
+// libdnnl that MindSpore's CPU backend itself loads (its path given at compile time as SLAB_MS_DNNL; without it
+// the kernels return an error and the cells keep MindSpore's MatMul). Each product is split by rows or columns of
+// its output over the threads, every thread one sgemm on its block: each element is the same K-long sum on any
+// thread count (tested).
+typedef int (*Sgemm)(char transa, char transb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+static Sgemm sgemm() {
+  static const Sgemm f = []() -> Sgemm {
+#ifdef SLAB_MS_DNNL
+    void *library = dlopen(SLAB_MS_DNNL, RTLD_NOW | RTLD_LOCAL);
+    return library ? reinterpret_cast<Sgemm>(dlsym(library, "dnnl_sgemm")) : nullptr;
+#else
+    return nullptr;
+#endif
+  }();
+  return f;
+}
+
+// C (M, N) = op(A)·op(B) + bias (N, on every row; none: C = op(A)·op(B)), row-major; op(X) is X or Xᵀ as its
+// trans is 'N' or 'T'. The threads split C by rows, every thread sharing op(B), or, where op(A) is the smaller
+// operand (a Dense layer on one image), by columns; false if an sgemm failed.
+static bool parallel_sgemm(char trans_a, char trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                           const float *B, int64_t ldb, const float *bias, float *C, int64_t ldc) {
+  std::atomic<bool> ok{true};
+  const bool by_rows = M >= N;
+  parallel_for(by_rows ? M : N, double(M) * N * K, [&](int64_t first, int64_t last) {
+    const int64_t m0 = by_rows ? first : 0, m1 = by_rows ? last : M, n0 = by_rows ? 0 : first, n1 = by_rows ? N : last;
+    const float *a = trans_a == 'N' ? A + m0 * lda : A + m0, *b = trans_b == 'N' ? B + n0 : B + n0 * ldb;
+    if (bias)
+      for (int64_t row = m0; row < m1; ++row) std::copy(bias + n0, bias + n1, C + row * ldc + n0);
+    if (sgemm()(trans_a, trans_b, m1 - m0, n1 - n0, K, 1.0f, a, lda, b, ldb, bias ? 1.0f : 0.0f, C + m0 * ldc + n0,
+                ldc))
+      ok = false;
+  });
+  return ok;
+}
+
+// x (M, K) and w (N, K), with bias (N) when has_bias; false otherwise.
+static bool dense_shapes(const int *ndims, int64_t **shapes, bool has_bias, int64_t &M, int64_t &N, int64_t &K) {
+  if (ndims[0] != 2 || ndims[1] != 2 || shapes[0][1] != shapes[1][1]) return false;
+  M = shapes[0][0], N = shapes[1][0], K = shapes[0][1];
+  return !has_bias || (ndims[2] == 1 && shapes[2][0] == N);
+}
+
+// (x, w[, bias]) -> y = x·wᵀ (+ bias on every row): x (M, K), w (N, K), y (M, N).
+static int dense(bool has_bias, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  int64_t M, N, K;
+  if (nparam != (has_bias ? 4 : 3) || !all_float32(nparam, dtypes) || sgemm() == nullptr ||
+      !dense_shapes(ndims, shapes, has_bias, M, N, K))
+    return 1;
+  const float *x = static_cast<const float *>(params[0]), *w = static_cast<const float *>(params[1]);
+  const float *bias = has_bias ? static_cast<const float *>(params[2]) : nullptr;
+  return parallel_sgemm('N', 'T', M, N, K, x, K, w, K, bias, static_cast<float *>(params[nparam - 1]), N) ? 0 : 1;
+}
+
+// Gradient of dense: (x, w[, bias], dy) -> (dx = dy·w, dw = dyᵀ·x[, dbias = Σ over rows of dy]).
+static int dense_backward(bool has_bias, int nparam, void **params, int *ndims, int64_t **shapes,
+                          const char **dtypes) {
+  int64_t M, N, K;
+  if (nparam != (has_bias ? 7 : 5) || !all_float32(nparam, dtypes) || sgemm() == nullptr ||
+      !dense_shapes(ndims, shapes, has_bias, M, N, K))
+    return 1;
+  const int dy_at = has_bias ? 3 : 2;
+  if (ndims[dy_at] != 2 || shapes[dy_at][0] != M || shapes[dy_at][1] != N) return 1;
+  const float *x = static_cast<const float *>(params[0]), *w = static_cast<const float *>(params[1]);
+  const float *dy = static_cast<const float *>(params[dy_at]);
+  float *dx = static_cast<float *>(params[dy_at + 1]), *dw = static_cast<float *>(params[dy_at + 2]);
+  if (!parallel_sgemm('N', 'N', M, K, N, dy, N, w, K, nullptr, dx, K) ||
+      !parallel_sgemm('T', 'N', N, K, M, dy, N, x, K, nullptr, dw, K))
+    return 1;
+  if (has_bias)
+    column_sums(M, N, 0.5 * M * N, [&](int64_t row, float *acc) { add_row(acc, dy + row * N, N); },
+                static_cast<float *>(params[6]));
+  return 0;
+}
+
+// One name per arity: MindSpore keeps one bprop per Custom function name.
+extern "C" int Dense(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return dense(true, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int DenseBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                             void *) {
+  return dense_backward(true, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int DenseNoBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                           void *) {
+  return dense(false, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int DenseNoBiasBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *, void *) {
+  return dense_backward(false, nparam, params, ndims, shapes, dtypes);
+}

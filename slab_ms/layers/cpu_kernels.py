@@ -1,16 +1,17 @@
 """Native CPU kernels: simplified linear attention, the DeiT softmax attention core, depth-wise convs, LayerNorm,
-RepBN / the token BatchNorm and the exact GELU, with native backwards for those that run in training.
+RepBN / the token BatchNorm, the exact GELU and the dense layers (through the ``dnnl_sgemm`` of the oneDNN library
+that MindSpore ships), with native backwards for those that run in training.
 
 ``cpu_kernels.cc`` is compiled with the machine's ``g++`` (``-O3 -march=native``) on first use and cached
 under ``$XDG_CACHE_HOME/slab_ms`` (default ``~/.cache/slab_ms``; if that is not writable, a per-user folder in
 the temporary directory), one library per source and CPU; the kernels run through ``ops.Custom(func_type="aot")``
 and differentiate through their native backward kernel or, without one, as the same function in standard ops.
-Cells use them on float32 CPU tensors only: SLA on the packed qkv projection, the softmax attention core, LayerNorm
-and the GELU in training and eval mode, RepBN's batch-statistics pass in training, SLA on separate q, k, v and
-CSwin's LePE in eval mode; other dtypes and devices, a machine without ``g++`` and ``SLAB_MS_NATIVE_KERNELS=0``
-use the standard MindSpore ops; both agree to float32 tolerance (the conv to rounding, the GELU's erf within
-4.3e-7). Exported graphs never contain them: ``use_standard_ops(net)`` switches a network back, and the export tool
-calls it before writing MindIR or ONNX.
+Cells use them on float32 CPU tensors only: SLA on the packed qkv projection, the softmax attention core, LayerNorm,
+the GELU and the dense layers in training and eval mode, RepBN's batch-statistics pass in training, SLA on separate
+q, k, v and CSwin's LePE in eval mode; other dtypes and devices, a machine without ``g++`` (or, for the dense
+layers, without MindSpore's oneDNN) and ``SLAB_MS_NATIVE_KERNELS=0`` use the standard MindSpore ops; both agree to
+float32 tolerance (the conv to rounding, the GELU's erf within 4.3e-7). Exported graphs never contain them:
+``use_standard_ops(net)`` switches a network back, and the export tool calls it before writing MindIR or ONNX.
 """
 import hashlib
 import inspect
@@ -23,7 +24,7 @@ import tempfile
 import mindspore as ms
 from mindspore import ops
 
-__all__ = ["library_path", "NativeKernel", "kernel", "native_kernels", "use_standard_ops"]
+__all__ = ["library_path", "dnnl_library", "NativeKernel", "kernel", "native_kernels", "use_standard_ops"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
@@ -36,6 +37,21 @@ def _cpu_identity():
             return "".join(line for line in f if line.startswith(("model name", "flags")))
     except OSError:
         return platform.processor()
+
+
+def dnnl_library():
+    """Path of the oneDNN library that MindSpore ships and its CPU backend loads (the Dense kernels call its
+    ``dnnl_sgemm``), or None."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(ms.__file__)), "lib")
+    if not os.path.isdir(folder):
+        return None
+    names = sorted(name for name in os.listdir(folder) if name.startswith("libdnnl.so"))
+    return os.path.join(folder, names[-1]) if names else None
+
+
+def _flags():
+    dnnl = dnnl_library()
+    return FLAGS + ([f'-DSLAB_MS_DNNL="{dnnl}"'] if dnnl else [])
 
 
 def _cache_dirs():
@@ -54,7 +70,8 @@ def _compile():
             source = f.read()
     except OSError:
         return None
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_identity().encode()).hexdigest()[:16]
+    flags = _flags()
+    key = hashlib.sha256(source + " ".join(flags).encode() + _cpu_identity().encode()).hexdigest()[:16]
     for folder in _cache_dirs():
         path = os.path.join(folder, f"cpu_kernels-{key}.so")
         if os.path.exists(path):
@@ -64,7 +81,7 @@ def _compile():
             handle, temp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
             os.close(handle)
             try:
-                subprocess.run([compiler, *FLAGS, "-o", temp, SOURCE], check=True, capture_output=True, timeout=120)
+                subprocess.run([compiler, *flags, "-o", temp, SOURCE], check=True, capture_output=True, timeout=120)
                 os.replace(temp, path)  # atomic: concurrent first uses each compile, one wins, none reads half a file
             finally:
                 if os.path.exists(temp):

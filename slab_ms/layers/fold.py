@@ -17,6 +17,7 @@ Each family registers, per owning cell type, a ``fold(cell)`` built from these p
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
+from .dense import Dense
 from .helpers import registered_for
 from .norm import PRepBN, TokenBatchNorm
 
@@ -96,7 +97,7 @@ def _with_weights(cell, weight, bias):
         cell.bias.set_data(bias)
         return cell
     if isinstance(cell, nn.Dense):
-        return nn.Dense(cell.in_channels, cell.out_channels, weight_init=weight, bias_init=bias, has_bias=True)
+        return Dense(cell.in_channels, cell.out_channels, weight_init=weight, bias_init=bias, has_bias=True)
     return nn.Conv2d(cell.in_channels, cell.out_channels, cell.kernel_size, stride=cell.stride,
                      pad_mode=cell.pad_mode, padding=cell.padding, dilation=cell.dilation, group=cell.group,
                      has_bias=True, weight_init=weight, bias_init=bias, data_format=cell.data_format)

@@ -1,12 +1,11 @@
-"""Small shared helpers: tuple conversion, the reference's Dense initialisation, the float32 softmax and the
-lookup of the per-cell-type registries (folds, FLOP formulas)."""
+"""Small shared helpers: tuple conversion, the float32 softmax and the lookup of the per-cell-type registries
+(folds, FLOP formulas)."""
 import collections.abc
 
 import mindspore as ms
-from mindspore import nn, ops
-from mindspore.common.initializer import TruncatedNormal
+from mindspore import ops
 
-__all__ = ["to_2tuple", "dense", "float32_softmax", "registered_for"]
+__all__ = ["to_2tuple", "float32_softmax", "registered_for"]
 
 
 def to_2tuple(x):
@@ -16,12 +15,6 @@ def to_2tuple(x):
             raise ValueError(f"expected a pair, got {x}")
         return x
     return (x, x)
-
-
-def dense(in_channels, out_channels, has_bias=True):
-    """Dense with trunc-normal(0.02) weight and zero bias, as every Linear of the reference."""
-    return nn.Dense(in_channels, out_channels, weight_init=TruncatedNormal(0.02), bias_init="zeros",
-                    has_bias=has_bias)
 
 
 def registered_for(registry, cell):

@@ -5,7 +5,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .cpu_kernels import kernel, library_path
-from .helpers import dense
+from .dense import dense, native_dense
 
 __all__ = ["Mlp", "GELU", "ErfFreeGELU"]
 
@@ -87,9 +87,9 @@ def _gelu_kernel(path, with_bias):
 class Mlp(nn.Cell):
     """fc1 -> exact GELU -> dropout -> fc2 -> dropout.
 
-    On float32 CPU tensors, in training and evaluation, fc1 runs as its matmul and the native GELU pass adds its
-    bias (one BiasAdd kernel and one pass over the widest activation less per block, forward and backward), and the
-    tokens stay 2-D from fc1 to fc2; ``use_standard_ops`` switches back to ``fc1`` then ``act``.
+    On float32 CPU tensors, in training and evaluation, fc1 runs as its (native) matmul and the native GELU pass adds
+    its bias (one BiasAdd kernel and one pass over the widest activation less per block, forward and backward), and
+    the tokens stay 2-D from fc1 to fc2; ``use_standard_ops`` switches back to ``fc1`` then ``act``.
     """
 
     def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0):
@@ -101,13 +101,16 @@ class Mlp(nn.Cell):
         self.fc2 = dense(hidden_features, out_features)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
         self.native_kernel = native_gelu(with_bias=True)
+        self.native_matmul = native_dense(has_bias=False)
         self.matmul_transposed_b = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
         # isinstance: MindCV's O1 wraps fc1 in a cell without its weight (then fc1 runs as the wrapped cell)
         if self.native_kernel is not None and x.dtype == ms.float32 and isinstance(self.fc1, nn.Dense):
             shape = x.shape
-            hidden = self.matmul_transposed_b(x.reshape(-1, shape[-1]), self.fc1.weight)
+            x = x.reshape(-1, shape[-1])
+            hidden = (self.native_matmul(x, self.fc1.weight) if self.native_matmul is not None
+                      else self.matmul_transposed_b(x, self.fc1.weight))
             hidden = self.native_kernel(hidden, self.fc1.bias)
             return self.drop(self.fc2(self.drop(hidden))).reshape(shape[:-1] + (-1,))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))

@@ -35,7 +35,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import Normal
 
-from ..layers import (attach_prepbn_schedule, float32_softmax, fold_norm_into_consumers, get_masked_norm_layer,
+from ..layers import (Dense, attach_prepbn_schedule, float32_softmax, fold_norm_into_consumers, get_masked_norm_layer,
                       register_fold)
 from ..layers.prepbn_schedule import advance_in_training
 from ..weights.official import drop_keys
@@ -119,7 +119,7 @@ test_configs = {"llama_tiny": {}}
 
 # --------------------------------------------------------------------------------------------------- cells
 def _dense(cin, cout, std):
-    return nn.Dense(cin, cout, has_bias=False, weight_init=Normal(std))
+    return Dense(cin, cout, has_bias=False, weight_init=Normal(std))
 
 
 def rope_tables(head_dim, max_positions, base=10000.0):
@@ -487,7 +487,7 @@ def _fold_head(model):
     if model.tie_word_embeddings:
         c = model.config
         table = model.model.embed_tokens.embedding_table.asnumpy()
-        model.lm_head = nn.Dense(c.hidden_size, c.vocab_size, has_bias=False, weight_init=Tensor(table.copy()))
+        model.lm_head = Dense(c.hidden_size, c.vocab_size, has_bias=False, weight_init=Tensor(table.copy()))
         model.tie_word_embeddings = False
         model.config = dataclasses.replace(c, tie_word_embeddings=False)
     fold_norm_into_consumers(model.model, "norm", [(model, "lm_head")])
