@@ -12,6 +12,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 
@@ -58,6 +59,7 @@ class WorkerPool {
 
  private:
   void serve(int64_t index) {
+    pthread_setname_np(pthread_self(), "slab_ms_kernel");
     uint64_t seen = 0;
     for (;;) {
       {
@@ -79,6 +81,12 @@ class WorkerPool {
   std::atomic<int64_t> pending_{0};
 };
 
+// The one pool of the library (never destroyed: its threads outlive main).
+static WorkerPool &worker_pool() {
+  static WorkerPool *pool = new WorkerPool(native_threads() - 1);
+  return *pool;
+}
+
 // f(begin, end) over [0, n) in contiguous chunks, one per thread; work: the multiply-adds of all n items (below
 // about 2^18 a second thread costs more than it saves).
 template <class F>
@@ -88,10 +96,9 @@ static void parallel_for(int64_t n, double work, F f) {
     f(int64_t{0}, n);
     return;
   }
-  static WorkerPool *pool = new WorkerPool(native_threads() - 1);  // never destroyed: its threads outlive main
   auto chunk = [&](int64_t t) { f(n * t / threads, n * (t + 1) / threads); };
   using Chunk = decltype(chunk);
-  if (!pool->run(threads, [](void *c, int64_t t) { (*static_cast<Chunk *>(c))(t); }, &chunk)) f(int64_t{0}, n);
+  if (!worker_pool().run(threads, [](void *c, int64_t t) { (*static_cast<Chunk *>(c))(t); }, &chunk)) f(int64_t{0}, n);
 }
 
 static bool all_float32(int n, const char **dtypes) {
