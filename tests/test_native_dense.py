@@ -1,5 +1,6 @@
 """The native Dense kernels (oneDNN's sgemm, the bias in the same call) equal ``nn.Dense``'s MatMul and BiasAdd,
-forward and backward, and give the same numbers on any number of threads."""
+forward and backward, and give the same numbers on any number of threads; the unfold convolution built on them equals
+the Conv2d."""
 import shutil
 
 import numpy as np
@@ -9,6 +10,7 @@ from mindspore import Tensor, nn
 
 from helpers import outputs_on_thread_counts
 from slab_ms.layers import cpu_kernels
+from slab_ms.layers import UnfoldConv2d
 from slab_ms.layers.dense import Dense, dense, dense_backward_reference, native_dense
 
 pytestmark = [pytest.mark.skipif(shutil.which("g++") is None or cpu_kernels.dnnl_library() is None,
@@ -72,6 +74,30 @@ def test_dense_keeps_nn_dense_s_parameters_and_float16_takes_the_standard_ops():
     x = Tensor(RNG.normal(size=(3, 8)).astype(np.float32))
     assert cell.to_float(ms.float16)(x).dtype == ms.float16 and cell.native_kernel is None
     assert Dense(8, 4, activation="relu").native_kernel is None  # an activation keeps nn.Dense's path
+
+
+@pytest.mark.parametrize("cin, cout, kernel, stride, padding, size",
+                         [(3, 8, 7, 4, 2, (30, 26)), (6, 12, 3, 2, 1, (9, 14))])
+def test_unfold_conv_equals_the_conv2d(cin, cout, kernel, stride, padding, size):
+    """CSwin's stem (7×7, stride 4, padding 2) and merge (3×3, stride 2, padding 1) convs on maps of odd sizes: the
+    unfold + native Dense product gives the Conv2d's output and gradients (input, weight, bias)."""
+    x = Tensor(RNG.normal(size=(2, cin) + size).astype(np.float32))
+    out_size = tuple((s + 2 * padding - kernel) // stride + 1 for s in size)
+    weights = Tensor(RNG.normal(size=(2, cout) + out_size).astype(np.float32))
+    runs = []
+    for native in (True, False):
+        conv = UnfoldConv2d(cin, cout, kernel, stride, padding)
+        rng = np.random.default_rng(2)
+        for param in conv.trainable_params():
+            param.set_data(Tensor(rng.normal(0, 0.5, param.shape).astype(np.float32)))
+        assert conv.native_kernel is not None and isinstance(conv, nn.Conv2d)
+        if not native:
+            assert cpu_kernels.use_standard_ops(conv) == 1
+        runs.append(_run(conv, x, weights))
+    assert runs[0][0].shape == (2, cout) + out_size
+    for got, expected in zip(*runs):
+        assert np.abs(expected).max() > 0.1
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 _THREADED_RUN = """

@@ -24,7 +24,8 @@ import tempfile
 import mindspore as ms
 from mindspore import ops
 
-__all__ = ["library_path", "dnnl_library", "NativeKernel", "kernel", "native_kernels", "use_standard_ops"]
+__all__ = ["library_path", "dnnl_library", "NativeKernel", "kernel", "native_kernels", "Float32Kernels",
+           "use_standard_ops"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
@@ -161,6 +162,17 @@ def kernel(name, reference, out_shape=None, out_dtype=None, bprop=None):
 def native_kernels(cell):
     """{attribute name: kernel} of the ``NativeKernel`` attributes of ``cell`` (not of its sub-cells)."""
     return {name: value for name, value in vars(cell).items() if isinstance(value, NativeKernel)}
+
+
+class Float32Kernels:
+    """Mixin for a cell whose native kernels take float32 only: set to float16 or bfloat16 (``to_float``, AMP), the
+    cell drops them, since in PyNative mode its ops then receive float16 inputs whatever dtype ``construct`` sees."""
+
+    def add_flags(self, **flags):
+        if flags.get("fp16") or flags.get("bf16"):
+            for name in native_kernels(self):
+                setattr(self, name, None)
+        return super().add_flags(**flags)
 
 
 def use_standard_ops(net):

@@ -6,29 +6,22 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
-from .cpu_kernels import dnnl_library, kernel, library_path
+from .cpu_kernels import Float32Kernels, dnnl_library, kernel, library_path
 
 __all__ = ["Dense", "dense", "native_dense"]
 
 
-class Dense(nn.Dense):
+class Dense(Float32Kernels, nn.Dense):
     """``nn.Dense`` (the same parameters, checkpoints and folds) that on float32 CPU tensors runs as one native kernel:
     the sgemm of the oneDNN library MindSpore ships, with the bias added in the same call (one kernel instead of
-    MatMul and BiasAdd); its backward is two sgemms and a column sum. Other dtypes and devices, an activation, and
-    ``use_standard_ops`` take ``nn.Dense``'s own path."""
+    MatMul and BiasAdd); its backward is two sgemms and a column sum. Other dtypes and devices, an activation, a cell
+    set to float16 and ``use_standard_ops`` take ``nn.Dense``'s own path."""
 
     def __init__(self, in_channels, out_channels, weight_init=None, bias_init=None, has_bias=True, activation=None,
                  dtype=ms.float32):
         super().__init__(in_channels, out_channels, weight_init=weight_init, bias_init=bias_init, has_bias=has_bias,
                          activation=activation, dtype=dtype)
         self.native_kernel = native_dense(has_bias) if activation is None and dtype == ms.float32 else None
-
-    def add_flags(self, **flags):
-        """A Dense set to float16 or bfloat16 (``to_float``, AMP) keeps ``nn.Dense``'s path: in PyNative mode its ops
-        receive float16 inputs whatever dtype ``construct`` sees."""
-        if flags.get("fp16") or flags.get("bf16"):
-            self.native_kernel = None
-        return super().add_flags(**flags)
 
     def construct(self, x):
         if self.native_kernel is None or x.dtype != ms.float32:

@@ -1,10 +1,14 @@
-"""Non-overlapping patch embedding: Conv2d(kernel = stride = patch) -> tokens -> optional norm."""
+"""Patch embeddings: non-overlapping (Conv2d(kernel = stride = patch) -> tokens -> optional norm) and the strided,
+padded convs of the convolutional stems and stage merges."""
+import mindspore as ms
 from mindspore import nn, ops
 
+from .cpu_kernels import Float32Kernels
+from .dense import native_dense
 from .fold import fold_norm_into_producer, register_fold
 from .helpers import to_2tuple
 
-__all__ = ["PatchEmbed", "PatchConv2d", "check_input", "patch_tokens"]
+__all__ = ["PatchEmbed", "PatchConv2d", "UnfoldConv2d", "check_input", "patch_tokens"]
 
 
 def check_input(x, in_channels, multiple, model_name):
@@ -72,6 +76,30 @@ def patch_tokens(conv, x, hw=None):
     out = conv(x)
     b, c, h, w = out.shape
     return out.reshape(b, c, h * w).transpose(0, 2, 1), (h, w)
+
+
+class UnfoldConv2d(Float32Kernels, nn.Conv2d):
+    """Conv2d with zero padding (pad mode "pad") that on float32 CPU tensors runs as ``ops.unfold`` and one native
+    Dense product over the (B·L, C·k·k) patches: the same parameters and outputs as ``nn.Conv2d``. MindSpore 2.10's
+    CPU Conv2D took 73-101 ms per call for each of CSwin's strided convs whatever its size (oneDNN's convolution on
+    plain NCHW tensors), the unfold and the product 5-33 ms at batch 8. ``use_standard_ops`` switches back."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad", padding=padding,
+                         has_bias=True)
+        self.unfold_padding = padding
+        self.native_kernel = native_dense(has_bias=True)
+
+    def construct(self, x):
+        if self.native_kernel is None or x.dtype != ms.float32:
+            return super().construct(x)
+        b, _, h, w = x.shape
+        (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.unfold_padding
+        ho, wo = (h + 2 * p - kh) // sh + 1, (w + 2 * p - kw) // sw + 1
+        cols = ops.unfold(x, self.kernel_size, 1, p, self.stride)  # (B, C·kh·kw, Ho·Wo), C-major as the weight
+        cols = cols.transpose(0, 2, 1).reshape(b * ho * wo, -1)
+        y = self.native_kernel(cols, self.weight.reshape(self.out_channels, -1), self.bias)
+        return y.reshape(b, ho, wo, -1).transpose(0, 3, 1, 2)
 
 
 class PatchEmbed(nn.Cell):

@@ -33,7 +33,7 @@ from mindspore import Tensor, nn, ops
 
 from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
                       float32_softmax, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
-                      merge_heads, register_fold, split_heads, to_2tuple)
+                      merge_heads, register_fold, split_heads, to_2tuple, UnfoldConv2d)
 from ..layers.attention import depthwise_conv_tokens
 from ..layers.cpu_kernels import kernel
 from ..layers.fold import zero_preimage
@@ -246,8 +246,7 @@ class ConvEmbed(nn.SequentialCell):
     """Stem: Conv2d(k7, s4, p2) -> tokens -> norm; returns the tokens and their (H, W) grid."""
 
     def __init__(self, in_channels, dim, norm_layer):
-        conv = nn.Conv2d(in_channels, dim, _STEM_CONV["kernel"], stride=_STEM_CONV["stride"], pad_mode="pad",
-                         padding=_STEM_CONV["padding"], has_bias=True)
+        conv = UnfoldConv2d(in_channels, dim, _STEM_CONV["kernel"], _STEM_CONV["stride"], _STEM_CONV["padding"])
         super().__init__([conv, GridToTokens(), norm_layer(dim)])
 
     def construct(self, x):
@@ -261,8 +260,7 @@ class MergeBlock(nn.Cell):
 
     def __init__(self, dim, dim_out, norm_layer):
         super().__init__()
-        self.conv = nn.Conv2d(dim, dim_out, _MERGE_CONV["kernel"], stride=_MERGE_CONV["stride"], pad_mode="pad",
-                              padding=_MERGE_CONV["padding"], has_bias=True)
+        self.conv = UnfoldConv2d(dim, dim_out, _MERGE_CONV["kernel"], _MERGE_CONV["stride"], _MERGE_CONV["padding"])
         self.norm = norm_layer(dim_out)
 
     def construct(self, x, hw):
