@@ -31,9 +31,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, attach_prepbn_schedule, check_input, dense,
-                      float32_softmax, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
-                      merge_heads, register_fold, split_heads, to_2tuple, UnfoldConv2d)
+from ..layers import (DropPath, Mlp, SimplifiedLinearAttention, UnfoldConv2d, attach_prepbn_schedule, check_input,
+                      dense, float32_softmax, fold_norm_into_consumers, fold_norm_into_producer, get_norm_layer,
+                      merge_heads, register_fold, split_heads, to_2tuple)
 from ..layers.attention import depthwise_conv_tokens
 from ..layers.cpu_kernels import kernel
 from ..layers.fold import zero_preimage
