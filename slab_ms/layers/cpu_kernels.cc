@@ -530,15 +530,14 @@ static void gelu_span(const float *__restrict x, const float *__restrict bias, f
 }
 
 // Exact (erf) GELU, x·(1 + erf(x/√2))/2, element-wise over a float32 tensor of any shape (|Δerf| ≤ 4.3e-7,
-// so |ΔGELU| ≤ 2.2e-7·|x| + rounding). With three parameters (x, bias, out) GELU(x + bias), bias along x's last
-// axis: the bias of the Dense layer before it, added in the same pass.
-extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                         void *) {
-  if ((nparam != 2 && nparam != 3) || !all_float32(nparam, dtypes)) return 1;
+// so |ΔGELU| ≤ 2.2e-7·|x| + rounding). With a bias, three parameters (x, bias, out): GELU(x + bias), bias along x's
+// last axis (the bias of the Dense layer before it, added in the same pass).
+static int exact_gelu(bool with_bias, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != (with_bias ? 3 : 2) || !all_float32(nparam, dtypes)) return 1;
   int64_t n = element_count(ndims, shapes, 0);
   const float *x = static_cast<const float *>(params[0]);
   float *out = static_cast<float *>(params[nparam - 1]);
-  if (nparam == 3) {
+  if (with_bias) {
     int64_t width;
     if (!channel_shapes(ndims, shapes, 1, width, n)) return 1;
     const float *bias = static_cast<const float *>(params[1]);
@@ -907,14 +906,14 @@ static void add_blocks(const float *partial, int64_t blocks, int64_t len, float 
   for (int64_t b = 0; b < blocks; ++b) add_row(out, partial + b * len, len);
 }
 
-// Gradient of ExactGelu: (x, dy) -> dx = dy·GELU'(x); with a bias, (x, bias, dy) -> (dx = dy·GELU'(x + bias),
+// Gradient of exact_gelu: (x, dy) -> dx = dy·GELU'(x); with a bias, (x, bias, dy) -> (dx = dy·GELU'(x + bias),
 // dbias = Σ over rows of dx), bias along x's last axis.
-extern "C" int ExactGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                                 void *) {
-  if ((nparam != 3 && nparam != 5) || !all_float32(nparam, dtypes)) return 1;
+static int exact_gelu_backward(bool with_bias, int nparam, void **params, int *ndims, int64_t **shapes,
+                               const char **dtypes) {
+  if (nparam != (with_bias ? 5 : 3) || !all_float32(nparam, dtypes)) return 1;
   int64_t n = element_count(ndims, shapes, 0);
   const float *x = static_cast<const float *>(params[0]);
-  if (nparam == 3) {
+  if (!with_bias) {
     const float *dy = static_cast<const float *>(params[1]);
     float *dx = static_cast<float *>(params[2]);
     const int64_t blocks = (n + 1023) / 1024;
@@ -941,6 +940,28 @@ extern "C" int ExactGeluBackward(int nparam, void **params, int *ndims, int64_t 
   });
   add_blocks(partial.data(), blocks, width, dbias);
   return 0;
+}
+
+// One name per arity: MindSpore keeps one bprop per Custom function name, so a graph with both forms (a GELU cell and
+// an MLP) needs two.
+extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                         void *) {
+  return exact_gelu(false, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int ExactGeluOfSum(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                              void *) {
+  return exact_gelu(true, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int ExactGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                                 void *) {
+  return exact_gelu_backward(false, nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int ExactGeluOfSumBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                      void *, void *) {
+  return exact_gelu_backward(true, nparam, params, ndims, shapes, dtypes);
 }
 
 // Σ of len values in 8 vector lanes, then the lanes and the tail in order.

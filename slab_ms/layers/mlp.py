@@ -65,7 +65,7 @@ def _gelu_kernel(path, with_bias):
     if path is None:
         return None
     if with_bias:
-        backward = kernel("ExactGeluBackward", exact_gelu_of_sum_backward, out_shape=lambda x, b, _: (x, b),
+        backward = kernel("ExactGeluOfSumBackward", exact_gelu_of_sum_backward, out_shape=lambda x, b, _: (x, b),
                           out_dtype=lambda x, *_: (x, x))
         if backward is None:
             return None
@@ -73,7 +73,7 @@ def _gelu_kernel(path, with_bias):
         def bprop_with_bias(x, bias, out, dout):
             return backward(x, bias, dout)
 
-        return kernel("ExactGelu", exact_gelu_of_sum, bprop=bprop_with_bias)
+        return kernel("ExactGeluOfSum", exact_gelu_of_sum, bprop=bprop_with_bias)
     backward = kernel("ExactGeluBackward", exact_gelu_backward)
     if backward is None:
         return None
