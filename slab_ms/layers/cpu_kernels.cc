@@ -942,27 +942,18 @@ static int exact_gelu_backward(bool with_bias, int nparam, void **params, int *n
   return 0;
 }
 
-// One name per arity: MindSpore keeps one bprop per Custom function name, so a graph with both forms (a GELU cell and
-// an MLP) needs two.
-extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                         void *) {
-  return exact_gelu(false, nparam, params, ndims, shapes, dtypes);
-}
+// The aot entry point NAME running IMPL(WITH_BIAS, ...). A kernel with and without a bias takes one name per form:
+// MindSpore keeps one bprop per Custom function name, so a graph holding both forms (a GELU cell and an MLP; the
+// MLP's fc1 matmul and fc2) needs two.
+#define AOT_ENTRY(NAME, IMPL, WITH_BIAS)                                                                        \
+  extern "C" int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) { \
+    return IMPL(WITH_BIAS, nparam, params, ndims, shapes, dtypes);                                                  \
+  }
 
-extern "C" int ExactGeluOfSum(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                              void *) {
-  return exact_gelu(true, nparam, params, ndims, shapes, dtypes);
-}
-
-extern "C" int ExactGeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                                 void *) {
-  return exact_gelu_backward(false, nparam, params, ndims, shapes, dtypes);
-}
-
-extern "C" int ExactGeluOfSumBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                      void *, void *) {
-  return exact_gelu_backward(true, nparam, params, ndims, shapes, dtypes);
-}
+AOT_ENTRY(ExactGelu, exact_gelu, false)
+AOT_ENTRY(ExactGeluOfSum, exact_gelu, true)
+AOT_ENTRY(ExactGeluBackward, exact_gelu_backward, false)
+AOT_ENTRY(ExactGeluOfSumBackward, exact_gelu_backward, true)
 
 // Σ of len values in 8 vector lanes, then the lanes and the tail in order.
 static inline float row_sum(const float *x, int64_t len) {
@@ -1219,22 +1210,7 @@ static int dense_backward(bool has_bias, int nparam, void **params, int *ndims, 
   return 0;
 }
 
-// One name per arity: MindSpore keeps one bprop per Custom function name.
-extern "C" int Dense(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  return dense(true, nparam, params, ndims, shapes, dtypes);
-}
-
-extern "C" int DenseBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                             void *) {
-  return dense_backward(true, nparam, params, ndims, shapes, dtypes);
-}
-
-extern "C" int DenseNoBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                           void *) {
-  return dense(false, nparam, params, ndims, shapes, dtypes);
-}
-
-extern "C" int DenseNoBiasBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                   void *, void *) {
-  return dense_backward(false, nparam, params, ndims, shapes, dtypes);
-}
+AOT_ENTRY(Dense, dense, true)
+AOT_ENTRY(DenseBackward, dense_backward, true)
+AOT_ENTRY(DenseNoBias, dense, false)
+AOT_ENTRY(DenseNoBiasBackward, dense_backward, false)
