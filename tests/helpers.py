@@ -1,5 +1,6 @@
 """Helpers shared by the test files (a test file imports these, never another test file): tiny models and their
-inputs, random weights, the norms left in a network, the relative error of logits, the γ probe."""
+inputs, random weights, the norms left in a network, the relative error of logits, the γ probe, a weighted-sum
+loss for gradient checks."""
 import csv
 import json
 import os
@@ -109,6 +110,19 @@ def observed_gammas(step, x, micro_batches, a, b):
         loss, _ = step(Tensor(x), labels)
         gammas.append((float(loss.asnumpy()) - b) / (a - b))
     return gammas
+
+
+class WeightedSum(nn.Cell):
+    """Σ weights · cell(x): a loss whose gradient for the cell's output is ``weights`` (random, so no cancellation
+    hides a wrong gradient)."""
+
+    def __init__(self, cell, weights):
+        super().__init__()
+        self.cell = cell
+        self.weights = weights
+
+    def construct(self, x):
+        return (self.cell(x) * self.weights).sum()
 
 
 def outputs_on_thread_counts(script, folder, tag, thread_counts):

@@ -8,7 +8,7 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor, nn
 
-from helpers import outputs_on_thread_counts
+from helpers import WeightedSum, outputs_on_thread_counts
 from slab_ms.layers import cpu_kernels
 from slab_ms.layers import UnfoldConv2d
 from slab_ms.layers.dense import Dense, dense, dense_backward_reference, native_dense
@@ -19,19 +19,9 @@ pytestmark = [pytest.mark.skipif(shutil.which("g++") is None or cpu_kernels.dnnl
 RNG = np.random.default_rng(0)
 
 
-class _Weighted(nn.Cell):
-    def __init__(self, cell, weights):
-        super().__init__()
-        self.cell = cell
-        self.weights = weights
-
-    def construct(self, x):
-        return (self.cell(x) * self.weights).sum()
-
-
 def _run(cell, x, weights):
     out = cell(x).asnumpy()
-    dx, dparams = ms.grad(_Weighted(cell, weights), grad_position=0, weights=cell.trainable_params())(x)
+    dx, dparams = ms.grad(WeightedSum(cell, weights), grad_position=0, weights=cell.trainable_params())(x)
     return [out, dx.asnumpy()] + [g.asnumpy() for g in dparams]
 
 

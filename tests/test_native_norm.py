@@ -10,6 +10,7 @@ import mindspore as ms
 import pytest
 from mindspore import Tensor, nn, ops
 
+from helpers import WeightedSum
 from slab_ms.layers import cpu_kernels
 from slab_ms.layers.mlp import GELU, Mlp, exact_gelu_backward, exact_gelu_of_sum_backward, native_gelu
 from slab_ms.layers.norm import LayerNorm, PRepBN, RepBN, TokenBatchNorm, get_norm_layer
@@ -17,19 +18,6 @@ from slab_ms.layers.norm import LayerNorm, PRepBN, RepBN, TokenBatchNorm, get_no
 pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="native kernels need g++"),
               pytest.mark.usefixtures("pynative")]
 RNG = np.random.default_rng(0)
-
-
-class _Weighted(nn.Cell):
-    """Σ weights · cell(x): a loss whose gradient for the cell's output is ``weights`` (random, so no
-    cancellation hides a wrong gradient)."""
-
-    def __init__(self, cell, weights):
-        super().__init__()
-        self.cell = cell
-        self.weights = weights
-
-    def construct(self, x):
-        return (self.cell(x) * self.weights).sum()
 
 
 def _randomise(cell, rng, scale=0.5):
@@ -44,7 +32,7 @@ def _run(cell, x, weights, native):
         assert cpu_kernels.use_standard_ops(cell) >= 1
     params = cell.trainable_params()
     out = cell(x).asnumpy()
-    dx, dparams = ms.grad(_Weighted(cell, weights), grad_position=0, weights=params)(x)
+    dx, dparams = ms.grad(WeightedSum(cell, weights), grad_position=0, weights=params)(x)
     return [out, dx.asnumpy()] + [g.asnumpy() for g in dparams] + [p.asnumpy() for p in cell.get_parameters()]
 
 
@@ -152,7 +140,7 @@ def test_a_graph_with_both_gelu_kernels_differentiates_as_the_standard_ops():
         _randomise(cell, np.random.default_rng(5))
         if not native:
             assert cpu_kernels.use_standard_ops(cell) >= 2
-        grads.append(ms.grad(_Weighted(cell, weights), grad_position=0)(x).asnumpy())
+        grads.append(ms.grad(WeightedSum(cell, weights), grad_position=0)(x).asnumpy())
     assert np.abs(grads[1]).max() > 0.1
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5 * np.abs(grads[1]).max())
 
@@ -225,7 +213,7 @@ def test_a_training_step_with_native_kernels_equals_the_standard_ops():
             # 10 norm / attention / GELU kernels; qkv, proj, fc1, fc2, the head and the MLP's fc1 matmul
             assert cpu_kernels.use_standard_ops(net) == 10 + 6
         names = [p.name for p in net.trainable_params()]
-        loss, (dx, dparams) = ms.value_and_grad(_Weighted(net, weights), grad_position=0,
+        loss, (dx, dparams) = ms.value_and_grad(WeightedSum(net, weights), grad_position=0,
                                                 weights=net.trainable_params())(x)
         stats = [p.asnumpy() for p in net.get_parameters() if "moving" in p.name]
         runs.append([loss.asnumpy(), dx.asnumpy()] + [g.asnumpy() for g in dparams] + stats)
